@@ -1,0 +1,197 @@
+"""Exact tensor-memory accounting on any device, CPU included.
+
+A ``TorchDispatchMode`` sees every op's outputs; each new storage is counted once (keyed by its data
+pointer) and uncounted when it dies (``weakref.finalize`` on the storage). Storages that existed before
+accounting started are added by a census. On CPU this agrees with the allocator to the byte; it costs a few
+microseconds per op, which is why the session turns it on only for chosen steps.
+
+Each storage carries a category (parameters, gradients, optimizer state, activations/other) and the sequence
+number of its birth. Re-classifying a storage later (a tensor becomes ``.grad``, or optimizer state) also
+fixes the breakdown recorded at the span's peak if the storage was already alive then, so the breakdown
+at the peak is exact without any work at allocation time.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
+
+from torchdoctor.events import CATEGORIES
+
+PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS = range(4)
+
+
+class DeviceLedger:
+    """Running figures for one device within the current span (between two optimizer steps)."""
+
+    __slots__ = ("current", "cats", "span_peak", "span_peak_seq", "span_peak_cats", "span_peak_phase",
+                 "phase_peaks")
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.cats = [0, 0, 0, 0]
+        self.reset_span("other", 0)
+
+    def reset_span(self, phase: str, seq: int) -> None:
+        self.span_peak = self.current
+        self.span_peak_seq = seq
+        self.span_peak_cats = list(self.cats)
+        self.span_peak_phase = phase
+        self.phase_peaks = {phase: self.current}
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "tensor_bytes": self.current,
+            "tensor_peak": self.span_peak,
+            "peak_phase": self.span_peak_phase,
+            "phase_peaks": dict(self.phase_peaks),
+            "breakdown": dict(zip(CATEGORIES, self.span_peak_cats)),
+        }
+
+
+class _Entry:
+    __slots__ = ("nbytes", "ledger", "cat", "seq")
+
+    def __init__(self, nbytes: int, ledger: DeviceLedger, cat: int, seq: int) -> None:
+        self.nbytes = nbytes
+        self.ledger = ledger
+        self.cat = cat
+        self.seq = seq
+
+
+class TensorAccountant(TorchDispatchMode):
+    """Counts live tensor storages per device while it is entered (``open()``/``close()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ledgers: dict[str, DeviceLedger] = {}
+        self._live: dict[int, _Entry] = {}
+        self._seq = 0
+        self.phase = "other"
+        self.is_open = False
+        self._on_stack = False  # stays True when another mode was pushed above ours and we could not pop
+
+    # -- the dispatch hot path -------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if self.is_open:
+            if isinstance(out, torch.Tensor):
+                self.track(out, None)
+            elif isinstance(out, (tuple, list)):
+                for item in out:
+                    if isinstance(item, torch.Tensor):
+                        self.track(item, None)
+        return out
+
+    def track(self, tensor: torch.Tensor, cat: int | None) -> None:
+        """Count ``tensor``'s storage if it is new; ``cat=None`` classifies it by the current phase."""
+        try:
+            storage = tensor.untyped_storage()
+            ptr = storage.data_ptr()
+        except (RuntimeError, NotImplementedError, TypeError):  # sparse, nested, fake or meta tensors
+            return
+        if ptr == 0 or ptr in self._live:
+            return
+        device = storage.device
+        if device.type == "meta":
+            return
+        key = str(device)
+        ledger = self.ledgers.get(key)
+        if ledger is None:
+            ledger = self.ledgers[key] = DeviceLedger()
+            ledger.reset_span(self.phase, self._seq)
+        if cat is None:
+            cat = OPTIMIZER_STATE if self.phase == "optimizer" else ACTIVATIONS
+        nbytes = storage.nbytes()
+        self._seq += 1
+        entry = _Entry(nbytes, ledger, cat, self._seq)
+        self._live[ptr] = entry
+        ledger.current += nbytes
+        ledger.cats[cat] += nbytes
+        current = ledger.current
+        peaks = ledger.phase_peaks
+        if current > peaks.get(self.phase, 0):
+            peaks[self.phase] = current
+        if current > ledger.span_peak:
+            ledger.span_peak = current
+            ledger.span_peak_seq = self._seq
+            ledger.span_peak_cats = list(ledger.cats)
+            ledger.span_peak_phase = self.phase
+        weakref.finalize(storage, self._release, ptr, entry)
+
+    def _release(self, ptr: int, entry: _Entry) -> None:
+        if self._live.get(ptr) is entry:
+            del self._live[ptr]
+            entry.ledger.current -= entry.nbytes
+            entry.ledger.cats[entry.cat] -= entry.nbytes
+
+    # -- classification --------------------------------------------------------------------------------
+    def classify(self, tensors: Iterable[torch.Tensor], cat: int) -> None:
+        """Mark storages as ``cat``; unknown ones are counted as born before everything (a census)."""
+        for tensor in tensors:
+            try:
+                ptr = tensor.untyped_storage().data_ptr()
+            except (RuntimeError, NotImplementedError, TypeError):
+                continue
+            entry = self._live.get(ptr)
+            if entry is None:
+                self.track(tensor, cat)
+                entry = self._live.get(ptr)
+                if entry is None:
+                    continue
+                entry.seq = 0
+                continue
+            if entry.cat == cat:
+                continue
+            ledger = entry.ledger
+            ledger.cats[entry.cat] -= entry.nbytes
+            ledger.cats[cat] += entry.nbytes
+            if entry.seq <= ledger.span_peak_seq:
+                ledger.span_peak_cats[entry.cat] -= entry.nbytes
+                ledger.span_peak_cats[cat] += entry.nbytes
+            entry.cat = cat
+
+    # -- phases and spans --------------------------------------------------------------------------------
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        for ledger in self.ledgers.values():
+            if ledger.current > ledger.phase_peaks.get(phase, -1):
+                ledger.phase_peaks[phase] = ledger.current
+
+    def reset_span(self) -> None:
+        for ledger in self.ledgers.values():
+            ledger.reset_span(self.phase, self._seq)
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        return {key: ledger.figures() for key, ledger in self.ledgers.items()}
+
+    # -- entering and leaving ----------------------------------------------------------------------------
+    def open(self) -> None:
+        if not self.is_open:
+            if not self._on_stack:
+                self.__enter__()
+                self._on_stack = True
+            self.is_open = True
+
+    def close(self) -> bool:
+        """Stop counting new storages (frees are still seen). False if another mode sits above ours."""
+        if not self.is_open:
+            return True
+        self.is_open = False
+        if _get_current_dispatch_mode() is self:
+            self.__exit__(None, None, None)
+            self._on_stack = False
+            return True
+        return False
+
+    def detach_after_fork(self) -> None:
+        """In a forked child (a DataLoader worker) the inherited mode only passes ops through."""
+        self.is_open = False
+
+    @property
+    def live_storages(self) -> int:
+        return len(self._live)

@@ -1,0 +1,121 @@
+"""Child entry point: ``python -m torchdoctor.agent.bootstrap [-m] TARGET [ARGS...]``.
+
+Runs the user's script exactly as ``python TARGET ARGS`` would (``__name__ == "__main__"``, ``sys.argv``,
+``sys.path[0]``, its exit code and its traceback), with the agent's hooks installed around it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import faulthandler
+import os
+import platform
+import runpy
+import signal
+import sys
+import traceback
+from types import TracebackType
+
+import torch
+
+from torchdoctor.agent.emitter import FileEmitter, MemorySink
+from torchdoctor.agent.session import AgentSession
+from torchdoctor.config import AgentSettings
+from torchdoctor.errors import UsageError
+from torchdoctor.events import RunStarted
+
+_AGENT_FILES = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(runpy.__file__) + os.sep + "runpy")
+
+
+def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
+    """Drop the leading frames of torchdoctor and runpy, so the traceback reads as under plain python."""
+    while tb is not None:
+        filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if not (filename.startswith(_AGENT_FILES[0]) or filename.startswith(_AGENT_FILES[1])):
+            break
+        tb = tb.tb_next
+    return tb
+
+
+def _exit_code_of(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    return 1
+
+
+def _parse(argv: list[str]) -> tuple[bool, str, list[str]]:
+    is_module = False
+    if argv and argv[0] == "-m":
+        is_module = True
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("bootstrap: no script given")
+    return is_module, argv[0], argv[1:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    is_module, target, script_args = _parse(list(sys.argv[1:] if argv is None else argv))
+    settings = AgentSettings.from_env()
+    fault_file = None
+    if settings.fault_log:
+        fault_file = open(settings.fault_log, "w")  # noqa: SIM115 - must outlive main() for faulthandler
+        faulthandler.enable(fault_file)
+    sink = FileEmitter(settings.events_path) if settings.events_path else MemorySink()
+    session = AgentSession(settings, sink)
+    session.emit(RunStarted(
+        pid=os.getpid(), target=target, is_module=is_module, argv=[target, *script_args],
+        python=platform.python_version(), torch_version=torch.__version__,
+        cuda_version=torch.version.cuda, cuda_devices=torch.cuda.device_count() if torch.version.cuda else 0,
+        accounting=settings.accounting, sample_every=settings.sample_every, attempt=settings.attempt,
+    ))
+
+    if is_module:
+        sys.argv = [target, *script_args]  # run_module(alter_sys=True) puts the module's file in argv[0]
+        sys.path[0] = os.getcwd()
+    else:
+        sys.argv = [target, *script_args]
+        sys.path[0] = os.path.dirname(os.path.realpath(target))
+
+    exit_code = 0
+    failure: BaseException | None = None
+    interrupted = False
+    session.start()
+    try:
+        if is_module:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(target, run_name="__main__")
+    except SystemExit as exc:
+        exit_code = _exit_code_of(exc)
+        if not isinstance(exc.code, (int, type(None))):
+            failure = exc
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        interrupted = True
+        exit_code = 128 + signal.SIGINT
+        failure = exc
+        traceback.print_exception(type(exc), exc, _user_traceback(exc.__traceback__))
+    except BaseException as exc:  # noqa: BLE001 - the user's failure, reported as python would
+        exit_code = 1
+        failure = exc
+        sys.excepthook(type(exc), exc, _user_traceback(exc.__traceback__))
+    finally:
+        session.finish(exit_code, failure)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sink.close()
+        del failure
+    if interrupted:
+        # Python itself dies by SIGINT after an unhandled KeyboardInterrupt; do the same after cleanup.
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    main()

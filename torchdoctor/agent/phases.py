@@ -1,0 +1,88 @@
+"""Which phase the training loop is in: forward, backward, optimizer, evaluation or other.
+
+Forward and evaluation come from global module forward hooks on the outermost module call (evaluation =
+a forward in eval mode or under ``no_grad``); backward from a wrapper around ``torch.autograd.backward`` and
+``torch.autograd.grad``; optimizer from the global optimizer step hooks (installed by the session).
+Global module hooks disable the module fast path, so the session installs them only while it measures.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn.modules import module as module_hooks
+
+
+class PhaseTracker:
+    """Keeps ``phase`` and tells ``on_change(phase)`` when it changes."""
+
+    def __init__(self, on_change: Callable[[str], None], on_root_module: Callable[[torch.nn.Module], None]) -> None:
+        self.phase = "other"
+        self._on_change = on_change
+        self._on_root_module = on_root_module
+        self._depth = 0
+        self._module_handles: list[Any] = []
+        self._originals: dict[str, Callable[..., Any]] = {}
+
+    def set(self, phase: str) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self._on_change(phase)
+
+    # -- module hooks (only while measuring) ----------------------------------------------------------
+    def install_module_hooks(self) -> None:
+        if self._module_handles:
+            return
+        self._depth = 0
+        self._module_handles = [
+            module_hooks.register_module_forward_pre_hook(self._forward_pre),
+            module_hooks.register_module_forward_hook(self._forward_post, always_call=True),
+        ]
+
+    def remove_module_hooks(self) -> None:
+        for handle in self._module_handles:
+            handle.remove()
+        self._module_handles = []
+        self._depth = 0
+
+    def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
+        self._depth += 1
+        if self._depth == 1:
+            self._on_root_module(module)
+            if self.phase not in ("backward", "optimizer"):
+                training = module.training and torch.is_grad_enabled()
+                self.set("forward" if training else "evaluation")
+
+    def _forward_post(self, *args: Any) -> None:  # (module, args, output); output is None on an exception
+        self._depth = max(0, self._depth - 1)
+
+    # -- autograd wrappers (for the whole run) ----------------------------------------------------------
+    def install_autograd_wrappers(self) -> None:
+        for name in ("backward", "grad"):
+            original = getattr(torch.autograd, name)
+            if getattr(original, "__torchdoctor_wrapped__", False):
+                continue
+            self._originals[name] = original
+            setattr(torch.autograd, name, self._wrap_backward(original))
+
+    def remove_autograd_wrappers(self) -> None:
+        for name, original in self._originals.items():
+            setattr(torch.autograd, name, original)
+        self._originals = {}
+
+    def _wrap_backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            before = self.phase
+            self.set("backward")
+            try:
+                return original(*args, **kwargs)
+            finally:
+                # Inside an optimizer closure (LBFGS) the step goes on; elsewhere backward ends the pass.
+                self.set("optimizer" if before == "optimizer" else "other")
+
+        wrapper.__torchdoctor_wrapped__ = True  # type: ignore[attr-defined]
+        return wrapper

@@ -1,0 +1,214 @@
+"""The agent's session: hooks into the training loop and turns what it sees into events.
+
+Always on (cheap): the global optimizer step hooks (one sample per step: step time, RSS, CUDA allocator
+counters where CUDA is in use) and a wrapper on ``torch.autograd.backward``. Only on measured steps: exact
+tensor accounting and the module hooks that tell forward from evaluation.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import warnings
+import weakref
+from typing import Any
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, OPTIMIZER_STATE, PARAMETERS, TensorAccountant
+from torchdoctor.agent.phases import PhaseTracker
+from torchdoctor.agent.schedule import SamplingSchedule
+from torchdoctor.config import AgentSettings
+from torchdoctor.events import Event, MemorySample, Note, RunFinished
+
+_LIVE_SESSIONS: "weakref.WeakSet[AgentSession]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for session in list(_LIVE_SESSIONS):
+        session.accountant.detach_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    found = []
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                found.append(value)
+    return found
+
+
+def _cuda_figures() -> dict[str, dict[str, Any]]:
+    """The CUDA caching allocator's own counters (free to read); peaks are reset for the next span."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    figures = {}
+    for index in range(torch.cuda.device_count()):
+        allocated_peak = torch.cuda.max_memory_allocated(index)
+        if allocated_peak == 0 and torch.cuda.memory_reserved(index) == 0:
+            continue
+        figures[f"cuda:{index}"] = {
+            "cuda_allocated": torch.cuda.memory_allocated(index),
+            "cuda_allocated_peak": allocated_peak,
+            "cuda_reserved": torch.cuda.memory_reserved(index),
+            "cuda_reserved_peak": torch.cuda.max_memory_reserved(index),
+        }
+        torch.cuda.reset_peak_memory_stats(index)
+    return figures
+
+
+class AgentSession:
+    """Installs the hooks for one run and emits ``MemorySample`` events into ``sink``."""
+
+    def __init__(self, settings: AgentSettings, sink: Any) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.step = 0
+        self.accountant = TensorAccountant()
+        self.phases = PhaseTracker(self._phase_changed, self._saw_root_module)
+        self.schedule = SamplingSchedule(settings.accounting, settings.first_steps, settings.sample_every)
+        self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._handles: list[Any] = []
+        self._measuring = False
+        self._span_measured = False
+        self._span_start = time.perf_counter()
+        self._census_seconds = 0.0
+        self._warned_stranded = False
+        self._process: Any = None
+        try:
+            import psutil
+
+            self._process = psutil.Process()
+        except Exception:  # noqa: BLE001 - RSS is optional; "n/a" in the report
+            self._process = None
+
+    # -- lifetime ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        _LIVE_SESSIONS.add(self)
+        self._handles = [
+            register_optimizer_step_pre_hook(self._step_pre),
+            register_optimizer_step_post_hook(self._step_post),
+        ]
+        self.phases.install_autograd_wrappers()
+        if self.schedule.detailed(1):
+            self._start_measuring(census=False)
+            self._span_measured = True
+        self._span_start = time.perf_counter()
+
+    def finish(self, exit_code: int, exception: BaseException | None) -> None:
+        """Emit what is left (the span after the last step) and remove every hook."""
+        if self._measuring or self.step == 0:
+            self.emit(self._sample(span="tail"))
+        self._stop_measuring()
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.phases.remove_autograd_wrappers()
+        _LIVE_SESSIONS.discard(self)
+        self.emit(RunFinished(
+            exit_code=exit_code,
+            exception=type(exception).__name__ if exception is not None else None,
+            message=str(exception)[:500] if exception is not None else None,
+            steps=self.step,
+            dropped_events=getattr(self.sink, "dropped", 0),
+        ))
+
+    def emit(self, event: Event) -> None:
+        self.sink.emit(event)
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.phases.set("optimizer")
+        if optimizer not in self._optimizers:
+            self._optimizers.add(optimizer)
+        if self._measuring:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            self.accountant.classify(params, PARAMETERS)
+            self.accountant.classify([p.grad for p in params if p.grad is not None], GRADIENTS)
+
+    def _step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._measuring:
+            self.accountant.classify(_state_tensors(optimizer), OPTIMIZER_STATE)
+        self.step += 1
+        seconds = time.perf_counter() - self._span_start
+        self.emit(self._sample(span="step", seconds=seconds))
+        self.schedule.record(self.step, seconds, self._span_measured, self._census_seconds)
+        self._census_seconds = 0.0
+        self.phases.set("other")
+        if self.schedule.detailed(self.step + 1):
+            self._start_measuring(census=not self._measuring)
+            self._span_measured = True
+        else:
+            self._stop_measuring()
+            self._span_measured = False
+        self.accountant.reset_span()
+        self._span_start = time.perf_counter()
+
+    def _phase_changed(self, phase: str) -> None:
+        self.accountant.set_phase(phase)
+
+    def _saw_root_module(self, module: torch.nn.Module) -> None:
+        if module not in self._modules:
+            self._modules.add(module)
+            self.accountant.classify(list(module.parameters()) + list(module.buffers()), PARAMETERS)
+
+    # -- measuring windows ---------------------------------------------------------------------------
+    def _start_measuring(self, census: bool) -> None:
+        if self._measuring:
+            return
+        if census:
+            began = time.perf_counter()
+            self._census()
+            self._census_seconds = time.perf_counter() - began
+        self.accountant.open()
+        self.phases.install_module_hooks()
+        self._measuring = True
+
+    def _stop_measuring(self) -> None:
+        if not self._measuring:
+            return
+        self._measuring = False
+        self.phases.remove_module_hooks()
+        if not self.accountant.close() and not self._warned_stranded:
+            self._warned_stranded = True
+            self.emit(Note(level="warning", step=self.step,
+                           message="another TorchDispatchMode is active above torchdoctor's accounting"))
+
+    def _census(self) -> None:
+        """Count tensors created while accounting was off, so a window starts from the true total."""
+        acct = self.accountant
+        for module in list(self._modules):
+            acct.classify(list(module.parameters()) + list(module.buffers()), PARAMETERS)
+        for optimizer in list(self._optimizers):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            acct.classify(params, PARAMETERS)
+            acct.classify([p.grad for p in params if p.grad is not None], GRADIENTS)
+            acct.classify(_state_tensors(optimizer), OPTIMIZER_STATE)
+        tensor_type = torch.Tensor
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # some objects warn when their class is looked at
+            for obj in gc.get_objects():
+                if issubclass(type(obj), tensor_type):
+                    acct.track(obj, ACTIVATIONS)
+
+    # -- samples ---------------------------------------------------------------------------------------
+    def _sample(self, span: str, seconds: float | None = None) -> MemorySample:
+        devices: dict[str, dict[str, Any]] = {}
+        if self._span_measured:
+            devices.update(self.accountant.figures())
+        for key, figures in _cuda_figures().items():
+            devices.setdefault(key, {}).update(figures)
+        rss = None
+        if self._process is not None:
+            try:
+                rss = self._process.memory_info().rss
+            except Exception:  # noqa: BLE001
+                rss = None
+        return MemorySample(step=self.step, span=span, step_time_s=seconds, measured=self._span_measured,
+                            rss_bytes=rss, devices=devices)

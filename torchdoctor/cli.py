@@ -1,0 +1,104 @@
+"""The command line. Thin: parse, build a config, call the core. torch is imported only inside commands.
+
+``main(argv) -> int`` is the one exit point: deep code raises ``TorchDoctorError`` and only this module turns
+errors into a one-line message and an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from torchdoctor import __version__
+from torchdoctor.config import ACCOUNTING_MODES, DEFAULT_SAMPLE_EVERY
+from torchdoctor.errors import TorchDoctorError, UsageError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="torchdoctor")
+def cli() -> None:
+    """torchdoctor keeps PyTorch training runs alive and honest."""
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("-m", "is_module", is_flag=True, help="Run a module, like python -m (the next word is its name).")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Where to record the run (default ./torchdoctor-runs/<timestamp>-<script>/).")
+@click.option("-q", "--quiet", is_flag=True, help="No live view or progress lines; one summary line at the end.")
+@click.option("--live/--no-live", default=None, help="Force the live view on or off (default: on in a terminal).")
+@click.option("--accounting", type=click.Choice(ACCOUNTING_MODES), default="sampled", show_default=True,
+              help="CPU tensor accounting: 'sampled' counts the first steps and then every Nth step exactly "
+                   "(low overhead), 'exact' counts every step, 'off' counts none.")
+@click.option("--sample-every", type=click.IntRange(min=1), default=DEFAULT_SAMPLE_EVERY, show_default=True,
+              help="With --accounting sampled: the closest two measured steps may be (spaced out further "
+                   "when measuring costs more than 1%).")
+@click.option("--log-interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Seconds between progress lines when not in a terminal.")
+@click.argument("script", metavar="SCRIPT|MODULE")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
+def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
+        log_interval: float, script: str, script_args: tuple[str, ...]) -> int:
+    """Run a training script, unmodified, under torchdoctor.
+
+    \b
+    torchdoctor run train.py --lr 3e-4
+    torchdoctor run -m package.module --epochs 2
+    """
+    from torchdoctor.supervisor import RunConfig, Supervisor
+
+    config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=quiet,
+                       live=live, log_interval=log_interval, accounting=accounting, sample_every=sample_every)
+    return Supervisor(config).run()
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+def report(path: str) -> int:
+    """Show a recorded run again (a run directory or its report.json)."""
+    from rich.console import Console
+
+    from torchdoctor.report_model import load_report
+    from torchdoctor.reporters.console import render_report
+
+    render_report(load_report(path), Console())
+    return 0
+
+
+@cli.command()
+def env() -> int:
+    """Show torch, CUDA and GPUs (read through NVML, without creating a CUDA context)."""
+    from rich.console import Console
+
+    from torchdoctor.environment import collect_environment, render_environment
+
+    render_environment(collect_environment(), Console())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        result = cli.main(args=args, prog_name="torchdoctor", standalone_mode=False)
+    except click.exceptions.NoSuchOption as exc:
+        return _fail(f"no such option: {exc.option_name} (see torchdoctor {_command(args)} --help)", 2)
+    except click.exceptions.UsageError as exc:
+        return _fail(exc.format_message().rstrip(".").lower(), 2)
+    except click.exceptions.Abort:
+        return _fail("aborted", 130)
+    except TorchDoctorError as exc:
+        return _fail(str(exc), exc.exit_code)
+    return result if isinstance(result, int) else 0
+
+
+def _command(args: list[str]) -> str:
+    return next((a for a in args if not a.startswith("-")), "").strip() or ""
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"torchdoctor: error: {message}", file=sys.stderr)
+    return code
+
+
+__all__ = ["main", "cli", "UsageError"]

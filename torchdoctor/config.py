@@ -1,0 +1,84 @@
+"""Settings that travel from the supervisor down to the agent, as ``TORCHDOCTOR_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from torchdoctor.errors import UsageError
+
+ACCOUNTING_MODES = ("sampled", "exact", "off")
+DEFAULT_SAMPLE_EVERY = 50
+DEFAULT_FIRST_STEPS = 3
+
+ENV_EVENTS = "TORCHDOCTOR_EVENTS"
+ENV_ACCOUNTING = "TORCHDOCTOR_ACCOUNTING"
+ENV_SAMPLE_EVERY = "TORCHDOCTOR_SAMPLE_EVERY"
+ENV_FIRST_STEPS = "TORCHDOCTOR_FIRST_STEPS"
+ENV_FAULT_LOG = "TORCHDOCTOR_FAULT_LOG"
+ENV_ATTEMPT = "TORCHDOCTOR_ATTEMPT"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What the agent inside the child needs to know.
+
+    ``accounting`` chooses how CPU tensor memory is measured: ``exact`` counts every allocation of every
+    step; ``sampled`` (default) counts exactly on the first ``first_steps`` steps and every ``sample_every``-th
+    step, which keeps the overhead near zero; ``off`` measures only what is free (RSS, CUDA counters).
+    """
+
+    events_path: str | None = None
+    accounting: str = "sampled"
+    sample_every: int = DEFAULT_SAMPLE_EVERY
+    first_steps: int = DEFAULT_FIRST_STEPS
+    fault_log: str | None = None
+    attempt: int = 1
+
+    def __post_init__(self) -> None:
+        if self.accounting not in ACCOUNTING_MODES:
+            raise UsageError(f"--accounting must be one of {', '.join(ACCOUNTING_MODES)}, not {self.accounting!r}")
+        if self.sample_every < 1:
+            raise UsageError(f"--sample-every must be at least 1, not {self.sample_every}")
+        if self.first_steps < 0:
+            raise UsageError(f"first steps must be at least 0, not {self.first_steps}")
+
+    def to_env(self) -> dict[str, str]:
+        env = {
+            ENV_ACCOUNTING: self.accounting,
+            ENV_SAMPLE_EVERY: str(self.sample_every),
+            ENV_FIRST_STEPS: str(self.first_steps),
+            ENV_ATTEMPT: str(self.attempt),
+        }
+        if self.events_path:
+            env[ENV_EVENTS] = self.events_path
+        if self.fault_log:
+            env[ENV_FAULT_LOG] = self.fault_log
+        return env
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> AgentSettings:
+        env = os.environ if environ is None else environ
+
+        def _int(name: str, default: int) -> int:
+            try:
+                return int(env.get(name, default))
+            except ValueError:
+                raise UsageError(f"{name} must be a whole number, not {env.get(name)!r}") from None
+
+        return cls(
+            events_path=env.get(ENV_EVENTS) or None,
+            accounting=env.get(ENV_ACCOUNTING, "sampled"),
+            sample_every=_int(ENV_SAMPLE_EVERY, DEFAULT_SAMPLE_EVERY),
+            first_steps=_int(ENV_FIRST_STEPS, DEFAULT_FIRST_STEPS),
+            fault_log=env.get(ENV_FAULT_LOG) or None,
+            attempt=_int(ENV_ATTEMPT, 1),
+        )
+
+    def is_detailed(self, step: int) -> bool:
+        """Whether the span that ends with optimizer step ``step`` (1-based) is measured exactly."""
+        if self.accounting == "exact":
+            return True
+        if self.accounting == "off":
+            return False
+        return step <= self.first_steps or step % self.sample_every == 0

@@ -1,0 +1,20 @@
+"""Errors that end a torchdoctor command; only ``cli.py`` turns them into messages and exit codes."""
+
+from __future__ import annotations
+
+
+class TorchDoctorError(Exception):
+    """A failure torchdoctor reports in one line, with an exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(TorchDoctorError):
+    """The user's input is wrong (missing script, bad option value, unwritable directory)."""
+
+    exit_code = 2

@@ -1,0 +1,157 @@
+"""The only contract between the child (agent) and the parent (supervisor): versioned event records.
+
+Each event is a frozen dataclass; on the wire it is one JSON object per line with ``"v"`` (the schema
+version) and ``"kind"``. Memory figures are bytes, ``None`` where not measured (never a made-up ``0``).
+
+Per-device figures in :class:`MemorySample` are a dict keyed by device (``"cpu"``, ``"cuda:0"``); each value
+holds the keys documented in ``docs/report-schema.md`` (``tensor_bytes``, ``tensor_peak``, ``phase_peaks``,
+``breakdown``, ``cuda_allocated``, ...), each a figure of one named kind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+SCHEMA_VERSION = 1
+
+PHASES = ("forward", "backward", "optimizer", "evaluation", "other")
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other")
+
+
+class EventError(ValueError):
+    """A line of the event stream is not an event this version understands."""
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+    t: float = field(default_factory=time.time, kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {"v": SCHEMA_VERSION, "kind": self.kind, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    """The agent is up and about to run the user's script."""
+
+    kind: ClassVar[str] = "run_started"
+    pid: int
+    target: str
+    is_module: bool
+    argv: list[str]
+    python: str
+    torch_version: str
+    cuda_version: str | None
+    cuda_devices: int
+    accounting: str  # "sampled", "exact" or "off"
+    sample_every: int
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class MemorySample(Event):
+    """Memory of one span of the run: an optimizer step (``span="step"``) or the work after the last one."""
+
+    kind: ClassVar[str] = "memory_sample"
+    step: int
+    span: str  # "step" | "tail"
+    step_time_s: float | None
+    measured: bool  # exact tensor accounting covered this whole span
+    rss_bytes: int | None
+    devices: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Note(Event):
+    """A notable event for the live view and the report."""
+
+    kind: ClassVar[str] = "note"
+    level: str  # "info" | "warning" | "error"
+    message: str
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class Finding(Event):
+    """A training-loop problem the doctor can prove (filled by the doctor)."""
+
+    kind: ClassVar[str] = "finding"
+    id: str
+    severity: str  # "error" | "warning" | "info"
+    title: str
+    location: str | None
+    evidence: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class ProcessSample(Event):
+    """What the supervisor sees from outside the child: RSS and device-level used memory (NVML)."""
+
+    kind: ClassVar[str] = "process_sample"
+    rss_bytes: int | None
+    children_rss_bytes: int | None
+    device_used: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    """The script ended, as seen from inside the child."""
+
+    kind: ClassVar[str] = "run_finished"
+    exit_code: int
+    exception: str | None
+    message: str | None
+    steps: int
+    dropped_events: int
+
+
+@dataclass(frozen=True)
+class ProcessExited(Event):
+    """The child process is gone, as seen by the supervisor (authoritative exit code)."""
+
+    kind: ClassVar[str] = "process_exited"
+    returncode: int  # Popen's: negative for a signal
+    exit_code: int  # what ``torchdoctor run`` returns
+    outcome: str  # "success" | "failed" | "interrupted" | "killed"
+    signal: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (RunStarted, MemorySample, Note, Finding, ProcessSample, RunFinished, ProcessExited)
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from its dict; raises :class:`EventError` for unknown kinds or versions."""
+    if not isinstance(data, dict):
+        raise EventError("an event must be a JSON object")
+    version = data.get("v")
+    if version != SCHEMA_VERSION:
+        raise EventError(f"event schema version {version!r} is not {SCHEMA_VERSION}")
+    cls = EVENT_TYPES.get(data.get("kind", ""))
+    if cls is None:
+        raise EventError(f"unknown event kind {data.get('kind')!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise EventError(f"bad {cls.kind} event: {exc}") from None
+
+
+def event_from_json(line: str) -> Event:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise EventError(f"not JSON: {exc}") from None
+    return event_from_dict(data)

@@ -1,0 +1,107 @@
+"""The report: one JSON-able dict built from a RunState. ``report.json`` is this dict; every renderer
+(terminal, and later Markdown/HTML) reads it, so a recorded run re-renders exactly.
+
+The schema is documented in ``docs/report-schema.md``; bump ``REPORT_SCHEMA_VERSION`` on any change that
+removes or renames a key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from torchdoctor import __version__
+from torchdoctor.errors import UsageError
+from torchdoctor.events import MemorySample
+from torchdoctor.state import RunState
+
+REPORT_SCHEMA = "torchdoctor.report"
+REPORT_SCHEMA_VERSION = 1
+
+KIND_LABELS = {
+    "tensor_bytes": "tensor bytes (exact, counted per storage)",
+    "cuda_allocated": "CUDA allocated (caching allocator)",
+    "cuda_reserved": "CUDA reserved (caching allocator)",
+    "device_used": "device used (NVML, whole GPU)",
+    "process_rss": "process RSS (host memory)",
+}
+
+
+def _sample_dict(sample: MemorySample) -> dict[str, Any]:
+    data = sample.to_dict()
+    data.pop("v")
+    data.pop("kind")
+    return data
+
+
+def build_report(state: RunState, *, run_dir: str | None, environment: dict[str, Any],
+                 attempts: int = 1) -> dict[str, Any]:
+    started = state.started
+    exited = state.exited
+    finished = state.finished
+    duration = (state.last_t - state.first_t) if state.first_t and state.last_t else None
+    if exited is not None:
+        outcome, exit_code = exited.outcome, exited.exit_code
+    elif finished is not None:
+        outcome, exit_code = ("success" if finished.exit_code == 0 else "failed"), finished.exit_code
+    else:
+        outcome, exit_code = "unknown", None
+    peaks = sorted(state.peaks.values(), key=lambda p: (p.device != "cpu", p.device, p.kind))
+    step_samples = [s for s in state.samples if s.span == "step"]
+    step_times = [s.step_time_s for s in step_samples[1:] if s.step_time_s]
+    return {
+        "schema": REPORT_SCHEMA,
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "torchdoctor_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run": {
+            "target": started.target if started else None,
+            "is_module": started.is_module if started else None,
+            "argv": started.argv if started else None,
+            "run_dir": run_dir,
+            "started_at": state.first_t,
+            "duration_s": duration,
+            "attempts": attempts,
+        },
+        "outcome": outcome,
+        "exit_code": exit_code,
+        "signal": exited.signal if exited else None,
+        "exception": ({"type": finished.exception, "message": finished.message}
+                      if finished and finished.exception else None),
+        "environment": environment,
+        "accounting": {
+            "mode": started.accounting if started else None,
+            "sample_every": started.sample_every if started else None,
+            "measured_steps": state.measured_steps,
+        },
+        "steps": state.steps,
+        "mean_step_time_s": sum(step_times) / len(step_times) if step_times else None,
+        "peaks": [{**p.to_dict(), "label": KIND_LABELS.get(p.kind, p.kind)} for p in peaks],
+        "samples": [_sample_dict(s) for s in state.samples],
+        "events": [e.to_dict() for e in [*state.notes] + ([finished] if finished else [])
+                   + ([exited] if exited else [])],
+        "findings": [{k: v for k, v in f.to_dict().items() if k not in ("v", "kind")} for f in state.findings],
+        "dropped_events": finished.dropped_events if finished else None,
+    }
+
+
+def load_report(path: str) -> dict[str, Any]:
+    """Read a report.json (or a run directory holding one); one-line UsageError on anything wrong."""
+    import os
+
+    if os.path.isdir(path):
+        path = os.path.join(path, "report.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"no report at {path} (give a run directory or its report.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read report {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA:
+        raise UsageError(f"{path} is not a torchdoctor report")
+    if data.get("schema_version") != REPORT_SCHEMA_VERSION:
+        raise UsageError(f"{path} has report schema version {data.get('schema_version')}, "
+                         f"this torchdoctor reads {REPORT_SCHEMA_VERSION}")
+    return data

@@ -1,0 +1,187 @@
+"""The end-of-run terminal report, rendered from a report dict (so ``torchdoctor report`` shows the same)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from torchdoctor.reporters.text import format_duration, sparkline
+from torchdoctor.sizes import format_bytes
+
+CATEGORY_LABELS = {
+    "parameters": "parameters (+ buffers)",
+    "gradients": "gradients",
+    "optimizer_state": "optimizer state",
+    "activations_other": "activations / other",
+}
+OUTCOME_STYLE = {"success": "green", "failed": "red", "killed": "red", "interrupted": "yellow"}
+
+
+def _when(peak: dict[str, Any]) -> str:
+    if peak.get("span") == "tail":
+        where = "after the last step" if peak.get("step") else "before any optimizer step"
+    elif peak.get("step") is not None:
+        where = f"step {peak['step']}"
+    else:
+        where = "during the run"
+    if peak.get("phase"):
+        where += f", {peak['phase']}"
+    return where
+
+
+def _headline(report: dict[str, Any]) -> Text:
+    outcome = report.get("outcome", "unknown")
+    text = Text()
+    text.append(f"{outcome}", style=f"bold {OUTCOME_STYLE.get(outcome, '')}")
+    text.append(f" (exit {report.get('exit_code')})")
+    if report.get("signal"):
+        text.append(f" by {report['signal']}")
+    steps = report.get("steps") or 0
+    text.append(f"  ·  {steps} optimizer step{'s' if steps != 1 else ''}")
+    run = report.get("run") or {}
+    text.append(f" in {format_duration(run.get('duration_s'))}")
+    mean = report.get("mean_step_time_s")
+    if mean:
+        text.append(f"  ·  {1 / mean:.1f} steps/s")
+    exception = report.get("exception")
+    if exception:
+        text.append(f"\n{exception['type']}: {exception.get('message') or ''}", style="red")
+    return text
+
+
+def _peaks_table(report: dict[str, Any]) -> Table:
+    table = Table(title="Peak memory", title_justify="left", expand=False, show_edge=False)
+    table.add_column("device")
+    table.add_column("what is measured")
+    table.add_column("peak", justify="right")
+    table.add_column("when")
+    for peak in report.get("peaks", []):
+        table.add_row(peak["device"], peak.get("label", peak["kind"]), format_bytes(peak["bytes"]), _when(peak))
+    if not report.get("peaks"):
+        table.add_row("-", "nothing was measured", "n/a", "")
+    return table
+
+
+def _breakdown(peak: dict[str, Any]) -> Table:
+    total = peak["bytes"] or 1
+    table = Table(title=f"At the {peak['device']} tensor peak ({_when(peak)})", title_justify="left",
+                  show_edge=False, show_header=False)
+    table.add_column("category")
+    table.add_column("bytes", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("bar")
+    for key, label in CATEGORY_LABELS.items():
+        value = (peak.get("breakdown") or {}).get(key, 0)
+        share = value / total
+        table.add_row(label, format_bytes(value), f"{share:5.1%}", "█" * round(share * 30))
+    return table
+
+
+def _phase_line(peak: dict[str, Any]) -> Text | None:
+    phases = peak.get("phase_peaks") or {}
+    if not phases:
+        return None
+    order = ["forward", "backward", "optimizer", "evaluation", "other"]
+    parts = [f"{p} {format_bytes(phases[p])}" for p in order if p in phases]
+    return Text(f"Peak by phase in that span: {' · '.join(parts)}")
+
+
+def _timeline(report: dict[str, Any]) -> Table | None:
+    samples = [s for s in report.get("samples", []) if s.get("span") == "step"]
+    if not samples:
+        return None
+    table = Table(title="Per-step timeline", title_justify="left", show_edge=False, show_header=False)
+    table.add_column("series")
+    table.add_column("chart")
+    table.add_column("range")
+    devices = sorted({d for s in samples for d in s.get("devices", {})})
+    for device in devices:
+        for key, name in (("tensor_peak", "tensor peak"), ("cuda_allocated_peak", "CUDA allocated peak")):
+            values = [s.get("devices", {}).get(device, {}).get(key) for s in samples]
+            known = [v for v in values if v is not None]
+            if known:
+                note = f"{format_bytes(min(known))} – {format_bytes(max(known))}"
+                if len(known) < len(values):
+                    note += f" ({len(known)} of {len(values)} steps measured)"
+                table.add_row(f"{device} {name}", sparkline(values), note)
+    rss = [s.get("rss_bytes") for s in samples]
+    known = [v for v in rss if v is not None]
+    if known:
+        table.add_row("process RSS", sparkline(rss), f"{format_bytes(min(known))} – {format_bytes(max(known))}")
+    table.add_row("", f"steps 1 … {samples[-1]['step']}", "")
+    return table
+
+
+def _environment(report: dict[str, Any]) -> Text:
+    env = report.get("environment") or {}
+    host = env.get("host") or {}
+    torch_info = env.get("torch") or {}
+    gpus = env.get("gpus") or {}
+    parts = [
+        f"torch {torch_info.get('version') or 'n/a'}",
+        f"CUDA {torch_info.get('cuda_version') or 'n/a (CPU build)'}",
+        f"Python {host.get('python', 'n/a')}",
+        f"{host.get('platform', 'n/a')}",
+        f"{host.get('cpu_count', 'n/a')} CPUs",
+        f"{format_bytes(host.get('memory_total_bytes'))} RAM",
+    ]
+    listed = gpus.get("gpus") or []
+    if listed:
+        driver = listed[0].get("driver")
+        names = ", ".join(f"gpu{g['index']} {g['name']} ({format_bytes(g.get('total_bytes'))})" for g in listed)
+        parts.append(f"GPUs: {names}; driver {driver or 'n/a'}")
+    else:
+        parts.append(f"GPUs: none ({gpus.get('explanation', 'not probed')})")
+    return Text("Environment: " + " · ".join(parts))
+
+
+def _findings(report: dict[str, Any]) -> Group:
+    findings = report.get("findings") or []
+    if not findings:
+        return Group(Text("Findings: none."))
+    rows = [Text(f"Findings ({len(findings)}):")]
+    for f in findings:
+        rows.append(Text(f"  {f['id']} {f['severity']}: {f['title']} [{f.get('location') or '?'}]"))
+        rows.append(Text(f"      evidence: {f['evidence']}"))
+        rows.append(Text(f"      fix: {f['fix']}"))
+    return Group(*rows)
+
+
+def _accounting_note(report: dict[str, Any]) -> Text:
+    acc = report.get("accounting") or {}
+    mode = acc.get("mode")
+    measured = acc.get("measured_steps", 0)
+    steps = report.get("steps", 0)
+    if mode == "off":
+        return Text("Tensor accounting was off (--accounting off): tensor figures are not measured.")
+    text = f"Tensor accounting: {mode}, {measured} of {steps} steps counted exactly"
+    if mode == "sampled":
+        text += " (first steps, then spaced out; --accounting exact counts every step)"
+    return Text(text + ".")
+
+
+def render_report(report: dict[str, Any], console: Console) -> None:
+    """Print the end-of-run report."""
+    run = report.get("run") or {}
+    parts: list[Any] = [_headline(report), Text(""), _peaks_table(report)]
+    tensor_peaks = [p for p in report.get("peaks", []) if p["kind"] == "tensor_bytes" and p.get("breakdown")]
+    for peak in tensor_peaks:
+        parts += [Text(""), _breakdown(peak)]
+        phase_line = _phase_line(peak)
+        if phase_line is not None:
+            parts.append(phase_line)
+    timeline = _timeline(report)
+    if timeline is not None:
+        parts += [Text(""), timeline]
+    parts += [Text(""), _accounting_note(report), _environment(report), _findings(report)]
+    dropped = report.get("dropped_events")
+    if dropped:
+        parts.append(Text(f"{dropped} events were dropped (the event queue was full).", style="yellow"))
+    if run.get("run_dir"):
+        parts.append(Text(f"Run directory: {run['run_dir']}"))
+    title = f"torchdoctor · {run.get('target') or '?'}"
+    console.print(Panel(Group(*parts), title=title, title_align="left", expand=False))

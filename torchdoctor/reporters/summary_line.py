@@ -1,0 +1,23 @@
+"""One line that says how a run ended and its main figure (for --quiet and logs)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torchdoctor.sizes import format_bytes
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    parts = [f"[torchdoctor] {report.get('outcome')} (exit {report.get('exit_code')})",
+             f"{report.get('steps', 0)} steps"]
+    for peak in report.get("peaks", []):
+        if peak["kind"] in ("tensor_bytes", "cuda_allocated"):
+            when = f" at step {peak['step']}" if peak.get("step") is not None else ""
+            phase = f" ({peak['phase']})" if peak.get("phase") else ""
+            parts.append(f"peak {peak['device']} {peak['kind'].replace('_', ' ')} {format_bytes(peak['bytes'])}"
+                         f"{when}{phase}")
+    run_dir = (report.get("run") or {}).get("run_dir")
+    if run_dir:
+        parts.append(f"report: {os.path.join(run_dir, 'report.json')}")
+    return " · ".join(parts)

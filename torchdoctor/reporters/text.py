@@ -1,0 +1,44 @@
+"""Small text helpers shared by the terminal renderers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float | None], width: int = 60) -> str:
+    """A one-line chart; ``None`` (not measured) shows as a space. Long series are bucketed by max."""
+    if not values:
+        return ""
+    if len(values) > width:
+        size = len(values) / width
+        buckets = []
+        for i in range(width):
+            chunk = [v for v in values[int(i * size):int((i + 1) * size)] if v is not None]
+            buckets.append(max(chunk) if chunk else None)
+        values = buckets
+    known = [v for v in values if v is not None]
+    if not known:
+        return " " * len(values)
+    low, high = min(known), max(known)
+    span = high - low
+    out = []
+    for v in values:
+        if v is None:
+            out.append(" ")
+        elif span == 0:
+            out.append(BARS[len(BARS) // 2])
+        else:
+            out.append(BARS[min(len(BARS) - 1, int((v - low) / span * (len(BARS) - 1) + 0.5))])
+    return "".join(out)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

@@ -1,0 +1,126 @@
+"""RunState: a fold over the event stream. Pure: no torch, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchdoctor.events import (
+    Event, Finding, MemorySample, Note, ProcessExited, ProcessSample, RunFinished, RunStarted,
+)
+
+# Per-device figures that are peaks, with the kind of number each one is (the report labels them so).
+PEAK_KINDS = {
+    "tensor_peak": "tensor_bytes",
+    "cuda_allocated_peak": "cuda_allocated",
+    "cuda_reserved_peak": "cuda_reserved",
+}
+
+
+@dataclass
+class Peak:
+    """The largest value of one kind of figure on one device, and when it happened."""
+
+    device: str
+    kind: str
+    bytes: int
+    step: int | None = None
+    span: str | None = None
+    phase: str | None = None
+    breakdown: dict[str, int] | None = None
+    phase_peaks: dict[str, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class RunState:
+    started: RunStarted | None = None
+    finished: RunFinished | None = None
+    exited: ProcessExited | None = None
+    samples: list[MemorySample] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    peaks: dict[tuple[str, str], Peak] = field(default_factory=dict)
+    last_process: ProcessSample | None = None
+    first_t: float | None = None
+    last_t: float | None = None
+    steps: int = 0
+    measured_steps: int = 0
+    last_measured: MemorySample | None = None
+    # (t, steps) of recent step samples, for steps/s
+    _recent: list[tuple[float, int]] = field(default_factory=list)
+
+    def apply(self, event: Event) -> None:
+        if self.first_t is None:
+            self.first_t = event.t
+        self.last_t = event.t if self.last_t is None else max(self.last_t, event.t)
+        if isinstance(event, RunStarted):
+            self.started = event
+        elif isinstance(event, MemorySample):
+            self._apply_sample(event)
+        elif isinstance(event, ProcessSample):
+            self.last_process = event
+            self._raise_peak("host", "process_rss", event.rss_bytes, None, None)
+            for device, used in event.device_used.items():
+                self._raise_peak(device, "device_used", used, None, None)
+        elif isinstance(event, Note):
+            self.notes.append(event)
+        elif isinstance(event, Finding):
+            self.findings.append(event)
+        elif isinstance(event, RunFinished):
+            self.finished = event
+        elif isinstance(event, ProcessExited):
+            self.exited = event
+
+    def _apply_sample(self, sample: MemorySample) -> None:
+        self.samples.append(sample)
+        if sample.span == "step":
+            self.steps = max(self.steps, sample.step)
+            self._recent.append((sample.t, sample.step))
+            del self._recent[:-50]
+        if sample.measured:
+            self.measured_steps += sample.span == "step"
+            self.last_measured = sample
+        step = sample.step if sample.span == "step" else None
+        self._raise_peak("host", "process_rss", sample.rss_bytes, step, sample.span)
+        for device, figures in sample.devices.items():
+            for key, kind in PEAK_KINDS.items():
+                value = figures.get(key)
+                peak = self._raise_peak(device, kind, value, sample.step, sample.span)
+                if peak is not None and key == "tensor_peak":
+                    peak.phase = figures.get("peak_phase")
+                    peak.breakdown = figures.get("breakdown")
+                    peak.phase_peaks = figures.get("phase_peaks")
+
+    def _raise_peak(self, device: str, kind: str, value: int | None, step: int | None,
+                    span: str | None) -> Peak | None:
+        """Record ``value`` if it beats the peak so far; returns the new peak, or None."""
+        if value is None:
+            return None
+        current = self.peaks.get((device, kind))
+        if current is not None and value <= current.bytes:
+            return None
+        peak = Peak(device=device, kind=kind, bytes=int(value), step=step, span=span)
+        self.peaks[(device, kind)] = peak
+        return peak
+
+    @property
+    def steps_per_second(self) -> float | None:
+        if len(self._recent) < 2:
+            return None
+        (t0, s0), (t1, s1) = self._recent[0], self._recent[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+
+    @property
+    def last_note(self) -> Note | None:
+        return self.notes[-1] if self.notes else None
+
+
+def fold(events: Iterable[Event]) -> RunState:
+    state = RunState()
+    for event in events:
+        state.apply(event)
+    return state

@@ -1,0 +1,322 @@
+"""The parent process of ``torchdoctor run``: launches the agent, folds its events, shows and records the run.
+
+The supervisor never imports torch and never touches CUDA; what it knows comes from the event stream
+(written by the child into the run directory) and from outside probes (psutil, NVML).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import torchdoctor
+from torchdoctor.config import AgentSettings
+from torchdoctor.devices import host_info, open_nvml
+from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_from_json
+from torchdoctor.report_model import build_report
+from torchdoctor.rundir import create_run_dir, write_json_atomic
+from torchdoctor.state import RunState
+from torchdoctor.target import check_module_name, check_script
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchdoctor.__file__)))
+# Run the agent with torchdoctor importable wherever it lives, without leaving its folder on the
+# script's sys.path (the bootstrap then sets sys.path[0] as python would for the script).
+_BOOT = ("import sys; sys.path.insert(0, {root!r}); from torchdoctor.agent.bootstrap import main; "
+         "sys.path.pop(0); main()")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    target: str
+    is_module: bool = False
+    script_args: tuple[str, ...] = ()
+    run_dir: str | None = None
+    quiet: bool = False
+    live: bool | None = None  # None: on when stdout is a terminal
+    log_interval: float = 10.0
+    accounting: str = "sampled"
+    sample_every: int = 50
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def exit_status(returncode: int, finished_exception: str | None, signalled: int | None) -> tuple[int, str, str | None]:
+    """Map the child's Popen return code to (torchdoctor's exit code, outcome, signal name).
+
+    A script's own exit code is returned unchanged; death by signal N becomes 128 + N, as shells show it.
+    """
+    if returncode < 0:
+        signum = -returncode
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        outcome = "interrupted" if signum in (signal.SIGINT, signal.SIGTERM) or signalled else "killed"
+        return 128 + signum, outcome, name
+    if returncode == 0:
+        return 0, "success", None
+    if finished_exception == "KeyboardInterrupt" or signalled:
+        return returncode, "interrupted", None
+    return returncode, "failed", None
+
+
+class EventTail:
+    """Reads complete JSON lines appended to the event file since the last call."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._offset = 0
+        self._partial = b""
+        self.bad_lines = 0
+
+    def read(self) -> list[Any]:
+        try:
+            with open(self._path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        events = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                events.append(event_from_json(line.decode("utf-8")))
+            except (EventError, UnicodeDecodeError):
+                self.bad_lines += 1
+        return events
+
+
+class _PtyForwarder:
+    """Reads the child's terminal output from a pty and hands whole lines to ``write``."""
+
+    def __init__(self, master_fd: int, write: Any) -> None:
+        self._fd = master_fd
+        self._write = write
+        self._thread = threading.Thread(target=self._run, name="torchdoctor-output", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import codecs
+
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        while True:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except OSError:  # EIO: every writer closed its end
+                chunk = b""
+            if not chunk:
+                break
+            pending += decoder.decode(chunk)
+            if "\n" in pending:
+                *lines, pending = pending.split("\n")
+                # A carriage return redraws a line (progress bars): keep what the terminal would show last.
+                self._write("".join(line.rsplit("\r", 1)[-1] + "\n" for line in lines))
+        pending += decoder.decode(b"", final=True)
+        if pending:
+            self._write(pending.rsplit("\r", 1)[-1] + "\n")
+        os.close(self._fd)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def _open_pty(columns: int, rows: int) -> tuple[int, int]:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    attrs = termios.tcgetattr(slave)
+    attrs[1] &= ~termios.OPOST  # keep "\n" as it is; no "\r\n" translation
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    return master, slave
+
+
+def _in_terminal_foreground() -> bool:
+    """True when a Ctrl-C typed in our terminal reaches the child directly (same process group)."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+class Supervisor:
+    def __init__(self, config: RunConfig, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
+        self.config = config
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.state = RunState()
+        self.run_dir = ""
+        self._signalled: int | None = None
+        self._child: subprocess.Popen[bytes] | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _prepare(self) -> tuple[list[str], dict[str, str]]:
+        cfg = self.config
+        if cfg.is_module:
+            check_module_name(cfg.target)
+        else:
+            check_script(cfg.target)
+        self.run_dir = create_run_dir(cfg.target, cfg.run_dir)
+        events_path = os.path.join(self.run_dir, "events.jsonl")
+        open(events_path, "w").close()
+        settings = AgentSettings(
+            events_path=os.path.abspath(events_path), accounting=cfg.accounting, sample_every=cfg.sample_every,
+            fault_log=os.path.abspath(os.path.join(self.run_dir, "faulthandler.log")),
+        )
+        env = {**os.environ, **settings.to_env(), **cfg.extra_env}
+        command = [sys.executable, "-c", _BOOT.format(root=_PACKAGE_ROOT)]
+        command += (["-m"] if cfg.is_module else []) + [cfg.target, *cfg.script_args]
+        return command, env
+
+    def _use_live(self) -> bool:
+        if self.config.quiet:
+            return False
+        if self.config.live is not None:
+            return self.config.live
+        return self.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
+
+    # -- the run -------------------------------------------------------------------------------------
+    def run(self) -> int:
+        command, env = self._prepare()
+        nvml, nvml_why = open_nvml()
+        gpus = nvml.info() if nvml else []
+        host = host_info()
+        capacity: dict[str, int | None] = {"host": host.get("memory_total_bytes")}
+        for gpu in gpus:
+            capacity[f"gpu{gpu.index}"] = gpu.total_bytes
+            capacity[f"cuda:{gpu.index}"] = gpu.total_bytes
+        tail = EventTail(env["TORCHDOCTOR_EVENTS"])
+        live = self._use_live()
+        view: Any = None
+        forwarder = None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            for sig in previous:
+                signal.signal(sig, self._on_signal)
+            if live:
+                from rich.console import Console
+
+                from torchdoctor.reporters.live import LiveView
+
+                console = Console(file=self.stdout)
+                master, slave = _open_pty(console.width, console.height)
+                self._child = subprocess.Popen(command, env=env, stdout=slave, stderr=slave)
+                os.close(slave)
+                view = LiveView(console, self.config.target, capacity)
+                view.__enter__()
+                forwarder = _PtyForwarder(master, view.print_output)
+            else:
+                from torchdoctor.reporters.live import PlainProgress
+
+                self._child = subprocess.Popen(command, env=env)
+                if not self.config.quiet:
+                    view = PlainProgress(self.stderr, self.config.log_interval)
+            self._watch(tail, nvml, view)
+        finally:
+            if view is not None and live:
+                if forwarder is not None:
+                    forwarder.join(5.0)
+                view.__exit__(None, None, None)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if nvml is not None:
+                nvml.close()
+        return self._finish(tail, host, gpus, nvml_why, live)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = signum
+        child = self._child
+        if child is None or child.poll() is not None:
+            return
+        if signum == signal.SIGINT and _in_terminal_foreground():
+            return  # the terminal delivered Ctrl-C to the child already
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    def _watch(self, tail: EventTail, nvml: Any, view: Any) -> None:
+        import psutil
+
+        child = self._child
+        assert child is not None
+        try:
+            proc: Any = psutil.Process(child.pid)
+        except psutil.Error:
+            proc = None
+        last_probe = 0.0
+        while True:
+            done = child.poll() is not None
+            for event in tail.read():
+                self.state.apply(event)
+            now = time.monotonic()
+            if not done and now - last_probe >= 1.0:
+                last_probe = now
+                self.state.apply(self._probe(proc, nvml))
+            if view is not None:
+                view.update(self.state)
+            if done:
+                return
+            time.sleep(0.1)
+
+    @staticmethod
+    def _probe(proc: Any, nvml: Any) -> ProcessSample:
+        rss = children = None
+        if proc is not None:
+            try:
+                rss = proc.memory_info().rss
+                children = sum(c.memory_info().rss for c in proc.children(recursive=True)) or None
+            except Exception:  # noqa: BLE001 - the child may be exiting
+                pass
+        return ProcessSample(rss_bytes=rss, children_rss_bytes=children, device_used=nvml.used() if nvml else {})
+
+    # -- the end -------------------------------------------------------------------------------------
+    def _finish(self, tail: EventTail, host: dict[str, Any], gpus: list[Any], nvml_why: str, live: bool) -> int:
+        child = self._child
+        assert child is not None
+        returncode = child.wait()
+        for event in tail.read():
+            self.state.apply(event)
+        finished = self.state.finished
+        exit_code, outcome, signame = exit_status(
+            returncode, finished.exception if finished else None, self._signalled)
+        self.state.apply(ProcessExited(returncode=returncode, exit_code=exit_code, outcome=outcome, signal=signame))
+        started = self.state.started
+        environment = {
+            "host": host,
+            "torch": {"version": started.torch_version if started else None,
+                      "cuda_version": started.cuda_version if started else None,
+                      "cuda_devices": started.cuda_devices if started else None},
+            "gpus": {"gpus": [g.to_dict() for g in gpus], "explanation": nvml_why if not gpus else "nvml"},
+        }
+        report = build_report(self.state, run_dir=self.run_dir, environment=environment)
+        report_path = os.path.join(self.run_dir, "report.json")
+        write_json_atomic(report_path, report)
+        self._show_final(report, live)
+        return exit_code
+
+    def _show_final(self, report: dict[str, Any], live: bool) -> None:
+        from rich.console import Console
+
+        if self.config.quiet:
+            from torchdoctor.reporters.summary_line import summary_line
+
+            self.stderr.write(summary_line(report) + "\n")
+            return
+        from torchdoctor.reporters.console import render_report
+
+        render_report(report, Console(file=self.stdout if live else self.stderr))
