@@ -22,7 +22,7 @@ from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_f
 from torchdoctor.report_model import build_report
 from torchdoctor.rundir import create_run_dir, write_json_atomic
 from torchdoctor.state import RunState
-from torchdoctor.target import check_module_name, check_script
+from torchdoctor.target import check_module, check_script
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchdoctor.__file__)))
 # Run the agent with torchdoctor importable wherever it lives, without leaving its folder on the
@@ -167,7 +167,7 @@ class Supervisor:
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
         cfg = self.config
         if cfg.is_module:
-            check_module_name(cfg.target)
+            check_module(cfg.target)
         else:
             check_script(cfg.target)
         self.run_dir = create_run_dir(cfg.target, cfg.run_dir)

@@ -7,13 +7,16 @@ Runs the user's script exactly as ``python TARGET ARGS`` would (``__name__ == "_
 from __future__ import annotations
 
 import atexit
+import builtins
+import importlib.machinery
 import faulthandler
 import os
 import platform
 import runpy
 import signal
 import sys
-import traceback
+import types
+import zipfile
 from types import TracebackType
 
 import torch
@@ -24,17 +27,42 @@ from torchdoctor.config import AgentSettings
 from torchdoctor.errors import UsageError
 from torchdoctor.events import RunStarted
 
-_AGENT_FILES = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(runpy.__file__) + os.sep + "runpy")
+_AGENT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_RUNPY_FILES = ("<frozen runpy>", os.path.abspath(runpy.__file__), "<string>")
 
 
 def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
     """Drop the leading frames of torchdoctor and runpy, so the traceback reads as under plain python."""
     while tb is not None:
-        filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
-        if not (filename.startswith(_AGENT_FILES[0]) or filename.startswith(_AGENT_FILES[1])):
+        filename = tb.tb_frame.f_code.co_filename
+        if not (filename in _RUNPY_FILES or os.path.abspath(filename).startswith(_AGENT_DIR)):
             break
         tb = tb.tb_next
     return tb
+
+
+def _print_exception(exc: BaseException) -> None:
+    # The default excepthook prints the traceback stored on the exception, so store the trimmed one.
+    exc.__traceback__ = _user_traceback(exc.__traceback__)
+    sys.excepthook(type(exc), exc, exc.__traceback__)
+
+
+def _run_script(path: str) -> None:
+    """Run a file as python does: a fresh ``__main__`` with an absolute ``__file__`` that stays in
+    ``sys.modules`` (spawned DataLoader workers re-import the script from it to unpickle its classes)."""
+    if os.path.isdir(path) or zipfile.is_zipfile(path):
+        runpy.run_path(path, run_name="__main__")
+        return
+    filename = os.path.abspath(path)
+    with open(filename, "rb") as handle:
+        code = compile(handle.read(), filename, "exec", dont_inherit=True)
+    module = types.ModuleType("__main__")
+    module.__dict__.update({
+        "__file__": filename, "__builtins__": builtins, "__cached__": None, "__package__": None,
+        "__spec__": None, "__loader__": importlib.machinery.SourceFileLoader("__main__", filename),
+    })
+    sys.modules["__main__"] = module
+    exec(code, module.__dict__)
 
 
 def _exit_code_of(exc: SystemExit) -> int:
@@ -87,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         if is_module:
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         else:
-            runpy.run_path(target, run_name="__main__")
+            _run_script(target)
     except SystemExit as exc:
         exit_code = _exit_code_of(exc)
         if not isinstance(exc.code, (int, type(None))):
@@ -97,11 +125,11 @@ def main(argv: list[str] | None = None) -> None:
         interrupted = True
         exit_code = 128 + signal.SIGINT
         failure = exc
-        traceback.print_exception(type(exc), exc, _user_traceback(exc.__traceback__))
+        _print_exception(exc)
     except BaseException as exc:  # noqa: BLE001 - the user's failure, reported as python would
         exit_code = 1
         failure = exc
-        sys.excepthook(type(exc), exc, _user_traceback(exc.__traceback__))
+        _print_exception(exc)
     finally:
         session.finish(exit_code, failure)
         sys.stdout.flush()
