@@ -1,0 +1,86 @@
+"""The tensor accountant against real CPU tensors (no mocks): bytes in, bytes out, breakdown at the peak."""
+
+import gc
+
+import torch
+
+from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, PARAMETERS, TensorAccountant
+
+
+def test_counts_new_storages_once_and_releases_them_when_they_die():
+    acct = TensorAccountant()
+    acct.open()
+    try:
+        a = torch.empty(1000, dtype=torch.float32)  # 4000 bytes
+        view = a[10:20]  # a view shares the storage: no new bytes
+        a.add_(1)  # in place: no new bytes
+        b = torch.empty(250, dtype=torch.float64)  # 2000 bytes
+        cpu = acct.ledgers["cpu"]
+        assert cpu.current == 6000
+        del a, view
+        gc.collect()
+        assert cpu.current == 2000
+        assert cpu.span_peak == 6000
+        del b
+    finally:
+        acct.close()
+
+
+def test_stops_counting_new_storages_when_closed_but_still_sees_frees():
+    acct = TensorAccountant()
+    acct.open()
+    x = torch.empty(100)
+    acct.close()
+    y = torch.empty(1000)
+    cpu = acct.ledgers["cpu"]
+    assert cpu.current == 400
+    del x
+    assert cpu.current == 0
+    del y
+
+
+def test_classifying_a_storage_later_fixes_the_breakdown_recorded_at_the_peak():
+    acct = TensorAccountant()
+    acct.open()
+    try:
+        grad = torch.empty(1000)  # born as activations/other, becomes a gradient later
+        temp = torch.empty(500)
+        del temp  # the peak (6000 bytes) was reached with both alive
+        late = torch.empty(10)  # born after the peak
+        acct.classify([grad], GRADIENTS)
+        acct.classify([late], PARAMETERS)
+        cpu = acct.ledgers["cpu"]
+        assert cpu.span_peak == 6000
+        assert cpu.span_peak_cats[GRADIENTS] == 4000
+        assert cpu.span_peak_cats[ACTIVATIONS] == 2000
+        assert cpu.span_peak_cats[PARAMETERS] == 0  # `late` was not alive at the peak
+        assert cpu.cats[PARAMETERS] == 40
+    finally:
+        acct.close()
+
+
+def test_census_counts_tensors_that_existed_before_accounting_started():
+    before = torch.empty(2048)
+    acct = TensorAccountant()
+    acct.classify([before], PARAMETERS)
+    assert acct.ledgers["cpu"].current == 8192
+    assert acct.ledgers["cpu"].cats[PARAMETERS] == 8192
+
+
+def test_phase_peaks_follow_the_phase_in_which_memory_was_highest():
+    acct = TensorAccountant()
+    acct.open()
+    try:
+        acct.set_phase("forward")
+        a = torch.empty(1000)
+        acct.set_phase("backward")
+        b = torch.empty(2000)
+        del a, b
+        acct.set_phase("optimizer")
+        figures = acct.figures()["cpu"]
+        assert figures["phase_peaks"]["forward"] == 4000
+        assert figures["phase_peaks"]["backward"] == 12000
+        assert figures["phase_peaks"]["optimizer"] == 0
+        assert figures["peak_phase"] == "backward"
+    finally:
+        acct.close()

@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from torchdoctor.events import (
+    EVENT_TYPES, SCHEMA_VERSION, EventError, Finding, MemorySample, Note, ProcessExited, ProcessSample, RunFinished,
+    RunStarted, event_from_dict, event_from_json,
+)
+
+EXAMPLES = [
+    RunStarted(pid=1, target="train.py", is_module=False, argv=["train.py", "--lr", "1"], python="3.11.7",
+               torch_version="2.13.0", cuda_version=None, cuda_devices=0, accounting="sampled", sample_every=50),
+    MemorySample(step=3, span="step", step_time_s=0.01, measured=True, rss_bytes=100,
+                 devices={"cpu": {"tensor_bytes": 10, "tensor_peak": 20, "peak_phase": "backward",
+                                  "phase_peaks": {"forward": 15, "backward": 20},
+                                  "breakdown": {"parameters": 5, "gradients": 5, "optimizer_state": 0,
+                                                "activations_other": 10}}}),
+    Note(level="warning", message="something", step=2),
+    Finding(id="TD101", severity="error", title="t", location="train.py:3", evidence="e", fix="f"),
+    ProcessSample(rss_bytes=5, children_rss_bytes=None, device_used={"gpu0": 7}),
+    RunFinished(exit_code=0, exception=None, message=None, steps=3, dropped_events=0),
+    ProcessExited(returncode=-9, exit_code=137, outcome="killed", signal="SIGKILL"),
+]
+
+
+def test_every_event_kind_has_an_example():
+    assert {type(e).kind for e in EXAMPLES} == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: e.kind)
+def test_events_round_trip_through_json(event):
+    line = event.to_json()
+    data = json.loads(line)
+    assert data["v"] == SCHEMA_VERSION and data["kind"] == event.kind
+    assert event_from_json(line) == event
+
+
+def test_unknown_kind_and_version_are_refused():
+    with pytest.raises(EventError, match="unknown event kind"):
+        event_from_dict({"v": SCHEMA_VERSION, "kind": "nope"})
+    with pytest.raises(EventError, match="version"):
+        event_from_dict({**EXAMPLES[2].to_dict(), "v": SCHEMA_VERSION + 1})
+    with pytest.raises(EventError, match="not JSON"):
+        event_from_json("{broken")
+    with pytest.raises(EventError, match="bad note"):
+        event_from_dict({"v": SCHEMA_VERSION, "kind": "note", "t": 1.0})
+
+
+def test_events_from_a_newer_minor_writer_ignore_unknown_fields():
+    data = {**EXAMPLES[2].to_dict(), "extra_field": 1}
+    assert event_from_dict(data) == EXAMPLES[2]
