@@ -15,6 +15,7 @@ PEAK_KINDS = {
     "tensor_peak": "tensor_bytes",
     "cuda_allocated_peak": "cuda_allocated",
     "cuda_reserved_peak": "cuda_reserved",
+    "device_used": "device_used",
 }
 
 
@@ -50,6 +51,7 @@ class RunState:
     steps: int = 0
     measured_steps: int = 0
     last_measured: MemorySample | None = None
+    last_notable: str | None = None  # what the live view shows as the last notable event
     # (t, steps) of recent step samples, for steps/s
     _recent: list[tuple[float, int]] = field(default_factory=list)
 
@@ -68,6 +70,7 @@ class RunState:
                 self._raise_peak(device, "device_used", used, None, None)
         elif isinstance(event, Note):
             self.notes.append(event)
+            self.last_notable = event.message
         elif isinstance(event, Finding):
             self.findings.append(event)
         elif isinstance(event, RunFinished):
@@ -94,6 +97,9 @@ class RunState:
                     peak.phase = figures.get("peak_phase")
                     peak.breakdown = figures.get("breakdown")
                     peak.phase_peaks = figures.get("phase_peaks")
+                    where = f"step {sample.step}" if sample.span == "step" else "after the last step"
+                    self.last_notable = (f"new {device} tensor peak {_mib(peak.bytes)} at {where}"
+                                         f" ({peak.phase})")
 
     def _raise_peak(self, device: str, kind: str, value: int | None, step: int | None,
                     span: str | None) -> Peak | None:
@@ -117,6 +123,10 @@ class RunState:
     @property
     def last_note(self) -> Note | None:
         return self.notes[-1] if self.notes else None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def fold(events: Iterable[Event]) -> RunState:

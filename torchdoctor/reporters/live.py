@@ -96,8 +96,7 @@ class LiveView:
         elapsed = time.monotonic() - self._started
         header = Text(f"torchdoctor ▸ {self._target}   ", style="bold")
         header.append(progress_line(state, elapsed), style="cyan")
-        note = state.last_note
-        last = Text(f"last: {note.message}" if note else "last: –", style="dim")
+        last = Text(f"last: {state.last_notable or '–'}", style="dim")
         self._live.update(Group(header, status_table(state, self._capacity), last), refresh=True)
 
 
