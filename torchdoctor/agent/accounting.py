@@ -75,6 +75,12 @@ class TensorAccountant(TorchDispatchMode):
         self.is_open = False
         self._on_stack = False  # stays True when another mode was pushed above ours and we could not pop
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        # Without this, torch.compile skips (for good) every frame first called while accounting is on:
+        # the mode steps aside while Dynamo compiles and comes back for the compiled code's run.
+        return True
+
     # -- the dispatch hot path -------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))

@@ -26,6 +26,12 @@ from torchdoctor.events import Event, MemorySample, Note, RunFinished
 _LIVE_SESSIONS: "weakref.WeakSet[AgentSession]" = weakref.WeakSet()
 
 
+# Our global module hooks exist only on measured steps; torch warns that they fire twice through a
+# torch.compile'd module, which is harmless for counting root calls and not the user's concern.
+warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks",
+                        category=UserWarning)
+
+
 def _after_fork_in_child() -> None:
     for session in list(_LIVE_SESSIONS):
         session.accountant.detach_after_fork()

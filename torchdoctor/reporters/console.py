@@ -49,7 +49,8 @@ def _headline(report: dict[str, Any]) -> Text:
         text.append(f"  ·  {1 / mean:.1f} steps/s")
     exception = report.get("exception")
     if exception:
-        text.append(f"\n{exception['type']}: {exception.get('message') or ''}", style="red")
+        message = exception.get("message")
+        text.append(f"\n{exception['type']}" + (f": {message}" if message else ""), style="red")
     return text
 
 
@@ -90,13 +91,13 @@ def _phase_line(peak: dict[str, Any]) -> Text | None:
     return Text(f"Peak by phase in that span: {' · '.join(parts)}")
 
 
-def _timeline(report: dict[str, Any]) -> Table | None:
+def _timeline(report: dict[str, Any], width: int) -> Table | None:
     samples = [s for s in report.get("samples", []) if s.get("span") == "step"]
     if not samples:
         return None
     table = Table(title="Per-step timeline", title_justify="left", show_edge=False, show_header=False)
-    table.add_column("series")
-    table.add_column("chart")
+    table.add_column("series", no_wrap=True)
+    table.add_column("chart", no_wrap=True)
     table.add_column("range")
     devices = sorted({d for s in samples for d in s.get("devices", {})})
     for device in devices:
@@ -107,11 +108,11 @@ def _timeline(report: dict[str, Any]) -> Table | None:
                 note = f"{format_bytes(min(known))} – {format_bytes(max(known))}"
                 if len(known) < len(values):
                     note += f" ({len(known)} of {len(values)} steps measured)"
-                table.add_row(f"{device} {name}", sparkline(values), note)
+                table.add_row(f"{device} {name}", sparkline(values, width), note)
     rss = [s.get("rss_bytes") for s in samples]
     known = [v for v in rss if v is not None]
     if known:
-        table.add_row("process RSS", sparkline(rss), f"{format_bytes(min(known))} – {format_bytes(max(known))}")
+        table.add_row("process RSS", sparkline(rss, width), f"{format_bytes(min(known))} – {format_bytes(max(known))}")
     table.add_row("", f"steps 1 … {samples[-1]['step']}", "")
     return table
 
@@ -121,22 +122,21 @@ def _environment(report: dict[str, Any]) -> Text:
     host = env.get("host") or {}
     torch_info = env.get("torch") or {}
     gpus = env.get("gpus") or {}
-    parts = [
-        f"torch {torch_info.get('version') or 'n/a'}",
-        f"CUDA {torch_info.get('cuda_version') or 'n/a (CPU build)'}",
-        f"Python {host.get('python', 'n/a')}",
-        f"{host.get('platform', 'n/a')}",
-        f"{host.get('cpu_count', 'n/a')} CPUs",
+    lines = [
+        "Environment",
+        f"  torch {torch_info.get('version') or 'n/a'} · CUDA {torch_info.get('cuda_version') or 'n/a (CPU build)'}"
+        f" · Python {host.get('python', 'n/a')}",
+        f"  host: {host.get('platform', 'n/a')} · {host.get('cpu_count', 'n/a')} CPUs · "
         f"{format_bytes(host.get('memory_total_bytes'))} RAM",
     ]
     listed = gpus.get("gpus") or []
     if listed:
-        driver = listed[0].get("driver")
-        names = ", ".join(f"gpu{g['index']} {g['name']} ({format_bytes(g.get('total_bytes'))})" for g in listed)
-        parts.append(f"GPUs: {names}; driver {driver or 'n/a'}")
+        for g in listed:
+            lines.append(f"  gpu{g['index']}: {g['name']} · {format_bytes(g.get('total_bytes'))} · "
+                         f"driver {g.get('driver') or 'n/a'}")
     else:
-        parts.append(f"GPUs: none ({gpus.get('explanation', 'not probed')})")
-    return Text("Environment: " + " · ".join(parts))
+        lines.append(f"  GPUs: none — {gpus.get('explanation', 'not probed')}")
+    return Text("\n".join(lines))
 
 
 def _findings(report: dict[str, Any]) -> Group:
@@ -174,7 +174,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         phase_line = _phase_line(peak)
         if phase_line is not None:
             parts.append(phase_line)
-    timeline = _timeline(report)
+    timeline = _timeline(report, max(20, min(60, console.width - 70)))
     if timeline is not None:
         parts += [Text(""), timeline]
     parts += [Text(""), _accounting_note(report), _environment(report), _findings(report)]

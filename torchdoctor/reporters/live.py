@@ -81,6 +81,8 @@ class LiveView:
         self._started = time.monotonic()
         self._live = Live(console=console, auto_refresh=False, transient=True, redirect_stdout=False,
                           redirect_stderr=False)
+        self.forwarder: Any = None  # the script's output; its unfinished line (a progress bar) shows here
+        self._last_draw = 0.0
 
     def __enter__(self) -> LiveView:
         self._live.__enter__()
@@ -93,11 +95,19 @@ class LiveView:
         self._live.console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
 
     def update(self, state: RunState) -> None:
-        elapsed = time.monotonic() - self._started
+        now = time.monotonic()
+        if now - self._last_draw < 0.25:  # redraw 4 times a second at most: no flicker
+            return
+        self._last_draw = now
+        elapsed = now - self._started
         header = Text(f"torchdoctor ▸ {self._target}   ", style="bold")
         header.append(progress_line(state, elapsed), style="cyan")
         last = Text(f"last: {state.last_notable or '–'}", style="dim")
-        self._live.update(Group(header, status_table(state, self._capacity), last), refresh=True)
+        parts: list[Any] = [header, status_table(state, self._capacity), last]
+        partial = self.forwarder.partial if self.forwarder is not None else ""
+        if partial.strip():
+            parts.insert(0, Text(partial, no_wrap=True, overflow="ellipsis"))
+        self._live.update(Group(*parts), refresh=True)
 
 
 class PlainProgress:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 BARS = "▁▂▃▄▅▆▇█"
+NOT_MEASURED = "·"
 
 
 def sparkline(values: Sequence[float | None], width: int = 60) -> str:
-    """A one-line chart; ``None`` (not measured) shows as a space. Long series are bucketed by max."""
+    """A one-line chart; ``None`` (not measured) shows as ``·``. Long series are bucketed by max."""
     if not values:
         return ""
     if len(values) > width:
@@ -20,13 +21,13 @@ def sparkline(values: Sequence[float | None], width: int = 60) -> str:
         values = buckets
     known = [v for v in values if v is not None]
     if not known:
-        return " " * len(values)
+        return NOT_MEASURED * len(values)
     low, high = min(known), max(known)
     span = high - low
     out = []
     for v in values:
         if v is None:
-            out.append(" ")
+            out.append(NOT_MEASURED)
         elif span == 0:
             out.append(BARS[len(BARS) // 2])
         else:
