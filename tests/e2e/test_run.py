@@ -109,6 +109,10 @@ def test_run_directory_holds_the_event_stream_and_a_versioned_report(scripts, tm
     # the final report is printed (on stderr, since stdout is not a terminal) and names the peak
     assert "Peak memory" in result.stderr and "evaluation" in result.stderr
     assert result.stdout == "done 6 steps, eval output (4096, 4)\n"
+    # and the report validates against the published JSON Schema
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((REPO / "torchdoctor" / "schemas" / "report-v1.schema.json").read_text())
+    jsonschema.validate(report, schema)
 
 
 def test_measured_cpu_peak_equals_the_allocator_own_figures_within_one_percent(scripts, tmp_path):

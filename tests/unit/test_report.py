@@ -80,3 +80,21 @@ def test_a_written_report_loads_back_identically(tmp_path):
     data = report()
     (tmp_path / "report.json").write_text(json.dumps(data))
     assert load_report(str(tmp_path)) == data
+
+
+def test_report_validates_against_the_published_json_schema():
+    jsonschema = __import__("pytest").importorskip("jsonschema")
+    from pathlib import Path
+
+    import torchdoctor
+
+    schema_path = Path(torchdoctor.__file__).parent / "schemas" / "report-v1.schema.json"
+    jsonschema.validate(report(), json.loads(schema_path.read_text()))
+    broken = report()
+    broken["peaks"][0]["kind"] = "made_up"
+    try:
+        jsonschema.validate(broken, json.loads(schema_path.read_text()))
+    except jsonschema.ValidationError:
+        pass
+    else:
+        raise AssertionError("a report with an unknown peak kind must not validate")
