@@ -49,7 +49,7 @@ class RunStarted(Event):
     is_module: bool
     argv: list[str]
     python: str
-    torch_version: str
+    torch_version: str | None
     cuda_version: str | None
     cuda_devices: int
     accounting: str  # "sampled", "exact" or "off"

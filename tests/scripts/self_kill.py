@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import torch
 from torch import nn
@@ -13,4 +14,5 @@ for step in range(5):
     model(torch.randn(4, 8)).sum().backward()
     opt.step()
     if step == 2:
+        time.sleep(0.5)  # the agent writes events from a background thread; give it a moment, as real life does
         os.kill(os.getpid(), signal.SIGKILL)

@@ -10,6 +10,7 @@ print(json.dumps({
     "file": __file__,
     "main_file": sys.modules["__main__"].__file__,
     "has_torchdoctor_on_path": any("torchdoctor" in p for p in sys.path[:1]),
+    "torch_imported": "torch" in sys.modules,  # torchdoctor must not import torch for a script that does not
 }))
 sys.stdout.flush()
 print("to stderr", file=sys.stderr)

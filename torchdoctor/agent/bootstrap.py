@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import builtins
 import importlib.machinery
+import importlib.metadata
 import faulthandler
 import os
 import platform
@@ -19,13 +20,11 @@ import types
 import zipfile
 from types import TracebackType
 
-import torch
-
 from torchdoctor.agent.emitter import FileEmitter, MemorySink
-from torchdoctor.agent.session import AgentSession
+from torchdoctor.agent.torch_watch import TorchImportWatcher
 from torchdoctor.config import AgentSettings
 from torchdoctor.errors import UsageError
-from torchdoctor.events import RunStarted
+from torchdoctor.events import RunFinished, RunStarted
 
 _AGENT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _RUNPY_FILES = ("<frozen runpy>", os.path.abspath(runpy.__file__), "<string>")
@@ -84,6 +83,13 @@ def _parse(argv: list[str]) -> tuple[bool, str, list[str]]:
     return is_module, argv[0], argv[1:]
 
 
+def _torch_version() -> str | None:
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     is_module, target, script_args = _parse(list(sys.argv[1:] if argv is None else argv))
     settings = AgentSettings.from_env()
@@ -92,13 +98,23 @@ def main(argv: list[str] | None = None) -> None:
         fault_file = open(settings.fault_log, "w")  # noqa: SIM115 - must outlive main() for faulthandler
         faulthandler.enable(fault_file)
     sink = FileEmitter(settings.events_path) if settings.events_path else MemorySink()
-    session = AgentSession(settings, sink)
-    session.emit(RunStarted(
-        pid=os.getpid(), target=target, is_module=is_module, argv=[target, *script_args],
-        python=platform.python_version(), torch_version=torch.__version__,
-        cuda_version=torch.version.cuda, cuda_devices=torch.cuda.device_count() if torch.version.cuda else 0,
-        accounting=settings.accounting, sample_every=settings.sample_every, attempt=settings.attempt,
-    ))
+    started = {"target": target, "is_module": is_module, "argv": [target, *script_args],
+               "python": platform.python_version(), "accounting": settings.accounting,
+               "sample_every": settings.sample_every, "attempt": settings.attempt}
+    sessions: list = []
+
+    def start_session() -> None:  # called right after the script's `import torch` completes
+        import torch
+
+        from torchdoctor.agent.session import AgentSession
+
+        session = AgentSession(settings, sink)
+        sink.emit(RunStarted(pid=os.getpid(), torch_version=torch.__version__, cuda_version=torch.version.cuda,
+                             cuda_devices=torch.cuda.device_count() if torch.version.cuda else 0, **started))
+        session.start()
+        sessions.append(session)
+
+    watcher = TorchImportWatcher(start_session)
 
     if is_module:
         sys.argv = [target, *script_args]  # run_module(alter_sys=True) puts the module's file in argv[0]
@@ -110,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     exit_code = 0
     failure: BaseException | None = None
     interrupted = False
-    session.start()
+    watcher.install()
     try:
         if is_module:
             runpy.run_module(target, run_name="__main__", alter_sys=True)
@@ -131,7 +147,19 @@ def main(argv: list[str] | None = None) -> None:
         failure = exc
         _print_exception(exc)
     finally:
-        session.finish(exit_code, failure)
+        watcher.remove()
+        if sessions:
+            sessions[0].finish()
+        else:  # the script never imported torch: nothing to hook, but the run is still recorded
+            sink.emit(RunStarted(pid=os.getpid(), torch_version=_torch_version(), cuda_version=None,
+                                 cuda_devices=0, **started))
+        sink.emit(RunFinished(
+            exit_code=exit_code,
+            exception=type(failure).__name__ if failure is not None else None,
+            message=str(failure)[:500] if failure is not None else None,
+            steps=sessions[0].step if sessions else 0,
+            dropped_events=getattr(sink, "dropped", 0),
+        ))
         sys.stdout.flush()
         sys.stderr.flush()
         sink.close()

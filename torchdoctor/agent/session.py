@@ -21,7 +21,7 @@ from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, OPTIMIZER_STATE
 from torchdoctor.agent.phases import PhaseTracker
 from torchdoctor.agent.schedule import SamplingSchedule
 from torchdoctor.config import AgentSettings
-from torchdoctor.events import Event, MemorySample, Note, RunFinished
+from torchdoctor.events import Event, MemorySample, Note
 
 _LIVE_SESSIONS: "weakref.WeakSet[AgentSession]" = weakref.WeakSet()
 
@@ -144,7 +144,7 @@ class AgentSession:
             self._span_measured = True
         self._span_start = time.perf_counter()
 
-    def finish(self, exit_code: int, exception: BaseException | None) -> None:
+    def finish(self) -> None:
         """Emit what is left (the span after the last step) and remove every hook."""
         if self._measuring or self.step == 0:
             self.emit(self._sample(span="tail"))
@@ -154,13 +154,6 @@ class AgentSession:
         self._handles = []
         self.phases.remove_autograd_wrappers()
         _LIVE_SESSIONS.discard(self)
-        self.emit(RunFinished(
-            exit_code=exit_code,
-            exception=type(exception).__name__ if exception is not None else None,
-            message=str(exception)[:500] if exception is not None else None,
-            steps=self.step,
-            dropped_events=getattr(self.sink, "dropped", 0),
-        ))
 
     def emit(self, event: Event) -> None:
         self.sink.emit(event)

@@ -13,7 +13,10 @@ def summary_line(report: dict[str, Any]) -> str:
              f"{report.get('steps', 0)} steps"]
     for peak in report.get("peaks", []):
         if peak["kind"] in ("tensor_bytes", "cuda_allocated"):
-            when = f" at step {peak['step']}" if peak.get("step") is not None else ""
+            if peak.get("span") == "tail":
+                when = " after the last step" if peak.get("step") else ""
+            else:
+                when = f" at step {peak['step']}" if peak.get("step") is not None else ""
             phase = f" ({peak['phase']})" if peak.get("phase") else ""
             parts.append(f"peak {peak['device']} {peak['kind'].replace('_', ' ')} {format_bytes(peak['bytes'])}"
                          f"{when}{phase}")
