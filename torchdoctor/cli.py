@@ -13,6 +13,7 @@ import click
 from torchdoctor import __version__
 from torchdoctor.config import ACCOUNTING_MODES, DEFAULT_SAMPLE_EVERY
 from torchdoctor.errors import TorchDoctorError, UsageError
+from torchdoctor.plan import REMEDIES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,20 +36,49 @@ def cli() -> None:
                    "when measuring costs more than 1%).")
 @click.option("--log-interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
               help="Seconds between progress lines when not in a terminal.")
+@click.option("--memory-budget", metavar="SIZE", default=None,
+              help="Behave as if the device had SIZE of memory (e.g. 6GiB): on CUDA through "
+                   "set_per_process_memory_fraction, on CPU by exact tensor accounting that raises "
+                   "torch.OutOfMemoryError at the allocation that would exceed it.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Attempts after an out-of-memory failure (0: never retry).")
+@click.option("--min-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Smallest micro-batch the micro-batch remedy may use.")
+@click.option("--remedies", metavar="LIST", default=",".join(REMEDIES), show_default=True,
+              help="Remedies to try after an OOM, in order (any of: " + ", ".join(REMEDIES) + ").")
+@click.option("--no-amp", is_flag=True, help="Never use mixed precision as a remedy.")
+@click.option("--no-keep-effective-batch", is_flag=True,
+              help="Let the micro-batch remedy shrink the batch without gradient accumulation.")
+@click.option("--batch-arg", metavar="NAME", default=None,
+              help="The script's batch-size option (e.g. --batch_size), when torchdoctor cannot find it.")
 @click.argument("script", metavar="SCRIPT|MODULE")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
-        log_interval: float, script: str, script_args: tuple[str, ...]) -> int:
+        log_interval: float, memory_budget: str | None, max_retries: int, min_batch_size: int, remedies: str,
+        no_amp: bool, no_keep_effective_batch: bool, batch_arg: str | None, script: str,
+        script_args: tuple[str, ...]) -> int:
     """Run a training script, unmodified, under torchdoctor.
 
     \b
     torchdoctor run train.py --lr 3e-4
     torchdoctor run -m package.module --epochs 2
     """
+    from torchdoctor.recovery import RecoveryOptions
+    from torchdoctor.sizes import parse_size
     from torchdoctor.supervisor import RunConfig, Supervisor
 
+    chosen = tuple(r.strip() for r in remedies.split(",") if r.strip())
+    unknown = [r for r in chosen if r not in REMEDIES]
+    if unknown:
+        raise UsageError(f"unknown remedy {unknown[0]!r} in --remedies (choose from {', '.join(REMEDIES)})")
+    if no_amp:
+        chosen = tuple(r for r in chosen if r != "amp")
+    recovery = RecoveryOptions(max_retries=max_retries, min_batch_size=min_batch_size, remedies=chosen,
+                               keep_effective_batch=not no_keep_effective_batch, batch_arg=batch_arg)
+    budget = parse_size(memory_budget) if memory_budget is not None else None
     config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=quiet,
-                       live=live, log_interval=log_interval, accounting=accounting, sample_every=sample_every)
+                       live=live, log_interval=log_interval, accounting=accounting, sample_every=sample_every,
+                       memory_budget=budget, recovery=recovery)
     return Supervisor(config).run()
 
 

@@ -17,6 +17,8 @@ ENV_SAMPLE_EVERY = "TORCHDOCTOR_SAMPLE_EVERY"
 ENV_FIRST_STEPS = "TORCHDOCTOR_FIRST_STEPS"
 ENV_FAULT_LOG = "TORCHDOCTOR_FAULT_LOG"
 ENV_ATTEMPT = "TORCHDOCTOR_ATTEMPT"
+ENV_PLAN = "TORCHDOCTOR_PLAN"
+ENV_MEMORY_BUDGET = "TORCHDOCTOR_MEMORY_BUDGET"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class AgentSettings:
     first_steps: int = DEFAULT_FIRST_STEPS
     fault_log: str | None = None
     attempt: int = 1
+    plan_path: str | None = None
+    memory_budget: int | None = None  # bytes; the device behaves as if it had this much memory
 
     def __post_init__(self) -> None:
         if self.accounting not in ACCOUNTING_MODES:
@@ -54,6 +58,10 @@ class AgentSettings:
             env[ENV_EVENTS] = self.events_path
         if self.fault_log:
             env[ENV_FAULT_LOG] = self.fault_log
+        if self.plan_path:
+            env[ENV_PLAN] = self.plan_path
+        if self.memory_budget:
+            env[ENV_MEMORY_BUDGET] = str(self.memory_budget)
         return env
 
     @classmethod
@@ -73,6 +81,8 @@ class AgentSettings:
             first_steps=_int(ENV_FIRST_STEPS, DEFAULT_FIRST_STEPS),
             fault_log=env.get(ENV_FAULT_LOG) or None,
             attempt=_int(ENV_ATTEMPT, 1),
+            plan_path=env.get(ENV_PLAN) or None,
+            memory_budget=_int(ENV_MEMORY_BUDGET, 0) or None,
         )
 
     def is_detailed(self, step: int) -> bool:

@@ -94,6 +94,35 @@ class Finding(Event):
 
 
 @dataclass(frozen=True)
+class OutOfMemory(Event):
+    """An out-of-memory error in the script: where it happened and what was asked and free."""
+
+    kind: ClassVar[str] = "out_of_memory"
+    step: int  # the optimizer step in progress (1-based)
+    phase: str | None
+    device: str | None
+    backend: str  # "torchdoctor-budget", "cuda", "cpu", "mps", ...
+    requested_bytes: int | None
+    in_use_bytes: int | None
+    capacity_bytes: int | None
+    message: str
+    breakdown: dict[str, int] | None = None  # what the device held when it failed
+
+
+@dataclass(frozen=True)
+class BatchSource(Event):
+    """Where the script's batches come from, as far as torchdoctor can change their size."""
+
+    kind: ClassVar[str] = "batch_source"
+    index: int  # creation order among the script's DataLoaders; -1 for a command-line option
+    source: str  # "dataloader" | "argument"
+    batch_size: int | None
+    training: bool  # its batches fed a backward pass
+    detail: str = ""
+    workers: int = 0
+
+
+@dataclass(frozen=True)
 class ProcessSample(Event):
     """What the supervisor sees from outside the child: RSS and device-level used memory (NVML)."""
 
@@ -113,6 +142,7 @@ class RunFinished(Event):
     message: str | None
     steps: int
     dropped_events: int
+    oom: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,7 +158,8 @@ class ProcessExited(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (RunStarted, MemorySample, Note, Finding, ProcessSample, RunFinished, ProcessExited)
+    for cls in (RunStarted, MemorySample, Note, Finding, OutOfMemory, BatchSource, ProcessSample, RunFinished,
+                ProcessExited)
 }
 
 

@@ -35,8 +35,27 @@ def _sample_dict(sample: MemorySample) -> dict[str, Any]:
     return data
 
 
+def recovery_summary(attempts: list[dict[str, Any]], outcome: str) -> dict[str, Any] | None:
+    """What recovering cost: None when the first attempt was the last and did not run out of memory."""
+    if not attempts or (len(attempts) == 1 and not attempts[0].get("oom")):
+        return None
+    earlier = attempts[:-1]
+    last_plan = attempts[-1].get("plan") or {}
+    return {
+        "recovered": len(attempts) > 1 and outcome == "success",
+        "attempts": len(attempts),
+        "remedies": list(last_plan.get("applied", [])),
+        "restarted_from": "beginning" if earlier else None,
+        "steps_redone": sum(a.get("steps", 0) for a in earlier),
+        "seconds_lost": round(sum(a.get("seconds", 0.0) for a in earlier), 3),
+        "effective_batch_kept": bool(last_plan.get("keep_effective_batch", True)),
+        "numerics_changed": bool(last_plan.get("amp")),
+        "gave_up": attempts[-1].get("decision") if outcome != "success" else None,
+    }
+
+
 def build_report(state: RunState, *, run_dir: str | None, environment: dict[str, Any],
-                 attempts: int = 1) -> dict[str, Any]:
+                 attempts: list[dict[str, Any]] | None = None, memory_budget: int | None = None) -> dict[str, Any]:
     started = state.started
     exited = state.exited
     finished = state.finished
@@ -62,7 +81,7 @@ def build_report(state: RunState, *, run_dir: str | None, environment: dict[str,
             "run_dir": run_dir,
             "started_at": state.first_t,
             "duration_s": duration,
-            "attempts": attempts,
+            "attempts": len(attempts) if attempts else 1,
         },
         "outcome": outcome,
         "exit_code": exit_code,
@@ -83,6 +102,10 @@ def build_report(state: RunState, *, run_dir: str | None, environment: dict[str,
                    + ([exited] if exited else [])],
         "findings": [{k: v for k, v in f.to_dict().items() if k not in ("v", "kind")} for f in state.findings],
         "dropped_events": finished.dropped_events if finished else None,
+        "memory_budget_bytes": memory_budget,
+        "ooms": [{k: v for k, v in o.to_dict().items() if k not in ("v", "kind")} for o in state.ooms],
+        "attempts": attempts or [],
+        "recovery": recovery_summary(attempts or [], outcome),
     }
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from torchdoctor.sizes import format_bytes
 from torchdoctor.events import (
-    Event, Finding, MemorySample, Note, ProcessExited, ProcessSample, RunFinished, RunStarted,
+    BatchSource, Event, Finding, MemorySample, Note, OutOfMemory, ProcessExited, ProcessSample, RunFinished,
+    RunStarted,
 )
 
 # Per-device figures that are peaks, with the kind of number each one is (the report labels them so).
@@ -45,6 +46,8 @@ class RunState:
     samples: list[MemorySample] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    ooms: list[OutOfMemory] = field(default_factory=list)
+    batch_sources: dict[tuple[str, int], BatchSource] = field(default_factory=dict)
     peaks: dict[tuple[str, str], Peak] = field(default_factory=dict)
     last_process: ProcessSample | None = None
     first_t: float | None = None
@@ -74,6 +77,12 @@ class RunState:
             self.last_notable = event.message
         elif isinstance(event, Finding):
             self.findings.append(event)
+        elif isinstance(event, OutOfMemory):
+            self.ooms.append(event)
+            where = f"step {event.step}" + (f", {event.phase}" if event.phase else "")
+            self.last_notable = f"out of memory at {where}: tried to allocate {format_bytes(event.requested_bytes)}"
+        elif isinstance(event, BatchSource):
+            self.batch_sources[(event.source, event.index)] = event
         elif isinstance(event, RunFinished):
             self.finished = event
         elif isinstance(event, ProcessExited):

@@ -11,13 +11,16 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import torchdoctor
 from torchdoctor.config import AgentSettings
 from torchdoctor.devices import host_info, open_nvml
 from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_from_json
+from torchdoctor.attempts import attempt_record, describe_failure, script_args_for
+from torchdoctor.plan import Plan
+from torchdoctor.recovery import RecoveryOptions, next_plan
 from torchdoctor.report_model import build_report
 from torchdoctor.rundir import create_run_dir, write_json_atomic
 from torchdoctor.state import RunState
@@ -42,6 +45,8 @@ class RunConfig:
     log_interval: float = 10.0
     accounting: str = "sampled"
     sample_every: int = 50
+    memory_budget: int | None = None
+    recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -124,13 +129,22 @@ class Supervisor:
         self.run_dir = create_run_dir(cfg.target, cfg.run_dir)
         events_path = os.path.join(self.run_dir, "events.jsonl")
         open(events_path, "w").close()
+        self._events_path = os.path.abspath(events_path)
+        return self._settings(Plan(batch_arg=cfg.recovery.batch_arg))
+
+    def _settings(self, plan: Plan) -> tuple[list[str], dict[str, str]]:
+        """The child's command line and environment for the attempt that follows ``plan``."""
+        cfg = self.config
+        plan_path = os.path.abspath(os.path.join(self.run_dir, f"plan-{plan.attempt}.json"))
+        plan.write(plan_path)
         settings = AgentSettings(
-            events_path=os.path.abspath(events_path), accounting=cfg.accounting, sample_every=cfg.sample_every,
-            fault_log=os.path.abspath(os.path.join(self.run_dir, "faulthandler.log")),
+            events_path=self._events_path, accounting=cfg.accounting, sample_every=cfg.sample_every,
+            fault_log=os.path.abspath(os.path.join(self.run_dir, "faulthandler.log")), attempt=plan.attempt,
+            plan_path=plan_path, memory_budget=cfg.memory_budget,
         )
         env = {**os.environ, **settings.to_env(), **cfg.extra_env}
         command = [sys.executable, "-c", _BOOT.format(root=_PACKAGE_ROOT)]
-        command += (["-m"] if cfg.is_module else []) + [cfg.target, *cfg.script_args]
+        command += (["-m"] if cfg.is_module else []) + [cfg.target, *script_args_for(cfg.script_args, plan)]
         return command, env
 
     def _use_live(self) -> bool:
@@ -150,14 +164,54 @@ class Supervisor:
         for gpu in gpus:
             capacity[f"gpu{gpu.index}"] = gpu.total_bytes
             capacity[f"cuda:{gpu.index}"] = gpu.total_bytes
-        tail = EventTail(env["TORCHDOCTOR_EVENTS"])
+        tail = EventTail(self._events_path)
         live = self._use_live()
-        view: Any = None
-        forwarder = None
+        plan = Plan(batch_arg=self.config.recovery.batch_arg)
+        options = self.config.recovery
+        attempts: list[dict[str, Any]] = []
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             for sig in previous:
                 signal.signal(sig, self._on_signal)
+            while True:
+                self.state = RunState()
+                began = time.time()
+                returncode = self._attempt(command, env, tail, nvml, capacity, live)
+                failure = describe_failure(self.state, returncode, self.config.script_args, options)
+                record = attempt_record(plan, self.state, returncode, failure, time.time() - began)
+                attempts.append(record)
+                if returncode == 0 or self._signalled or failure.kind == "other":
+                    break
+                decision = next_plan(plan, failure, options)
+                record["decision"] = decision.reason
+                if decision.plan is None:
+                    break
+                record["next_remedy"] = decision.remedy
+                self._say(f"attempt {plan.attempt} {record['summary']}; attempt {decision.plan.attempt}: "
+                          f"{decision.reason} (restarting from the beginning)")
+                plan = decision.plan
+                if "remedies" in decision.changes:
+                    options = replace(options, remedies=decision.changes["remedies"])  # type: ignore[arg-type]
+                command, env = self._settings(plan)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if nvml is not None:
+                nvml.close()
+        return self._finish(returncode, host, gpus, nvml_why, live, attempts)
+
+    def _say(self, message: str) -> None:
+        stream = self.stdout if self._use_live() else self.stderr
+        stream.write(f"[torchdoctor] {message}\n")
+        stream.flush()
+
+    def _attempt(self, command: list[str], env: dict[str, str], tail: EventTail, nvml: Any,
+                 capacity: dict[str, int | None], live: bool) -> int:
+        """Run the child once, showing it live; returns its Popen return code."""
+        view: Any = None
+        forwarder = None
+        winch = signal.getsignal(signal.SIGWINCH)
+        try:
             if live:
                 from rich.console import Console
 
@@ -170,7 +224,6 @@ class Supervisor:
                 view = LiveView(console, self.config.target, capacity)
                 view.__enter__()
                 forwarder = view.forwarder = PtyForwarder(master, view.print_output)
-                previous.setdefault(signal.SIGWINCH, signal.getsignal(signal.SIGWINCH))
                 signal.signal(signal.SIGWINCH, lambda *_: self._resize(master))
             else:
                 from torchdoctor.reporters.live import PlainProgress
@@ -184,11 +237,11 @@ class Supervisor:
                 if forwarder is not None:
                     forwarder.join(5.0)
                 view.__exit__(None, None, None)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            if nvml is not None:
-                nvml.close()
-        return self._finish(tail, host, gpus, nvml_why, live)
+            signal.signal(signal.SIGWINCH, winch)
+        returncode = self._child.wait()
+        for event in tail.read():
+            self.state.apply(event)
+        return returncode
 
     def _resize(self, master: int) -> None:
         try:
@@ -245,12 +298,8 @@ class Supervisor:
         return ProcessSample(rss_bytes=rss, children_rss_bytes=children, device_used=nvml.used() if nvml else {})
 
     # -- the end -------------------------------------------------------------------------------------
-    def _finish(self, tail: EventTail, host: dict[str, Any], gpus: list[Any], nvml_why: str, live: bool) -> int:
-        child = self._child
-        assert child is not None
-        returncode = child.wait()
-        for event in tail.read():
-            self.state.apply(event)
+    def _finish(self, returncode: int, host: dict[str, Any], gpus: list[Any], nvml_why: str, live: bool,
+                attempts: list[dict[str, Any]]) -> int:
         finished = self.state.finished
         exit_code, outcome, signame = exit_status(
             returncode, finished.exception if finished else None, self._signalled)
@@ -263,7 +312,8 @@ class Supervisor:
                       "cuda_devices": started.cuda_devices if started else None},
             "gpus": {"gpus": [g.to_dict() for g in gpus], "explanation": nvml_why if not gpus else "nvml"},
         }
-        report = build_report(self.state, run_dir=self.run_dir, environment=environment)
+        report = build_report(self.state, run_dir=self.run_dir, environment=environment, attempts=attempts,
+                              memory_budget=self.config.memory_budget)
         report_path = os.path.join(self.run_dir, "report.json")
         write_json_atomic(report_path, report)
         self._show_final(report, live)

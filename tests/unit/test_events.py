@@ -3,7 +3,7 @@ import json
 import pytest
 
 from torchdoctor.events import (
-    EVENT_TYPES, SCHEMA_VERSION, EventError, Finding, MemorySample, Note, ProcessExited, ProcessSample, RunFinished,
+    BatchSource, EVENT_TYPES, SCHEMA_VERSION, EventError, Finding, OutOfMemory, MemorySample, Note, ProcessExited, ProcessSample, RunFinished,
     RunStarted, event_from_dict, event_from_json,
 )
 
@@ -17,6 +17,9 @@ EXAMPLES = [
                                                 "activations_other": 10}}}),
     Note(level="warning", message="something", step=2),
     Finding(id="TD101", severity="error", title="t", location="train.py:3", evidence="e", fix="f"),
+    OutOfMemory(step=3, phase="backward", device="cpu", backend="torchdoctor-budget", requested_bytes=10,
+                in_use_bytes=90, capacity_bytes=95, message="CPU out of memory", breakdown={"parameters": 5}),
+    BatchSource(index=0, source="dataloader", batch_size=256, training=True),
     ProcessSample(rss_bytes=5, children_rss_bytes=None, device_used={"gpu0": 7}),
     RunFinished(exit_code=0, exception=None, message=None, steps=3, dropped_events=0),
     ProcessExited(returncode=-9, exit_code=137, outcome="killed", signal="SIGKILL"),

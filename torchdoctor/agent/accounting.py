@@ -25,6 +25,16 @@ from torchdoctor.events import CATEGORIES
 PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS = range(4)
 
 
+def _size(n: int) -> str:
+    """Sizes as torch's own OOM messages write them (``20.00 MiB``)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.2f} {unit}" if unit != "B" else f"{n} bytes"
+        value /= 1024
+    return f"{n} bytes"
+
+
 class DeviceLedger:
     """Running figures for one device within the current span (between two optimizer steps)."""
 
@@ -72,6 +82,8 @@ class TensorAccountant(TorchDispatchMode):
         self._live: dict[int, _Entry] = {}
         self._seq = 0
         self.phase = "other"
+        self.budget: tuple[str, int] | None = None  # (device, bytes): allocations beyond it raise an OOM
+        self.on_budget_exceeded: Any = None  # called with the OOM's figures just before it is raised
         self.is_open = False
         self._on_stack = False  # stays True when another mode was pushed above ours and we could not pop
 
@@ -110,9 +122,11 @@ class TensorAccountant(TorchDispatchMode):
         if ledger is None:
             ledger = self.ledgers[key] = DeviceLedger()
             ledger.reset_span(self.phase, self._seq)
-        if cat is None:
-            cat = OPTIMIZER_STATE if self.phase == "optimizer" else ACTIVATIONS
         nbytes = storage.nbytes()
+        if cat is None:  # a new allocation (not a census)
+            if self.budget is not None and key == self.budget[0] and ledger.current + nbytes > self.budget[1]:
+                self._raise_budget_oom(key, nbytes, ledger)
+            cat = OPTIMIZER_STATE if self.phase == "optimizer" else ACTIVATIONS
         self._seq += 1
         entry = _Entry(nbytes, ledger, cat, self._seq)
         self._live[ptr] = entry
@@ -128,6 +142,20 @@ class TensorAccountant(TorchDispatchMode):
             ledger.span_peak_cats = list(ledger.cats)
             ledger.span_peak_phase = self.phase
         weakref.finalize(storage, self._release, ptr, entry)
+
+    def _raise_budget_oom(self, device: str, nbytes: int, ledger: DeviceLedger) -> None:
+        """Fail this allocation as a device of ``budget`` bytes would: a ``torch.OutOfMemoryError`` in the
+        CUDA message format. The op's outputs die with the exception; the ledger never counted them."""
+        capacity = self.budget[1] if self.budget else 0
+        free = max(0, capacity - ledger.current)
+        message = (f"{device.upper()} out of memory (torchdoctor memory budget). Tried to allocate "
+                   f"{_size(nbytes)}. Device {device} has a total capacity of {_size(capacity)} of which "
+                   f"{_size(free)} is free. Of the allocated memory {_size(ledger.current)} is allocated by tensors.")
+        if self.on_budget_exceeded is not None:
+            self.on_budget_exceeded({"device": device, "requested_bytes": nbytes, "in_use_bytes": ledger.current,
+                                     "capacity_bytes": capacity, "phase": self.phase, "message": message,
+                                     "breakdown": dict(zip(CATEGORIES, ledger.cats))})
+        raise torch.OutOfMemoryError(message)
 
     def _release(self, ptr: int, entry: _Entry) -> None:
         if self._live.get(ptr) is entry:

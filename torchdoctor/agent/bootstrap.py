@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         _print_exception(exc)
     finally:
         watcher.remove()
+        oom = False
         if sessions:
+            oom = sessions[0].record_failure(failure)
             sessions[0].finish()
         else:  # the script never imported torch: nothing to hook, but the run is still recorded
             sink.emit(RunStarted(pid=os.getpid(), torch_version=_torch_version(), cuda_version=None,
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             message=str(failure)[:500] if failure is not None else None,
             steps=sessions[0].step if sessions else 0,
             dropped_events=getattr(sink, "dropped", 0),
+            oom=oom,
         ))
         sys.stdout.flush()
         sys.stderr.flush()

@@ -26,6 +26,10 @@ class PhaseTracker:
         self._depth = 0
         self._module_handles: list[Any] = []
         self._originals: dict[str, Callable[..., Any]] = {}
+        self.failed_in: str | None = None  # the phase an exception left (backward, optimizer), for OOM reports
+        # Set by the session while micro-batching: change backward's arguments, and hear that it ran.
+        self.transform_backward: Callable[[tuple, dict], tuple[tuple, dict]] | None = None
+        self.after_backward: Callable[[], None] | None = None
 
     def set(self, phase: str) -> None:
         if phase != self.phase:
@@ -66,20 +70,28 @@ class PhaseTracker:
             if getattr(original, "__torchdoctor_wrapped__", False):
                 continue
             self._originals[name] = original
-            setattr(torch.autograd, name, self._wrap_backward(original))
+            setattr(torch.autograd, name, self._wrap_backward(original, name == "backward"))
 
     def remove_autograd_wrappers(self) -> None:
         for name, original in self._originals.items():
             setattr(torch.autograd, name, original)
         self._originals = {}
 
-    def _wrap_backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_backward(self, original: Callable[..., Any], is_backward: bool) -> Callable[..., Any]:
         @functools.wraps(original)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             before = self.phase
             self.set("backward")
+            if is_backward and self.transform_backward is not None:
+                args, kwargs = self.transform_backward(args, kwargs)
             try:
-                return original(*args, **kwargs)
+                result = original(*args, **kwargs)
+                if is_backward and self.after_backward is not None:
+                    self.after_backward()
+                return result
+            except BaseException:
+                self.failed_in = "backward"
+                raise
             finally:
                 # Inside an optimizer closure (LBFGS) the step goes on; elsewhere backward ends the pass.
                 self.set("optimizer" if before == "optimizer" else "other")

@@ -18,10 +18,17 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, OPTIMIZER_STATE, PARAMETERS, TensorAccountant
+from torchdoctor.agent.accumulation import AccumulationGates, MicroInfo, scale_backward_args
+from torchdoctor.agent.batching import LoaderWatch
+from torchdoctor.agent.batch_args import BatchArgumentWatch
 from torchdoctor.agent.phases import PhaseTracker
+from torchdoctor.agent.remedies import ForwardRemedies
 from torchdoctor.agent.schedule import SamplingSchedule
 from torchdoctor.config import AgentSettings
-from torchdoctor.events import Event, MemorySample, Note
+from torchdoctor.events import Event, MemorySample, Note, OutOfMemory
+from torchdoctor.oom import classify_oom
+from torchdoctor.plan import Plan
+from torchdoctor.sizes import format_bytes
 
 _LIVE_SESSIONS: "weakref.WeakSet[AgentSession]" = weakref.WeakSet()
 
@@ -113,7 +120,21 @@ class AgentSession:
         self.step = 0
         self.accountant = TensorAccountant()
         self.phases = PhaseTracker(self._phase_changed, self._saw_root_module)
-        self.schedule = SamplingSchedule(settings.accounting, settings.first_steps, settings.sample_every)
+        self.plan = Plan.read(settings.plan_path) if settings.plan_path else Plan()
+        accounting = settings.accounting
+        if settings.memory_budget and not (torch.cuda.is_available()):
+            accounting = "exact"  # the budget is enforced at every allocation
+        self.schedule = SamplingSchedule(accounting, settings.first_steps, settings.sample_every)
+        plan = self.plan
+        split = {index: plan.micro_batches for index in plan.train_loaders} if plan.micro_batches > 1 else {}
+        self.loaders = LoaderWatch(self.emit, split, plan.host_workers_cap)
+        self.batch_args = BatchArgumentWatch(self.emit)
+        self._argv_parts = plan.micro_batches if plan.batch_arg and plan.micro_batches > 1 else 1
+        accumulate = plan.micro_batches > 1 and plan.keep_effective_batch
+        self.gates = AccumulationGates(self.loaders.accumulator) if accumulate else None
+        self.remedies = ForwardRemedies(plan.eval_no_grad, plan.amp)
+        self._backwards = 0
+        self._budget_oom: str | None = None
         self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._handles: list[Any] = []
@@ -139,6 +160,15 @@ class AgentSession:
             register_optimizer_step_post_hook(self._step_post),
         ]
         self.phases.install_autograd_wrappers()
+        self.phases.transform_backward = self._before_backward
+        self.phases.after_backward = self.loaders.accumulator.after_backward if self.gates else None
+        self.loaders.install()
+        self.batch_args.install()
+        if self.gates is not None:
+            self.gates.install()
+        self.remedies.install()
+        self._apply_budget()
+        self._announce_plan()
         if self.schedule.detailed(1):
             self._start_measuring(census=False)
             self._span_measured = True
@@ -153,10 +183,99 @@ class AgentSession:
             handle.remove()
         self._handles = []
         self.phases.remove_autograd_wrappers()
+        self.loaders.remove()
+        self.batch_args.remove()
+        if self.gates is not None:
+            self.gates.remove()
+        self.remedies.remove()
+        self._report_remedies()
         _LIVE_SESSIONS.discard(self)
 
     def emit(self, event: Event) -> None:
         self.sink.emit(event)
+
+    # -- the plan's remedies and the memory budget ---------------------------------------------------
+    def _apply_budget(self) -> None:
+        budget = self.settings.memory_budget
+        if not budget:
+            return
+        if torch.cuda.is_available():
+            for index in range(torch.cuda.device_count()):
+                total = torch.cuda.get_device_properties(index).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), index)
+            where = f"each CUDA device (set_per_process_memory_fraction of {format_bytes(budget)})"
+        else:
+            self.accountant.budget = ("cpu", budget)
+            self.accountant.on_budget_exceeded = self._budget_exceeded
+            where = "cpu: tensor allocations beyond it raise torch.OutOfMemoryError"
+        self.emit(Note(level="info", message=f"memory budget {format_bytes(budget)} on {where}"))
+
+    def _budget_exceeded(self, figures: dict[str, Any]) -> None:
+        self._budget_oom = figures["message"]
+        self.emit(OutOfMemory(step=self.step + 1, backend="torchdoctor-budget", **figures))
+
+    def _announce_plan(self) -> None:
+        plan = self.plan
+        if plan.is_default:
+            return
+        parts = []
+        if plan.micro_batches > 1:
+            parts.append(f"{plan.micro_batches} micro-batches per batch"
+                         + (" with gradient accumulation" if plan.keep_effective_batch else " (no accumulation)"))
+        if plan.eval_no_grad:
+            parts.append("evaluation under no_grad")
+        if plan.amp:
+            parts.append(f"autocast {plan.amp}")
+        if plan.host_workers_cap is not None:
+            parts.append(f"at most {plan.host_workers_cap} DataLoader workers")
+        self.emit(Note(level="info", message=f"attempt {plan.attempt}: " + (", ".join(parts) or "as before")))
+
+    def _before_backward(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        acc = self.loaders.accumulator
+        if self._argv_parts > 1:
+            acc.current = MicroInfo(self._backwards % self._argv_parts, self._argv_parts, 1 / self._argv_parts)
+        self._backwards += 1
+        self.loaders.note_backward()
+        if self.gates is not None and acc.loss_scale != 1.0:
+            args, kwargs = scale_backward_args(args, kwargs, acc.loss_scale)
+        return args, kwargs
+
+    def _report_remedies(self) -> None:
+        if self.gates is not None:
+            acc = self.loaders.accumulator
+            has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for root in list(self._modules)
+                         for m in root.modules())
+            message = (f"micro-batching: {acc.skipped_steps} optimizer.step calls deferred to the end of their "
+                       f"batch; {self.step} optimizer steps taken")
+            if has_bn:
+                message += "; note: BatchNorm statistics saw micro-batches, not whole batches"
+            self.emit(Note(level="info", message=message))
+        if self.remedies.no_grad_forwards:
+            self.emit(Note(level="info", message=f"eval-no-grad: {self.remedies.no_grad_forwards} evaluation "
+                                                 f"forwards ran under torch.no_grad()"))
+        if self.remedies.autocast_forwards:
+            self.emit(Note(level="info", message=f"amp: {self.remedies.autocast_forwards} training forwards ran "
+                                                 f"under autocast ({self.plan.amp})"))
+
+    def record_failure(self, exc: BaseException | None) -> bool:
+        """Emit an OutOfMemory event for an OOM the script died of; True if it was one."""
+        info = classify_oom(exc)
+        if info is None:
+            return False
+        if self._budget_oom is not None and self._budget_oom in info.message:
+            return True  # already reported where it was raised
+        device = in_use = capacity = None
+        if info.backend in ("cuda", "cuda-driver", "cublas", "cudnn", "type") and torch.cuda.is_initialized():
+            index = torch.cuda.current_device()
+            device = f"cuda:{index}"
+            in_use = torch.cuda.memory_allocated(index)
+            capacity = torch.cuda.get_device_properties(index).total_memory
+        elif info.backend == "cpu":
+            device = "cpu"
+        self.emit(OutOfMemory(step=self.step + 1, phase=self.phases.failed_in or self.phases.phase, device=device,
+                              backend=info.backend, requested_bytes=info.requested_bytes, in_use_bytes=in_use,
+                              capacity_bytes=capacity, message=info.message[:1000]))
+        return True
 
     # -- hooks ---------------------------------------------------------------------------------------
     def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

@@ -1,0 +1,143 @@
+"""Gradient accumulation imposed on an unmodified training loop while it sees micro-batches.
+
+The script still calls ``zero_grad``, ``backward``, ``optimizer.step``, ``scheduler.step``, ``scaler.step`` and
+``clip_grad_norm_`` once per micro-batch; the gates below let them act once per batch: each micro-batch's
+gradient is scaled by its share of the batch, gradients are kept until the batch's last micro-batch, and only
+then are they clipped, stepped and reset.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from torchdoctor.agent.patching import ClassPatches
+
+
+@dataclass(frozen=True)
+class MicroInfo:
+    index: int  # position of this micro-batch in its batch
+    count: int  # micro-batches in this batch
+    weight: float  # its share of the batch's samples
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.count - 1
+
+
+class Accumulator:
+    """Gates the per-batch actions of a training loop while micro-batches of one batch go through it."""
+
+    def __init__(self) -> None:
+        self.current: MicroInfo | None = None  # the micro-batch the script is working on
+        self.pending_grads = False  # a micro-batch's gradients wait for the batch's optimizer step
+        self.last_step_real = True
+        self.skipped_steps = 0
+
+    @property
+    def at_boundary(self) -> bool:
+        return self.current is None or self.current.last
+
+    @property
+    def loss_scale(self) -> float:
+        return 1.0 if self.current is None else self.current.weight
+
+    def after_backward(self) -> None:
+        if self.current is not None:
+            self.pending_grads = True
+
+    def allow_step(self) -> bool:
+        self.last_step_real = self.at_boundary
+        if self.last_step_real:
+            self.pending_grads = False
+        else:
+            self.skipped_steps += 1
+        return self.last_step_real
+
+    def allow_zero_grad(self) -> bool:
+        return not self.pending_grads
+
+
+def scale_backward_args(args: tuple[Any, ...], kwargs: dict[str, Any], scale: float) -> tuple[tuple, dict]:
+    """Arguments of ``torch.autograd.backward`` whose gradient is multiplied by ``scale``."""
+    args = list(args)
+    tensors = args[0] if args else kwargs.get("tensors")
+    if "grad_tensors" in kwargs:
+        grads = kwargs["grad_tensors"]
+    else:
+        grads = args[1] if len(args) > 1 else None
+    single = isinstance(tensors, torch.Tensor)
+    tensor_list = [tensors] if single else list(tensors)
+    if grads is None:
+        scaled = [torch.full_like(t, scale) for t in tensor_list]
+    else:
+        grad_list = [grads] if isinstance(grads, torch.Tensor) else list(grads)
+        scaled = [g * scale if g is not None else torch.full_like(t, scale) for g, t in zip(grad_list, tensor_list)]
+    new_grads: Any = scaled[0] if single else scaled
+    if "grad_tensors" in kwargs or len(args) <= 1:
+        kwargs = {**kwargs, "grad_tensors": new_grads}
+    else:
+        args[1] = new_grads
+    return tuple(args), kwargs
+
+
+
+
+class AccumulationGates:
+    """Installs the gates on torch's classes for one run."""
+
+    def __init__(self, accumulator: Accumulator) -> None:
+        self.acc = accumulator
+        self._patches = ClassPatches()
+
+    def install(self) -> None:
+        acc = self.acc
+
+        def optimizer_init(original: Any) -> Any:
+            @functools.wraps(original)
+            def __init__(opt: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+                original(opt, *args, **kwargs)
+                step = opt.step  # the hooked, bound step; wrapped per instance so every caller is gated
+
+                def gated_step(self: Any, *a: Any, **k: Any) -> Any:
+                    return step(*a, **k) if acc.allow_step() else None
+
+                # A bound method, as LR schedulers expect when they wrap optimizer.step in turn.
+                opt.step = types.MethodType(functools.wraps(step.__func__)(gated_step), opt)
+            return __init__
+
+        def gate(original: Any, allow: Any, default: Any = None) -> Any:
+            @functools.wraps(original)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                if allow():
+                    return original(*args, **kwargs)
+                return default(*args, **kwargs) if callable(default) else default
+            return wrapper
+
+        def unclipped_norm(parameters: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+            params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+            grads = [p.grad for p in params if p.grad is not None]
+            return torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
+
+        at_boundary = lambda: acc.at_boundary  # noqa: E731
+        self._patches.wrap(torch.optim.Optimizer, "__init__", optimizer_init)
+        self._patches.wrap(torch.optim.Optimizer, "zero_grad", lambda f: gate(f, acc.allow_zero_grad))
+        self._patches.wrap(torch.nn.Module, "zero_grad", lambda f: gate(f, acc.allow_zero_grad))
+        scheduler_classes = [torch.optim.lr_scheduler.LRScheduler]
+        scheduler_classes += [c for c in vars(torch.optim.lr_scheduler).values()
+                              if isinstance(c, type) and issubclass(c, torch.optim.lr_scheduler.LRScheduler)
+                              and "step" in c.__dict__ and c is not torch.optim.lr_scheduler.LRScheduler]
+        for cls in scheduler_classes:
+            self._patches.wrap(cls, "step", lambda f: gate(f, lambda: acc.last_step_real))
+        for name in ("unscale_", "step", "update"):
+            self._patches.wrap(torch.amp.GradScaler, name, lambda f: gate(f, at_boundary))
+        for module in (torch.nn.utils, torch.nn.utils.clip_grad):
+            self._patches.wrap(module, "clip_grad_norm_", lambda f: gate(f, at_boundary, unclipped_norm))
+            self._patches.wrap(module, "clip_grad_value_", lambda f: gate(f, at_boundary))
+
+    def remove(self) -> None:
+        self._patches.restore()

@@ -1,0 +1,154 @@
+"""Smaller micro-batches with gradient accumulation, for an unmodified script.
+
+Each batch of a training DataLoader is split, in order, into up to ``k`` micro-batches (``MicroBatchSampler``
+wraps the loader's own batch sampler, so the sampler's shuffling and RNG use are untouched). While micro-batches
+of one batch flow through the script's loop, the ``Accumulator`` makes every micro-batch's loss count for its
+share of the batch (the backward gradient is scaled by micro size / batch size) and lets ``optimizer.step``,
+``zero_grad``, LR-scheduler steps, GradScaler steps and gradient clipping act only once per batch. The
+optimizer steps, the data and their order are the same as with the full batch.
+
+``LoaderWatch`` numbers the script's DataLoaders in creation order and notes which of them feed a backward pass
+(training loaders), so the supervisor knows what it can split in the next attempt.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+from torchdoctor.agent.accumulation import Accumulator, MicroInfo
+from torchdoctor.agent.patching import ClassPatches
+from torchdoctor.events import BatchSource
+
+
+def split_sizes(n: int, parts: int) -> list[int]:
+    """Sizes of ``parts`` (at most ``n``) contiguous chunks of ``n`` items, as even as possible."""
+    parts = max(1, min(parts, n))
+    base, extra = divmod(n, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+class MicroBatchSampler:
+    """Yields each batch of ``inner`` as consecutive micro-batches; records their order for the Accumulator."""
+
+    def __init__(self, inner: Any, parts: int) -> None:
+        self.inner = inner
+        self.parts = parts
+        self.pending: deque[MicroInfo] = deque()
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        self.pending.clear()  # a new pass over the data
+        for batch in self.inner:
+            batch = list(batch)
+            start = 0
+            sizes = split_sizes(len(batch), self.parts) if batch else [0]
+            for i, size in enumerate(sizes):
+                self.pending.append(MicroInfo(i, len(sizes), size / max(1, len(batch))))
+                yield batch[start:start + size]
+                start += size
+
+    def __len__(self) -> int:
+        inner_len = len(self.inner)
+        sampler = getattr(self.inner, "sampler", None)
+        batch_size = getattr(self.inner, "batch_size", None)
+        if sampler is None or not batch_size:
+            return inner_len * self.parts
+        try:
+            n = len(sampler)
+        except TypeError:
+            return inner_len * self.parts
+        full, last = divmod(n, batch_size)
+        tail = 0 if getattr(self.inner, "drop_last", False) or not last else min(self.parts, last)
+        return full * min(self.parts, batch_size) + tail
+
+
+class LoaderWatch:
+    """Numbers DataLoaders, reports batch sources, and splits the ones the plan names."""
+
+    def __init__(self, emit: Callable[[Any], None], split: dict[int, int], worker_cap: int | None) -> None:
+        self._emit = emit
+        self._split = split  # loader index -> micro-batches per batch
+        self._worker_cap = worker_cap
+        self._count = 0
+        self._sizes: dict[int, int | None] = {}
+        self._workers: dict[int, int] = {}
+        self._training: set[int] = set()
+        self.last_loader: int | None = None
+        self.accumulator = Accumulator()
+        self.split_loaders: list[int] = []
+        self._patches = ClassPatches()
+
+    def install(self) -> None:
+        watch = self
+
+        def init_wrapper(original: Any) -> Any:
+            @functools.wraps(original)
+            def __init__(loader: DataLoader, *args: Any, **kwargs: Any) -> None:
+                if watch._worker_cap is not None and kwargs.get("num_workers", 0) > watch._worker_cap:
+                    kwargs["num_workers"] = watch._worker_cap
+                    if watch._worker_cap == 0:
+                        kwargs.pop("prefetch_factor", None)
+                        kwargs["persistent_workers"] = False
+                original(loader, *args, **kwargs)
+                watch._adopt(loader)
+            return __init__
+
+        def iter_init_wrapper(original: Any) -> Any:
+            @functools.wraps(original)
+            def __init__(it: Any, loader: DataLoader, *args: Any, **kwargs: Any) -> None:
+                original(it, loader, *args, **kwargs)
+                it._torchdoctor_index = getattr(loader, "_torchdoctor_index", None)
+            return __init__
+
+        def next_wrapper(original: Any) -> Any:
+            @functools.wraps(original)
+            def __next__(it: Any) -> Any:
+                data = original(it)
+                watch._delivered(it)
+                return data
+            return __next__
+
+        self._patches.wrap(DataLoader, "__init__", init_wrapper)
+        self._patches.wrap(_BaseDataLoaderIter, "__init__", iter_init_wrapper)
+        self._patches.wrap(_BaseDataLoaderIter, "__next__", next_wrapper)
+
+    def remove(self) -> None:
+        self._patches.restore()
+
+    def _adopt(self, loader: DataLoader) -> None:
+        index = self._count
+        self._count += 1
+        loader._torchdoctor_index = index
+        self._sizes[index] = loader.batch_size
+        self._workers[index] = loader.num_workers
+        parts = self._split.get(index, 1)
+        detail = ""
+        if parts > 1:
+            if loader.batch_sampler is None:
+                detail = "no batch sampler (batch_size=None): cannot split"
+            else:
+                object.__setattr__(loader, "batch_sampler", MicroBatchSampler(loader.batch_sampler, parts))
+                self.split_loaders.append(index)
+                detail = f"split into {parts} micro-batches per batch"
+        self._emit(BatchSource(index=index, source="dataloader", batch_size=loader.batch_size, training=False,
+                               detail=detail, workers=loader.num_workers))
+
+    def _delivered(self, iterator: Any) -> None:
+        self.last_loader = getattr(iterator, "_torchdoctor_index", None)
+        sampler = getattr(iterator, "_index_sampler", None)
+        if isinstance(sampler, MicroBatchSampler) and sampler.pending:
+            self.accumulator.current = sampler.pending.popleft()
+        elif self.last_loader is not None and self.last_loader in self._training:
+            self.accumulator.current = None
+
+    def note_backward(self) -> None:
+        index = self.last_loader
+        if index is not None and index not in self._training:
+            self._training.add(index)
+            self._emit(BatchSource(index=index, source="dataloader", batch_size=self._sizes.get(index),
+                                   training=True, workers=self._workers.get(index, 0)))

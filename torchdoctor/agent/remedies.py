@@ -1,0 +1,61 @@
+"""Remedies applied around the outermost module forward: no_grad for evaluation, autocast for mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch.nn.modules import module as module_hooks
+
+
+def _device_type(module: torch.nn.Module) -> str:
+    for param in module.parameters():
+        return param.device.type
+    return "cpu"
+
+
+class ForwardRemedies:
+    def __init__(self, eval_no_grad: bool, amp: str | None) -> None:
+        self.eval_no_grad = eval_no_grad
+        self.amp = amp
+        self.no_grad_forwards = 0
+        self.autocast_forwards = 0
+        self._depth = 0
+        self._stack: contextlib.ExitStack | None = None
+        self._handles: list[Any] = []
+
+    def install(self) -> None:
+        if self.eval_no_grad or self.amp:
+            self._handles = [
+                module_hooks.register_module_forward_pre_hook(self._pre),
+                module_hooks.register_module_forward_hook(self._post, always_call=True),
+            ]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _pre(self, module: torch.nn.Module, args: Any) -> None:
+        self._depth += 1
+        if self._depth != 1:
+            return
+        stack = contextlib.ExitStack()
+        if self.eval_no_grad and not module.training and torch.is_grad_enabled():
+            stack.enter_context(torch.no_grad())
+            self.no_grad_forwards += 1
+        elif self.amp and module.training and torch.is_grad_enabled():
+            device = _device_type(module)
+            dtype = torch.bfloat16
+            if self.amp == "fp16" or (device == "cuda" and not torch.cuda.is_bf16_supported()):
+                dtype = torch.float16
+            stack.enter_context(torch.autocast(device_type=device, dtype=dtype))
+            self.autocast_forwards += 1
+        self._stack = stack
+
+    def _post(self, *args: Any) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0 and self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close()

@@ -1,0 +1,97 @@
+"""From one attempt's events to what the supervisor decides on and reports (pure; no torch)."""
+
+from __future__ import annotations
+
+import re
+import signal
+from typing import Any
+
+from torchdoctor.plan import Plan
+from torchdoctor.recovery import Failure, LoaderInfo, RecoveryOptions
+from torchdoctor.sizes import format_bytes
+from torchdoctor.state import RunState
+
+BATCH_KEYS = ("batch_size", "train_batch_size", "per_device_train_batch_size", "micro_batch_size", "bs")
+_KEY_VALUE = re.compile(r"^--([A-Za-z_][A-Za-z0-9_-]*)=(\d+)$")
+
+
+def command_line_batch(script_args: tuple[str, ...], wanted: str | None) -> tuple[str, int] | None:
+    """A ``--batch_size=12`` style override on the script's command line (nanoGPT's configurator)."""
+    names = {wanted.lstrip("-").replace("-", "_")} if wanted else set(BATCH_KEYS)
+    for arg in script_args:
+        match = _KEY_VALUE.match(arg)
+        if match and match.group(1).replace("-", "_") in names:
+            return f"--{match.group(1)}", int(match.group(2))
+    return None
+
+
+def script_args_for(script_args: tuple[str, ...], plan: Plan) -> list[str]:
+    """The script's arguments for an attempt: unchanged, or with the batch-size option divided."""
+    args = list(script_args)
+    if not plan.batch_arg or plan.micro_batches <= 1 or not plan.batch_arg_size:
+        return args
+    option = plan.batch_arg
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == option:
+            skip = True  # "--batch-size 256": drop the value too
+            continue
+        if arg.startswith(option + "="):
+            continue
+        kept.append(arg)
+    return kept + [f"{option}={plan.batch_arg_size // plan.micro_batches}"]
+
+
+def describe_failure(state: RunState, returncode: int, script_args: tuple[str, ...],
+                     options: RecoveryOptions) -> Failure:
+    finished = state.finished
+    loaders = tuple(LoaderInfo(b.index, b.batch_size, b.training) for b in state.batch_sources.values()
+                    if b.source == "dataloader")
+    argument = next(((b.detail, b.batch_size) for b in state.batch_sources.values()
+                     if b.source == "argument" and b.batch_size), None)
+    argument = command_line_batch(script_args, options.batch_arg) or argument
+    workers = any(b.workers for b in state.batch_sources.values())
+    phase = state.ooms[-1].phase if state.ooms else None
+    common = {"loaders": loaders, "argument": argument, "has_workers": workers, "phase": phase}
+    if returncode == 0:
+        return Failure("success", **common)
+    if returncode == -signal.SIGKILL and (finished is None or finished.exception is None):
+        return Failure("host-kill", message="killed by SIGKILL (the kernel's OOM killer?)", **common)
+    if finished is not None and finished.oom:
+        return Failure("oom", message=finished.message or "", **common)
+    if finished is not None and "does not require grad" in (finished.message or ""):
+        return Failure("eval-needs-grad", message=finished.message or "", **common)
+    return Failure("other", message=(finished.message or "") if finished else "", **common)
+
+
+def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failure, seconds: float) -> dict[str, Any]:
+    """One attempt as the report lists it."""
+    oom = state.ooms[-1] if state.ooms else None
+    record: dict[str, Any] = {
+        "attempt": plan.attempt,
+        "plan": plan.to_dict(),
+        "returncode": returncode,
+        "outcome": failure.kind,
+        "steps": state.steps,
+        "seconds": round(seconds, 3),
+        "oom": oom.to_dict() if oom else None,
+    }
+    if failure.kind == "oom" and oom is not None:
+        where = f"at step {oom.step}" + (f" ({oom.phase})" if oom.phase else "")
+        asked = f": tried to allocate {format_bytes(oom.requested_bytes)}" if oom.requested_bytes else ""
+        free = ""
+        if oom.capacity_bytes is not None and oom.in_use_bytes is not None:
+            free = (f" with {format_bytes(oom.capacity_bytes - oom.in_use_bytes)} free of "
+                    f"{format_bytes(oom.capacity_bytes)}")
+        record["summary"] = f"ran out of memory {where}{asked}{free}"
+    elif failure.kind == "host-kill":
+        record["summary"] = f"was killed by SIGKILL after {state.steps} steps (host memory?)"
+    elif failure.kind == "success":
+        record["summary"] = f"finished: {state.steps} optimizer steps"
+    else:
+        record["summary"] = f"failed ({failure.message[:120] or f'exit {returncode}'})"
+    return record
