@@ -156,7 +156,8 @@ def test_accounting_off_reports_no_tensor_figures_at_all(scripts, tmp_path):
 
 
 def test_a_sigkilled_script_is_reported_as_killed_with_its_steps(scripts, tmp_path):
-    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), str(scripts / "self_kill.py")],
+    result = run_torchdoctor(["run", "-q", "--max-retries", "0", "--run-dir", str(tmp_path / "r"),
+                              str(scripts / "self_kill.py")],
                              cwd=tmp_path)
     assert result.returncode == 128 + signal.SIGKILL
     report = read_report(tmp_path / "r")

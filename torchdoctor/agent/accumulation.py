@@ -35,7 +35,6 @@ class Accumulator:
     def __init__(self) -> None:
         self.current: MicroInfo | None = None  # the micro-batch the script is working on
         self.pending_grads = False  # a micro-batch's gradients wait for the batch's optimizer step
-        self.last_step_real = True
         self.skipped_steps = 0
 
     @property
@@ -51,12 +50,11 @@ class Accumulator:
             self.pending_grads = True
 
     def allow_step(self) -> bool:
-        self.last_step_real = self.at_boundary
-        if self.last_step_real:
+        if self.at_boundary:
             self.pending_grads = False
-        else:
-            self.skipped_steps += 1
-        return self.last_step_real
+            return True
+        self.skipped_steps += 1
+        return False
 
     def allow_zero_grad(self) -> bool:
         return not self.pending_grads
@@ -132,7 +130,7 @@ class AccumulationGates:
                               if isinstance(c, type) and issubclass(c, torch.optim.lr_scheduler.LRScheduler)
                               and "step" in c.__dict__ and c is not torch.optim.lr_scheduler.LRScheduler]
         for cls in scheduler_classes:
-            self._patches.wrap(cls, "step", lambda f: gate(f, lambda: acc.last_step_real))
+            self._patches.wrap(cls, "step", lambda f: gate(f, at_boundary))
         for name in ("unscale_", "step", "update"):
             self._patches.wrap(torch.amp.GradScaler, name, lambda f: gate(f, at_boundary))
         for module in (torch.nn.utils, torch.nn.utils.clip_grad):
