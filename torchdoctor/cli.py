@@ -40,6 +40,9 @@ def cli() -> None:
               help="Behave as if the device had SIZE of memory (e.g. 6GiB): on CUDA through "
                    "set_per_process_memory_fraction, on CPU by exact tensor accounting that raises "
                    "torch.OutOfMemoryError at the allocation that would exceed it.")
+@click.option("--host-memory-limit", metavar="SIZE", default=None,
+              help="Limit the script's heap (RLIMIT_DATA) to SIZE: allocations beyond it fail for real in the "
+                   "CPU allocator, as on a machine with less RAM.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="Attempts after an out-of-memory failure (0: never retry).")
 @click.option("--min-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
@@ -54,7 +57,7 @@ def cli() -> None:
 @click.argument("script", metavar="SCRIPT|MODULE")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
-        log_interval: float, memory_budget: str | None, max_retries: int, min_batch_size: int, remedies: str,
+        log_interval: float, memory_budget: str | None, host_memory_limit: str | None, max_retries: int, min_batch_size: int, remedies: str,
         no_amp: bool, no_keep_effective_batch: bool, batch_arg: str | None, script: str,
         script_args: tuple[str, ...]) -> int:
     """Run a training script, unmodified, under torchdoctor.
@@ -76,9 +79,10 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     recovery = RecoveryOptions(max_retries=max_retries, min_batch_size=min_batch_size, remedies=chosen,
                                keep_effective_batch=not no_keep_effective_batch, batch_arg=batch_arg)
     budget = parse_size(memory_budget) if memory_budget is not None else None
+    host_limit = parse_size(host_memory_limit) if host_memory_limit is not None else None
     config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=quiet,
                        live=live, log_interval=log_interval, accounting=accounting, sample_every=sample_every,
-                       memory_budget=budget, recovery=recovery)
+                       memory_budget=budget, host_memory_limit=host_limit, recovery=recovery)
     return Supervisor(config).run()
 
 

@@ -19,6 +19,7 @@ ENV_FAULT_LOG = "TORCHDOCTOR_FAULT_LOG"
 ENV_ATTEMPT = "TORCHDOCTOR_ATTEMPT"
 ENV_PLAN = "TORCHDOCTOR_PLAN"
 ENV_MEMORY_BUDGET = "TORCHDOCTOR_MEMORY_BUDGET"
+ENV_HOST_LIMIT = "TORCHDOCTOR_HOST_MEMORY_LIMIT"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class AgentSettings:
     attempt: int = 1
     plan_path: str | None = None
     memory_budget: int | None = None  # bytes; the device behaves as if it had this much memory
+    host_memory_limit: int | None = None  # bytes of heap (RLIMIT_DATA): real CPU allocator failures beyond it
 
     def __post_init__(self) -> None:
         if self.accounting not in ACCOUNTING_MODES:
@@ -62,6 +64,8 @@ class AgentSettings:
             env[ENV_PLAN] = self.plan_path
         if self.memory_budget:
             env[ENV_MEMORY_BUDGET] = str(self.memory_budget)
+        if self.host_memory_limit:
+            env[ENV_HOST_LIMIT] = str(self.host_memory_limit)
         return env
 
     @classmethod
@@ -83,6 +87,7 @@ class AgentSettings:
             attempt=_int(ENV_ATTEMPT, 1),
             plan_path=env.get(ENV_PLAN) or None,
             memory_budget=_int(ENV_MEMORY_BUDGET, 0) or None,
+            host_memory_limit=_int(ENV_HOST_LIMIT, 0) or None,
         )
 
     def is_detailed(self, step: int) -> bool:

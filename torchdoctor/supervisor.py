@@ -46,6 +46,7 @@ class RunConfig:
     accounting: str = "sampled"
     sample_every: int = 50
     memory_budget: int | None = None
+    host_memory_limit: int | None = None
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -140,7 +141,7 @@ class Supervisor:
         settings = AgentSettings(
             events_path=self._events_path, accounting=cfg.accounting, sample_every=cfg.sample_every,
             fault_log=os.path.abspath(os.path.join(self.run_dir, "faulthandler.log")), attempt=plan.attempt,
-            plan_path=plan_path, memory_budget=cfg.memory_budget,
+            plan_path=plan_path, memory_budget=cfg.memory_budget, host_memory_limit=cfg.host_memory_limit,
         )
         env = {**os.environ, **settings.to_env(), **cfg.extra_env}
         command = [sys.executable, "-c", _BOOT.format(root=_PACKAGE_ROOT)]

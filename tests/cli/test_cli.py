@@ -157,3 +157,15 @@ def test_env_says_plainly_when_there_is_no_gpu(capsys):
         has_gpu = False
     if not has_gpu:
         assert "No GPU" in out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["run", "--memory-budget", "lots", "x.py"], "not a size"),
+    (["run", "--memory-budget", "0", "x.py"], "must be positive"),
+    (["run", "--host-memory-limit", "1 parsec", "x.py"], "not a size"),
+    (["run", "--remedies", "micro-batch,pray", "x.py"], "unknown remedy 'pray'"),
+    (["run", "--max-retries", "-1", "x.py"], "max-retries"),
+    (["run", "--min-batch-size", "0", "x.py"], "min-batch-size"),
+])
+def test_bad_recovery_options(capsys, args, fragment):
+    assert_one_line_error(*run_main(capsys, args), fragment)

@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     if settings.fault_log:
         fault_file = open(settings.fault_log, "w")  # noqa: SIM115 - must outlive main() for faulthandler
         faulthandler.enable(fault_file)
+    if settings.host_memory_limit:
+        import resource
+
+        # The data segment limit makes the C allocator fail for real ("DefaultCPUAllocator: can't allocate
+        # memory"), as a machine with less RAM would, instead of the kernel's OOM killer.
+        resource.setrlimit(resource.RLIMIT_DATA, (settings.host_memory_limit, settings.host_memory_limit))
     sink = FileEmitter(settings.events_path) if settings.events_path else MemorySink()
     started = {"target": target, "is_module": is_module, "argv": [target, *script_args],
                "python": platform.python_version(), "accounting": settings.accounting,
