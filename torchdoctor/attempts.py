@@ -95,3 +95,24 @@ def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failur
     else:
         record["summary"] = f"failed ({failure.message[:120] or f'exit {returncode}'})"
     return record
+
+
+def suggestions(breakdown: dict[str, int] | None) -> list[str]:
+    """Concrete ways out when no remedy is left, largest estimated saving first."""
+    if not breakdown:
+        return ["measure where the memory goes: torchdoctor run --accounting exact"]
+    act = breakdown.get("activations_other", 0)
+    opt = breakdown.get("optimizer_state", 0)
+    grads = breakdown.get("gradients", 0)
+    params = breakdown.get("parameters", 0)
+    ideas = [
+        (act // 2, f"halve the batch or checkpoint activations (torch.utils.checkpoint): activations and other "
+                   f"tensors held {format_bytes(act)}; about {format_bytes(act // 2)} saved"),
+        (opt // 2, f"keep optimizer state in bfloat16 or use an optimizer with less state: it held "
+                   f"{format_bytes(opt)}; about {format_bytes(opt // 2)} saved"),
+        (params // 2, f"bfloat16 weights: parameters held {format_bytes(params)}; about {format_bytes(params // 2)} "
+                      f"saved"),
+        (grads, f"free gradients early (zero_grad(set_to_none=True) before the forward): they held "
+                f"{format_bytes(grads)}"),
+    ]
+    return [text for saving, text in sorted(ideas, key=lambda i: -i[0]) if saving > 0]

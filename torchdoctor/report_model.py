@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from torchdoctor import __version__
+from torchdoctor.attempts import suggestions
 from torchdoctor.errors import UsageError
 from torchdoctor.events import MemorySample
 from torchdoctor.state import RunState
@@ -51,6 +52,8 @@ def recovery_summary(attempts: list[dict[str, Any]], outcome: str) -> dict[str, 
         "effective_batch_kept": bool(last_plan.get("keep_effective_batch", True)),
         "numerics_changed": bool(last_plan.get("amp")),
         "gave_up": attempts[-1].get("decision") if outcome != "success" else None,
+        "suggestions": (suggestions((attempts[-1].get("oom") or {}).get("breakdown"))
+                        if outcome != "success" and attempts[-1].get("oom") else []),
     }
 
 

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         from torchdoctor.agent.session import AgentSession
 
         session = AgentSession(settings, sink)
+        started["accounting"] = session.schedule.mode  # exact when a CPU memory budget is enforced
         sink.emit(RunStarted(pid=os.getpid(), torch_version=torch.__version__, cuda_version=torch.version.cuda,
                              cuda_devices=torch.cuda.device_count() if torch.version.cuda else 0, **started))
         session.start()

@@ -212,6 +212,8 @@ class AgentSession:
 
     def _budget_exceeded(self, figures: dict[str, Any]) -> None:
         self._budget_oom = figures["message"]
+        if figures["phase"] != "evaluation":
+            self.loaders.note_backward()  # an OOM before the first backward still names the training loader
         self.emit(OutOfMemory(step=self.step + 1, backend="torchdoctor-budget", **figures))
 
     def _announce_plan(self) -> None:
@@ -272,6 +274,8 @@ class AgentSession:
             capacity = torch.cuda.get_device_properties(index).total_memory
         elif info.backend == "cpu":
             device = "cpu"
+        if (self.phases.failed_in or self.phases.phase) != "evaluation":
+            self.loaders.note_backward()
         self.emit(OutOfMemory(step=self.step + 1, phase=self.phases.failed_in or self.phases.phase, device=device,
                               backend=info.backend, requested_bytes=info.requested_bytes, in_use_bytes=in_use,
                               capacity_bytes=capacity, message=info.message[:1000]))

@@ -151,6 +151,36 @@ def _findings(report: dict[str, Any]) -> Group:
     return Group(*rows)
 
 
+def _recovery(report: dict[str, Any]) -> Group | None:
+    attempts = report.get("attempts") or []
+    recovery = report.get("recovery")
+    if not recovery:
+        return None
+    rows = [Text("Out of memory and recovery", style="bold")]
+    for attempt in attempts:
+        rows.append(Text(f"  attempt {attempt['attempt']}: {attempt.get('summary', attempt.get('outcome'))}"))
+        if attempt.get("next_remedy"):
+            rows.append(Text(f"    → {attempt['decision']}", style="cyan"))
+    if recovery.get("recovered"):
+        facts = [f"recovered with {', '.join(recovery['remedies'])}",
+                 "effective batch kept" if recovery.get("effective_batch_kept") else "effective batch CHANGED",
+                 "numerics changed (mixed precision)" if recovery.get("numerics_changed") else "numerics unchanged",
+                 f"restarted from the {recovery['restarted_from']}: {recovery['steps_redone']} steps redone, "
+                 f"{recovery['seconds_lost']:.1f} s lost"]
+        rows.append(Text("  " + " · ".join(facts), style="green"))
+    elif recovery.get("gave_up"):
+        rows.append(Text(f"  gave up: {recovery['gave_up']}", style="red"))
+        oom = (attempts[-1].get("oom") or {}) if attempts else {}
+        breakdown = oom.get("breakdown") or {}
+        if breakdown:
+            held = " · ".join(f"{CATEGORY_LABELS[k]} {format_bytes(v)}" for k, v in breakdown.items()
+                              if k in CATEGORY_LABELS)
+            rows.append(Text(f"  at the OOM the device held: {held}"))
+        for idea in recovery.get("suggestions") or []:
+            rows.append(Text(f"  • {idea}"))
+    return Group(*rows)
+
+
 def _accounting_note(report: dict[str, Any]) -> Text:
     acc = report.get("accounting") or {}
     mode = acc.get("mode")
@@ -174,6 +204,9 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         phase_line = _phase_line(peak)
         if phase_line is not None:
             parts.append(phase_line)
+    recovery = _recovery(report)
+    if recovery is not None:
+        parts += [Text(""), recovery]
     timeline = _timeline(report, max(20, min(60, console.width - 70)))
     if timeline is not None:
         parts += [Text(""), timeline]

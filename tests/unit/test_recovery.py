@@ -1,0 +1,74 @@
+"""The recovery planner and the command-line rewriting: pure decisions on plain data."""
+
+from torchdoctor.attempts import command_line_batch, script_args_for, suggestions
+from torchdoctor.plan import Plan
+from torchdoctor.recovery import Failure, LoaderInfo, RecoveryOptions, next_plan
+
+TRAIN = (LoaderInfo(0, 256, True), LoaderInfo(1, 1024, False))
+
+
+def test_evaluation_oom_gets_no_grad_first_and_keeps_the_training_batch():
+    decision = next_plan(Plan(), Failure("oom", phase="evaluation", loaders=TRAIN), RecoveryOptions())
+    assert decision.remedy == "eval-no-grad"
+    assert decision.plan.eval_no_grad and decision.plan.micro_batches == 1 and decision.plan.attempt == 2
+
+
+def test_training_oom_splits_the_training_loader_and_doubles_each_time():
+    options = RecoveryOptions()
+    first = next_plan(Plan(), Failure("oom", phase="backward", loaders=TRAIN), options)
+    assert first.remedy == "micro-batch" and first.plan.micro_batches == 2 and first.plan.train_loaders == (0,)
+    second = next_plan(first.plan, Failure("oom", phase="forward", loaders=TRAIN), options)
+    assert second.plan.micro_batches == 4 and second.plan.applied == ("micro-batch", "micro-batch")
+
+
+def test_exact_remedies_come_before_mixed_precision_unless_ordered_otherwise():
+    failure = Failure("oom", phase="backward", loaders=(LoaderInfo(0, 8, True),))
+    plan = Plan(micro_batches=8, train_loaders=(0,))  # cannot split 8 samples further
+    assert next_plan(plan, failure, RecoveryOptions()).remedy == "amp"
+    amp_first = RecoveryOptions(remedies=("amp", "micro-batch"))
+    assert next_plan(Plan(), Failure("oom", phase="backward", loaders=TRAIN), amp_first).remedy == "amp"
+
+
+def test_min_batch_size_and_max_retries_stop_the_search():
+    failure = Failure("oom", phase="backward", loaders=TRAIN)
+    assert next_plan(Plan(), failure, RecoveryOptions(min_batch_size=200, remedies=("micro-batch",))).plan is None
+    stop = next_plan(Plan(attempt=4), failure, RecoveryOptions(max_retries=3))
+    assert stop.plan is None and stop.reason == "--max-retries 3 reached"
+
+
+def test_non_oom_failures_are_not_retried_and_a_script_needing_eval_grads_gets_them_back():
+    assert next_plan(Plan(), Failure("other"), RecoveryOptions()).plan is None
+    undo = next_plan(Plan(eval_no_grad=True), Failure("eval-needs-grad"), RecoveryOptions())
+    assert undo.plan is not None and not undo.plan.eval_no_grad
+    assert "eval-no-grad" not in undo.changes["remedies"]
+
+
+def test_host_kill_caps_workers_then_relaunches():
+    failure = Failure("host-kill", loaders=TRAIN, has_workers=True)
+    decision = next_plan(Plan(), failure, RecoveryOptions())
+    assert decision.remedy == "fewer-workers" and decision.plan.host_workers_cap == 0
+
+
+def test_argument_batch_is_split_only_when_it_divides():
+    ok = next_plan(Plan(), Failure("oom", phase="backward", argument=("--batch_size", 64)), RecoveryOptions())
+    assert ok.plan.batch_arg == "--batch_size" and ok.plan.batch_arg_size == 64
+    odd = next_plan(Plan(), Failure("oom", phase="backward", argument=("--bs", 7)), RecoveryOptions(remedies=("micro-batch",)))
+    assert odd.plan is None
+
+
+def test_script_args_are_rewritten_in_both_spellings():
+    plan = Plan(micro_batches=4, batch_arg="--batch-size", batch_arg_size=256)
+    assert script_args_for(("--lr", "1", "--batch-size", "256", "-v"), plan) == ["--lr", "1", "-v", "--batch-size=64"]
+    assert script_args_for(("--batch-size=256",), plan) == ["--batch-size=64"]
+    assert script_args_for(("--x",), Plan()) == ["--x"]
+
+
+def test_key_value_batch_is_found_on_the_command_line():
+    assert command_line_batch(("--batch_size=12", "--lr=3"), None) == ("--batch_size", 12)
+    assert command_line_batch(("--tokens=12",), "--tokens") == ("--tokens", 12)
+    assert command_line_batch(("--batch-size", "12"), None) is None
+
+
+def test_suggestions_rank_by_estimated_saving():
+    ideas = suggestions({"parameters": 100, "gradients": 0, "optimizer_state": 10, "activations_other": 1000})
+    assert ideas[0].startswith("halve the batch") and len(ideas) == 3
