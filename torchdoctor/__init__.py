@@ -1,9 +1,40 @@
 """torchdoctor keeps PyTorch training runs alive and honest.
 
-Importing this package installs nothing and does not import torch; hooks exist only inside
-``torchdoctor run`` (and, later, the library's context managers).
+Importing this package installs nothing and does not import torch; the library API below loads on first use.
+
+    @torchdoctor.oom_retry(batch_size_arg="batch_size")
+    def evaluate(model, batch_size=1024): ...
+
+    step = torchdoctor.ResilientStep(optimizer)
+    loss = step(lambda mb: loss_fn(model(mb[0]), mb[1]), (x, y))
+
+    with torchdoctor.memory_budget("16MiB"):  # the CPU behaves like a 16 MiB device
+        ...
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_LAZY = {
+    "oom_retry": "torchdoctor.library",
+    "ResilientStep": "torchdoctor.library",
+    "memory_budget": "torchdoctor.library",
+    "OOMRecord": "torchdoctor.library",
+    "is_oom": "torchdoctor.oom",
+    "classify_oom": "torchdoctor.oom",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'torchdoctor' has no attribute {name!r}")
