@@ -1,14 +1,15 @@
 """How much slower does a training step get under ``torchdoctor run``? (Not a test; run it by hand.)
 
-    python bench/overhead.py                 # defaults: 300 steps, 5 pairs (sampled), 3 pairs (exact, off)
-    python bench/overhead.py --quick         # a rough look in about a minute
+    python bench/overhead.py                 # 300 steps a run; 5 pairs sampled, 3 off, 2 exact (~9 min on 2 cores)
+    python bench/overhead.py --quick         # a rough look: 150 steps, 2 pairs sampled, 1 each other (~2 min)
+    python bench/overhead.py --control       # add bare-vs-bare pairs: the noise floor of the machine
     python bench/overhead.py --models mlp --modes sampled --pairs 8
 
 For each model (``bench/train_bench.py``: an MLP and a small transformer LM, CPU, synthetic data) and each
 accounting mode, it runs the same training script bare (``python bench/train_bench.py ...``) and under
 ``python -m torchdoctor run -q --accounting MODE ...``, alternating bare and torchdoctor runs (the order
-within a pair flips every round, and the rounds go through the modes in turn, so slow drifts of the machine
-fall on both sides). Each run's figure is the median time of one training-loop iteration, measured inside the
+within a pair flips from one pair to the next, and the rounds go through the modes in turn, so slow drifts of
+the machine fall on both sides). Each run's figure is the median time of one training-loop iteration, measured inside the
 script, over the steps after the first 5 (start-up and warm-up are left out). The table shows the median over
 the pairs of those per-run medians, and the overhead as the median of the per-pair ratios.
 
@@ -34,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TRAIN = os.path.join(HERE, "train_bench.py")
 MODES = ("sampled", "exact", "off")
+CONTROL = "control"  # an A/A check: both runs of each pair are bare, so its "overhead" is the noise floor
 MODELS = ("mlp", "transformer")
 
 
@@ -44,6 +46,7 @@ class Run:
     result: dict[str, Any]
     wall_s: float
     report: dict[str, Any] | None = None
+    run_dir: str | None = None
 
 
 @dataclass
@@ -78,68 +81,83 @@ def run_once(model: str, mode: str | None, args: argparse.Namespace, workdir: st
     if mode is not None:
         with open(os.path.join(run_dir, "report.json"), encoding="utf-8") as handle:
             report = json.load(handle)
-        if report.get("steps") != args.steps:
+        if report.get("steps") not in (None, args.steps):
             sys.stderr.write(f"\ntorchdoctor saw {report.get('steps')} steps, expected {args.steps}: {run_dir}\n")
             raise SystemExit(1)
-    return Run(model, mode, result, wall, report)
+    return Run(model, mode, result, wall, report, run_dir if mode is not None else None)
 
 
 def measured_steps(run: Run) -> int | None:
     """How many steps torchdoctor measured exactly in a run (from its event stream)."""
-    if run.report is None:
+    if run.run_dir is None:
         return None
-    path = os.path.join((run.report.get("run") or {}).get("run_dir") or "", "events.jsonl")
+    path = os.path.join(run.run_dir, "events.jsonl")
+    count = 0
     try:
         with open(path, encoding="utf-8") as handle:
-            return sum(1 for line in handle if '"span": "step"' in line.replace('"span":"step"', '"span": "step"')
-                       and ('"measured": true' in line or '"measured":true' in line))
-    except OSError:
+            for line in handle:
+                event = json.loads(line)
+                if event.get("kind") == "memory_sample" and event.get("span") == "step" and event.get("measured"):
+                    count += 1
+    except (OSError, ValueError):
         return None
+    return count
 
 
 def summarize(cell: Cell) -> dict[str, Any]:
-    bare = [b.result["median_ms"] for b, _ in cell.pairs]
-    td = [t.result["median_ms"] for _, t in cell.pairs]
-    ratios = [t.result["median_ms"] / b.result["median_ms"] for b, t in cell.pairs]
-    mean_ratios = [t.result["mean_ms"] / b.result["mean_ms"] for b, t in cell.pairs]
+    def ratios(key: str) -> list[float]:
+        return [t.result[key] / b.result[key] for b, t in cell.pairs]
+
+    median_ratios = ratios("median_ms")
     measured = [m for m in (measured_steps(t) for _, t in cell.pairs) if m is not None]
     return {
         "model": cell.model,
         "mode": cell.mode,
         "pairs": len(cell.pairs),
-        "bare_ms": statistics.median(bare),
-        "td_ms": statistics.median(td),
-        "ratio": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "mean_ratio": statistics.median(mean_ratios),
+        "bare_ms": statistics.median(b.result["median_ms"] for b, _ in cell.pairs),
+        "td_ms": statistics.median(t.result["median_ms"] for _, t in cell.pairs),
+        "ratio": statistics.median(median_ratios),
+        "ratio_min": min(median_ratios),
+        "ratio_max": max(median_ratios),
+        "mean_ratio": statistics.median(ratios("mean_ms")),
+        "cpu_ratio": statistics.median(ratios("cpu_median_ms")),
         "measured_steps": statistics.median(measured) if measured else None,
         "bare_wall_s": statistics.median(b.wall_s for b, _ in cell.pairs),
         "td_wall_s": statistics.median(t.wall_s for _, t in cell.pairs),
-        "pair_ratios": ratios,
+        "pair_ratios": median_ratios,
         "bare_runs": [b.result for b, _ in cell.pairs],
         "td_runs": [t.result for _, t in cell.pairs],
     }
 
 
-def table(rows: list[dict[str, Any]], steps: int, markdown: bool) -> str:
-    header = ["model", "mode", "pairs", "bare ms/step", "torchdoctor ms/step", "ratio", "overhead",
-              "pair ratios (min-max)", "overhead (mean)", "measured steps", "wall s bare / td"]
-    lines = []
-    for r in rows:
-        mode = "sampled (default)" if r["mode"] == "sampled" else r["mode"]
-        measured = "-" if r["measured_steps"] is None else f"{r['measured_steps']:.0f} / {steps}"
-        lines.append([r["model"], mode, str(r["pairs"]), f"{r['bare_ms']:.2f}", f"{r['td_ms']:.2f}",
-                      f"{r['ratio']:.3f}", f"{(r['ratio'] - 1) * 100:+.1f}%",
-                      f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f}", f"{(r['mean_ratio'] - 1) * 100:+.1f}%",
-                      measured, f"{r['bare_wall_s']:.1f} / {r['td_wall_s']:.1f}"])
+def _mode_name(mode: str) -> str:
+    return {"sampled": "sampled (default)", CONTROL: "none (bare vs bare)"}.get(mode, mode)
+
+
+def _pct(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.1f}%"
+
+
+def render(header: list[str], lines: list[list[str]], markdown: bool) -> str:
     if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        out += ["| " + " | ".join(line) + " |" for line in lines]
-        return "\n".join(out)
+        out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+        return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*line) for line in lines])
+
+
+def tables(rows: list[dict[str, Any]], steps: int, markdown: bool) -> str:
+    main_header = ["model", "mode", "bare ms/step", "torchdoctor ms/step", "ratio", "overhead"]
+    main_lines = [[r["model"], _mode_name(r["mode"]), f"{r['bare_ms']:.2f}", f"{r['td_ms']:.2f}", f"{r['ratio']:.3f}",
+                   _pct(r["ratio"])] for r in rows]
+    detail_header = ["model", "mode", "pairs", "pair ratios (min-max)", "overhead (mean step)",
+                     "overhead (CPU time)", "steps measured exactly", "run wall s bare / td"]
+    detail_lines = [[r["model"], _mode_name(r["mode"]), str(r["pairs"]), f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f}",
+                     _pct(r["mean_ratio"]), _pct(r["cpu_ratio"]),
+                     "-" if r["measured_steps"] is None else f"{r['measured_steps']:.0f} of {steps}",
+                     f"{r['bare_wall_s']:.1f} / {r['td_wall_s']:.1f}"] for r in rows]
+    return render(main_header, main_lines, markdown) + "\n\n" + render(detail_header, detail_lines, markdown)
 
 
 def machine() -> str:
@@ -162,33 +180,43 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, from: " + ", ".join(MODES))
-    parser.add_argument("--pairs", type=int, default=5, help="bare/torchdoctor pairs for the sampled mode (5)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated, from: {', '.join(MODES)}, {CONTROL} (bare vs bare, the noise floor)")
+    parser.add_argument("--control", action="store_true", help=f"add the {CONTROL} mode (same as listing it)")
+    parser.add_argument("--pairs", type=int, default=None, help="bare/torchdoctor pairs for the sampled mode (5)")
     parser.add_argument("--extra-pairs", type=int, default=None,
-                        help="pairs for the exact and off modes (default 3, or --pairs if smaller)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps per run (300)")
+                        help=f"pairs for the off and {CONTROL} modes (3, or --pairs if smaller)")
+    parser.add_argument("--exact-pairs", type=int, default=None,
+                        help="pairs for the exact mode (2, or --extra-pairs if smaller; its cost is far above the noise)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (300)")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of each run's median (5)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in the script (1)")
     parser.add_argument("--sample-every", type=int, default=50, help="torchdoctor --sample-every (50, its default)")
-    parser.add_argument("--quick", action="store_true", help="2 pairs for sampled, 1 for the others, 150 steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="a rough look: 2 pairs for sampled, 1 for the others, 150 steps (unless given)")
     parser.add_argument("--json", dest="json_path", default=None, help="also write every figure to this file")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the run directories (printed at the end)")
     args = parser.parse_args()
-    if args.quick:
-        args.pairs, args.extra_pairs, args.steps = 2, 1, 150
-    if args.extra_pairs is None:
-        args.extra_pairs = min(3, args.pairs)
+    quick = {"pairs": 2, "extra_pairs": 1, "exact_pairs": 1, "steps": 150}
+    normal = {"pairs": 5, "extra_pairs": 3, "exact_pairs": 2, "steps": 300}
+    for name, value in (quick if args.quick else normal).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.extra_pairs = min(args.extra_pairs, args.pairs)
+    args.exact_pairs = min(args.exact_pairs, args.extra_pairs)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    for name, chosen, allowed in (("model", models, MODELS), ("mode", modes, MODES)):
+    if args.control and CONTROL not in modes:
+        modes.append(CONTROL)
+    for name, chosen, allowed in (("model", models, MODELS), ("mode", modes, (*MODES, CONTROL))):
         bad = [c for c in chosen if c not in allowed]
         if bad or not chosen:
             parser.error(f"unknown {name} {', '.join(bad) or '(none)'}; choose from {', '.join(allowed)}")
-    if args.steps <= args.warmup + 1 or args.pairs < 1 or args.extra_pairs < 1:
+    if args.steps <= args.warmup + 1 or min(args.pairs, args.extra_pairs, args.exact_pairs) < 1:
         parser.error("need --steps > --warmup + 1 and at least one pair")
 
-    pairs_for = {mode: args.pairs if mode == "sampled" else args.extra_pairs for mode in modes}
+    pairs_for = {mode: {"sampled": args.pairs, "exact": args.exact_pairs}.get(mode, args.extra_pairs) for mode in modes}
     total_runs = 2 * len(models) * sum(pairs_for.values())
     print(f"machine: {machine()}")
     print(f"{total_runs} runs: models {', '.join(models)}; modes {', '.join(f'{m} x{pairs_for[m]}' for m in modes)}; "
@@ -201,16 +229,16 @@ def main() -> None:
     index = 0
     for model in models:
         for round_no in range(max(pairs_for.values())):
-            # Rotate the order of modes each round, and flip bare/torchdoctor order within each pair.
+            # Rotate the order of modes each round; flip the bare/torchdoctor order every pair (B T, T B, ...).
             order = modes[round_no % len(modes):] + modes[:round_no % len(modes)]
             for mode in order:
                 if round_no >= pairs_for[mode]:
                     continue
-                sides: list[str | None] = [None, mode] if (round_no + index) % 2 == 0 else [mode, None]
+                sides: list[str | None] = [None, mode] if (index // 2) % 2 == 0 else [mode, None]
                 done: dict[str | None, Run] = {}
                 for side in sides:
                     index += 1
-                    done[side] = run_once(model, side, args, workdir, index)
+                    done[side] = run_once(model, None if side == CONTROL else side, args, workdir, index)
                 bare, td = done[None], done[mode]
                 cells[(model, mode)].pairs.append((bare, td))
                 print(f"  {model:<11} {mode:<7} pair {round_no + 1}: bare {bare.result['median_ms']:7.2f} ms  "
@@ -220,7 +248,7 @@ def main() -> None:
 
     rows = [summarize(cells[(model, mode)]) for model in models for mode in modes]
     print()
-    print(table(rows, args.steps, args.markdown))
+    print(tables(rows, args.steps, args.markdown))
     print(f"\nbenchmark took {time.perf_counter() - began:.0f} s")
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as handle:

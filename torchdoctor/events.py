@@ -32,7 +32,9 @@ class Event:
     t: float = field(default_factory=time.time, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # Shallow on purpose (dataclasses.asdict deep-copies): fields are JSON-ready values already, and the
+        # writer thread encodes one of these per optimizer step while holding the GIL.
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {"v": SCHEMA_VERSION, "kind": self.kind, **data}
 
     def to_json(self) -> str:

@@ -1,0 +1,143 @@
+"""The agent's side of OOM recovery: applies the supervisor's plan and reports OOMs.
+
+It installs what the plan asks for (split DataLoaders and accumulation gates, eval no_grad, autocast, a worker
+cap), the memory budget, and the watches that tell the supervisor what it can change next time (DataLoaders
+feeding backward, a batch-size option).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from torchdoctor.agent.accumulation import AccumulationGates, MicroInfo, scale_backward_args
+from torchdoctor.agent.batch_args import BatchArgumentWatch
+from torchdoctor.agent.batching import LoaderWatch
+from torchdoctor.agent.remedies import ForwardRemedies
+from torchdoctor.events import Note, OutOfMemory
+from torchdoctor.oom import classify_oom
+from torchdoctor.plan import Plan
+from torchdoctor.sizes import format_bytes
+
+
+class RecoveryHooks:
+    def __init__(self, plan: Plan, memory_budget: int | None, session: Any) -> None:
+        self.plan = plan
+        self.memory_budget = memory_budget
+        self.session = session
+        split = {index: plan.micro_batches for index in plan.train_loaders} if plan.micro_batches > 1 else {}
+        self.loaders = LoaderWatch(session.emit, split, plan.host_workers_cap)
+        self.batch_args = BatchArgumentWatch(session.emit, plan.batch_arg)
+        self._argv_parts = plan.micro_batches if plan.batch_arg and plan.micro_batches > 1 else 1
+        accumulate = plan.micro_batches > 1 and plan.keep_effective_batch
+        self.gates = AccumulationGates(self.loaders.accumulator) if accumulate else None
+        self.remedies = ForwardRemedies(plan.eval_no_grad, plan.amp)
+        self._backwards = 0
+        self._budget_oom: str | None = None
+
+    def install(self) -> None:
+        phases = self.session.phases
+        phases.transform_backward = self._before_backward
+        phases.after_backward = self.loaders.accumulator.after_backward if self.gates else None
+        self.loaders.install()
+        self.batch_args.install()
+        if self.gates is not None:
+            self.gates.install()
+        self.remedies.install()
+        self._apply_budget()
+        self._announce_plan()
+
+    def remove(self) -> None:
+        self.loaders.remove()
+        self.batch_args.remove()
+        if self.gates is not None:
+            self.gates.remove()
+        self.remedies.remove()
+        self._report_remedies()
+
+    def _apply_budget(self) -> None:
+        budget = self.memory_budget
+        if not budget:
+            return
+        if torch.cuda.is_available():
+            for index in range(torch.cuda.device_count()):
+                total = torch.cuda.get_device_properties(index).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), index)
+            where = f"each CUDA device (set_per_process_memory_fraction of {format_bytes(budget)})"
+        else:
+            self.session.accountant.budget = ("cpu", budget)
+            self.session.accountant.on_budget_exceeded = self._budget_exceeded
+            where = "cpu: tensor allocations beyond it raise torch.OutOfMemoryError"
+        self.session.emit(Note(level="info", message=f"memory budget {format_bytes(budget)} on {where}"))
+
+    def _budget_exceeded(self, figures: dict[str, Any]) -> None:
+        self._budget_oom = figures["message"]
+        if figures["phase"] != "evaluation":
+            self.loaders.note_backward()  # an OOM before the first backward still names the training loader
+        self.session.emit(OutOfMemory(step=self.session.step + 1, backend="torchdoctor-budget", **figures))
+
+    def _announce_plan(self) -> None:
+        plan = self.plan
+        if plan.is_default:
+            return
+        parts = []
+        if plan.micro_batches > 1:
+            parts.append(f"{plan.micro_batches} micro-batches per batch"
+                         + (" with gradient accumulation" if plan.keep_effective_batch else " (no accumulation)"))
+        if plan.eval_no_grad:
+            parts.append("evaluation under no_grad")
+        if plan.amp:
+            parts.append(f"autocast {plan.amp}")
+        if plan.host_workers_cap is not None:
+            parts.append(f"at most {plan.host_workers_cap} DataLoader workers")
+        self.session.emit(Note(level="info", message=f"attempt {plan.attempt}: " + (", ".join(parts) or "as before")))
+
+    def _before_backward(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        acc = self.loaders.accumulator
+        if self._argv_parts > 1:
+            acc.current = MicroInfo(self._backwards % self._argv_parts, self._argv_parts, 1 / self._argv_parts)
+        self._backwards += 1
+        self.loaders.note_backward()
+        if self.gates is not None and acc.loss_scale != 1.0:
+            args, kwargs = scale_backward_args(args, kwargs, acc.loss_scale)
+        return args, kwargs
+
+    def _report_remedies(self) -> None:
+        if self.gates is not None:
+            acc = self.loaders.accumulator
+            has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for root in self.session.root_modules
+                         for m in root.modules())
+            message = (f"micro-batching: {acc.skipped_steps} optimizer.step calls deferred to the end of their "
+                       f"batch; {self.session.step} optimizer steps taken")
+            if has_bn:
+                message += "; note: BatchNorm statistics saw micro-batches, not whole batches"
+            self.session.emit(Note(level="info", message=message))
+        if self.remedies.no_grad_forwards:
+            self.session.emit(Note(level="info", message=f"eval-no-grad: {self.remedies.no_grad_forwards} evaluation "
+                                                 f"forwards ran under torch.no_grad()"))
+        if self.remedies.autocast_forwards:
+            self.session.emit(Note(level="info", message=f"amp: {self.remedies.autocast_forwards} training forwards ran "
+                                                 f"under autocast ({self.plan.amp})"))
+
+    def record_failure(self, exc: BaseException | None) -> bool:
+        """Emit an OutOfMemory event for an OOM the script died of; True if it was one."""
+        info = classify_oom(exc)
+        if info is None:
+            return False
+        if self._budget_oom is not None and self._budget_oom in info.message:
+            return True  # already reported where it was raised
+        device = in_use = capacity = None
+        if info.backend in ("cuda", "cuda-driver", "cublas", "cudnn", "type") and torch.cuda.is_initialized():
+            index = torch.cuda.current_device()
+            device = f"cuda:{index}"
+            in_use = torch.cuda.memory_allocated(index)
+            capacity = torch.cuda.get_device_properties(index).total_memory
+        elif info.backend == "cpu":
+            device = "cpu"
+        if (self.session.phases.failed_in or self.session.phases.phase) != "evaluation":
+            self.loaders.note_backward()
+        self.session.emit(OutOfMemory(step=self.session.step + 1, phase=self.session.phases.failed_in or self.session.phases.phase, device=device,
+                              backend=info.backend, requested_bytes=info.requested_bytes, in_use_bytes=in_use,
+                              capacity_bytes=capacity, message=info.message[:1000]))
+        return True
