@@ -89,11 +89,3 @@ class AgentSettings:
             memory_budget=_int(ENV_MEMORY_BUDGET, 0) or None,
             host_memory_limit=_int(ENV_HOST_LIMIT, 0) or None,
         )
-
-    def is_detailed(self, step: int) -> bool:
-        """Whether the span that ends with optimizer step ``step`` (1-based) is measured exactly."""
-        if self.accounting == "exact":
-            return True
-        if self.accounting == "off":
-            return False
-        return step <= self.first_steps or step % self.sample_every == 0

@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 SCHEMA_VERSION = 1
 
-PHASES = ("forward", "backward", "optimizer", "evaluation", "other")
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other")
 
 

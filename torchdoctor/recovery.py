@@ -7,7 +7,7 @@ it otherwise with ``--remedies``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from torchdoctor.plan import REMEDIES, Plan
 
@@ -108,7 +108,3 @@ def next_plan(plan: Plan, failure: Failure, options: RecoveryOptions) -> Decisio
             new = plan.next_attempt(amp="bf16", applied=plan.applied + ("amp",))
             return Decision(new, remedy, "forwards run under autocast (bfloat16): this changes the numerics")
     return Decision(None, None, "no remedy left")
-
-
-def with_remedies(options: RecoveryOptions, remedies: tuple[str, ...]) -> RecoveryOptions:
-    return replace(options, remedies=remedies)

@@ -225,7 +225,3 @@ class TensorAccountant(TorchDispatchMode):
     def detach_after_fork(self) -> None:
         """In a forked child (a DataLoader worker) the inherited mode only passes ops through."""
         self.is_open = False
-
-    @property
-    def live_storages(self) -> int:
-        return len(self._live)
