@@ -15,6 +15,13 @@ BATCH_KEYS = ("batch_size", "train_batch_size", "per_device_train_batch_size", "
 _KEY_VALUE = re.compile(r"^--([A-Za-z_][A-Za-z0-9_-]*)=(\d+)$")
 
 
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def command_line_batch(script_args: tuple[str, ...], wanted: str | None) -> tuple[str, int] | None:
     """A ``--batch_size=12`` style override on the script's command line (nanoGPT's configurator)."""
     names = {wanted.lstrip("-").replace("-", "_")} if wanted else set(BATCH_KEYS)
@@ -89,7 +96,17 @@ def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failur
                     f"{format_bytes(oom.capacity_bytes)}")
         record["summary"] = f"ran out of memory {where}{asked}{free}"
     elif failure.kind == "host-kill":
-        record["summary"] = f"was killed by SIGKILL after {state.steps} steps (host memory?)"
+        held = state.peaks.get(("host", "process_rss"))
+        workers = state.peaks.get(("host", "workers_rss"))
+        memory = ""
+        if held is not None:
+            memory = f"; the script held up to {format_bytes(held.bytes)} resident"
+            if workers is not None:
+                memory += f" and its child processes (DataLoader workers) {format_bytes(workers.bytes)}"
+        record["summary"] = f"was killed by SIGKILL after {state.steps} steps (host memory?){memory}"
+    elif returncode < 0:
+        record["summary"] = (f"crashed with {signal_name(-returncode)} after {state.steps} steps "
+                             f"(see faulthandler.log in the run directory)")
     elif failure.kind == "success":
         record["summary"] = f"finished: {state.steps} optimizer steps"
     else:

@@ -26,6 +26,7 @@ KIND_LABELS = {
     "cuda_reserved": "CUDA reserved (caching allocator)",
     "device_used": "device used (NVML, whole GPU)",
     "process_rss": "process RSS (host memory)",
+    "workers_rss": "child processes' RSS (DataLoader workers)",
 }
 
 

@@ -70,6 +70,7 @@ class RunState:
         elif isinstance(event, ProcessSample):
             self.last_process = event
             self._raise_peak("host", "process_rss", event.rss_bytes, None, None)
+            self._raise_peak("host", "workers_rss", event.children_rss_bytes, None, None)
             for device, used in event.device_used.items():
                 self._raise_peak(device, "device_used", used, None, None)
         elif isinstance(event, Note):

@@ -18,7 +18,7 @@ import torchdoctor
 from torchdoctor.config import AgentSettings
 from torchdoctor.devices import host_info, open_nvml
 from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_from_json
-from torchdoctor.attempts import attempt_record, describe_failure, script_args_for
+from torchdoctor.attempts import attempt_record, describe_failure, script_args_for, signal_name
 from torchdoctor.plan import Plan
 from torchdoctor.recovery import RecoveryOptions, next_plan
 from torchdoctor.report_model import build_report
@@ -58,10 +58,7 @@ def exit_status(returncode: int, finished_exception: str | None, signalled: int 
     """
     if returncode < 0:
         signum = -returncode
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
+        name = signal_name(signum)
         outcome = "interrupted" if signum in (signal.SIGINT, signal.SIGTERM) or signalled else "killed"
         return 128 + signum, outcome, name
     if returncode == 0:
