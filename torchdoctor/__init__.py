@@ -24,6 +24,12 @@ _LAZY = {
     "memory_budget": "torchdoctor.library",
     "OOMRecord": "torchdoctor.library",
     "is_oom": "torchdoctor.oom",
+    "save_checkpoint": "torchdoctor.checkpoint",
+    "load_checkpoint": "torchdoctor.checkpoint",
+    "resume_batches": "torchdoctor.checkpoint",
+    "capture_rng": "torchdoctor.checkpoint",
+    "restore_rng": "torchdoctor.checkpoint",
+    "CheckpointError": "torchdoctor.checkpoint",
     "classify_oom": "torchdoctor.oom",
 }
 
