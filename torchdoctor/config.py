@@ -20,6 +20,7 @@ ENV_ATTEMPT = "TORCHDOCTOR_ATTEMPT"
 ENV_PLAN = "TORCHDOCTOR_PLAN"
 ENV_MEMORY_BUDGET = "TORCHDOCTOR_MEMORY_BUDGET"
 ENV_HOST_LIMIT = "TORCHDOCTOR_HOST_MEMORY_LIMIT"
+ENV_ATOMIC_SAVE = "TORCHDOCTOR_ATOMIC_SAVE"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class AgentSettings:
     plan_path: str | None = None
     memory_budget: int | None = None  # bytes; the device behaves as if it had this much memory
     host_memory_limit: int | None = None  # bytes of heap (RLIMIT_DATA): real CPU allocator failures beyond it
+    atomic_save: bool = True  # the script's torch.save(obj, path) writes atomically
 
     def __post_init__(self) -> None:
         if self.accounting not in ACCOUNTING_MODES:
@@ -66,6 +68,7 @@ class AgentSettings:
             env[ENV_MEMORY_BUDGET] = str(self.memory_budget)
         if self.host_memory_limit:
             env[ENV_HOST_LIMIT] = str(self.host_memory_limit)
+        env[ENV_ATOMIC_SAVE] = "1" if self.atomic_save else "0"
         return env
 
     @classmethod
@@ -88,4 +91,5 @@ class AgentSettings:
             plan_path=env.get(ENV_PLAN) or None,
             memory_budget=_int(ENV_MEMORY_BUDGET, 0) or None,
             host_memory_limit=_int(ENV_HOST_LIMIT, 0) or None,
+            atomic_save=env.get(ENV_ATOMIC_SAVE, "1") != "0",
         )

@@ -47,6 +47,7 @@ class RunConfig:
     sample_every: int = 50
     memory_budget: int | None = None
     host_memory_limit: int | None = None
+    atomic_save: bool = True
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -139,6 +140,7 @@ class Supervisor:
             events_path=self._events_path, accounting=cfg.accounting, sample_every=cfg.sample_every,
             fault_log=os.path.abspath(os.path.join(self.run_dir, "faulthandler.log")), attempt=plan.attempt,
             plan_path=plan_path, memory_budget=cfg.memory_budget, host_memory_limit=cfg.host_memory_limit,
+            atomic_save=cfg.atomic_save,
         )
         env = {**os.environ, **settings.to_env(), **cfg.extra_env}
         command = [sys.executable, "-c", _BOOT.format(root=_PACKAGE_ROOT)]

@@ -18,6 +18,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, OPTIMIZER_STATE, PARAMETERS, TensorAccountant
+from torchdoctor.agent.atomic_save import AtomicTorchSave
 from torchdoctor.agent.cuda_figures import CudaFigures
 from torchdoctor.agent.phases import PhaseTracker
 from torchdoctor.agent.recovery_hooks import RecoveryHooks
@@ -98,6 +99,7 @@ class AgentSession:
         self.schedule = SamplingSchedule(accounting, settings.first_steps, settings.sample_every)
         plan = Plan.read(settings.plan_path) if settings.plan_path else Plan()
         self.recovery = RecoveryHooks(plan, settings.memory_budget, self)
+        self.atomic_save = AtomicTorchSave() if settings.atomic_save else None
         self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._handles: list[Any] = []
@@ -118,6 +120,8 @@ class AgentSession:
         ]
         self.phases.install_autograd_wrappers()
         self.recovery.install()
+        if self.atomic_save is not None:
+            self.atomic_save.install()
         if self.schedule.detailed(1):
             self._start_measuring(census=False)
             self._span_measured = True
@@ -133,6 +137,11 @@ class AgentSession:
         self._handles = []
         self.phases.remove_autograd_wrappers()
         self.recovery.remove()
+        if self.atomic_save is not None:
+            self.atomic_save.remove()
+            if self.atomic_save.saves:
+                self.emit(Note(level="info", message=f"{self.atomic_save.saves} torch.save call(s) to a path were "
+                                                     f"written atomically"))
         _LIVE_SESSIONS.discard(self)
 
     def emit(self, event: Event) -> None:
