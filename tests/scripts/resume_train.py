@@ -7,6 +7,7 @@ import argparse
 import os
 import random
 import signal
+import time
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--save-every", type=int, default=4)
     parser.add_argument("--kill-at", type=int, default=0)
+    parser.add_argument("--first-step-file", help="write the wall time of the first optimizer step here (bench)")
     args = parser.parse_args()
 
     random.seed(0)
@@ -61,6 +63,10 @@ def main():
             opt.step()
             sched.step()
             step += 1
+            if args.first_step_file:
+                with open(args.first_step_file, "w") as handle:
+                    handle.write(repr(time.time()))
+                args.first_step_file = None
             if step % args.save_every == 0:
                 torchdoctor.save_checkpoint(args.ckpt, model=model, optimizer=opt, scheduler=sched, epoch=epoch,
                                             step=step, epoch_rng=epoch_rng, batch_index=index)
