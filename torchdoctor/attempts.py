@@ -75,7 +75,8 @@ def describe_failure(state: RunState, returncode: int, script_args: tuple[str, .
     return Failure("other", message=(finished.message or "") if finished else "", **common)
 
 
-def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failure, seconds: float) -> dict[str, Any]:
+def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failure, seconds: float,
+                   oom_killer: bool | None = None) -> dict[str, Any]:
     """One attempt as the report lists it."""
     oom = state.ooms[-1] if state.ooms else None
     record: dict[str, Any] = {
@@ -103,7 +104,11 @@ def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failur
             memory = f"; the script held up to {format_bytes(held.bytes)} resident"
             if workers is not None:
                 memory += f" and its child processes (DataLoader workers) {format_bytes(workers.bytes)}"
-        record["summary"] = f"was killed by SIGKILL after {state.steps} steps (host memory?){memory}"
+        cause = {True: "the kernel's OOM killer fired: host memory ran out",
+                 False: "no OOM-killer kill was recorded: another process may have sent it",
+                 None: "host memory?"}[oom_killer]
+        record["summary"] = f"was killed by SIGKILL after {state.steps} steps ({cause}){memory}"
+        record["oom_killer"] = oom_killer
     elif returncode < 0:
         record["summary"] = (f"crashed with {signal_name(-returncode)} after {state.steps} steps "
                              f"(see faulthandler.log in the run directory)")

@@ -136,3 +136,17 @@ def host_info() -> dict[str, Any]:
     except Exception:  # noqa: BLE001
         pass
     return info
+
+
+def oom_kill_count() -> int | None:
+    """How many processes the kernel's OOM killer has killed (cgroup v2 first, then the whole machine)."""
+    for path, key in (("/sys/fs/cgroup/memory.events", "oom_kill"), ("/proc/vmstat", "oom_kill")):
+        try:
+            with open(path, encoding="ascii") as handle:
+                for line in handle:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import torchdoctor
 from torchdoctor.config import AgentSettings
-from torchdoctor.devices import host_info, open_nvml
+from torchdoctor.devices import host_info, oom_kill_count, open_nvml
 from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_from_json
 from torchdoctor.attempts import attempt_record, describe_failure, script_args_for, signal_name
 from torchdoctor.plan import Plan
@@ -176,9 +176,13 @@ class Supervisor:
             while True:
                 self.state = RunState()
                 began = time.time()
+                kills_before = oom_kill_count()
                 returncode = self._attempt(command, env, tail, nvml, capacity, live)
+                kills_after = oom_kill_count()
                 failure = describe_failure(self.state, returncode, self.config.script_args, options)
-                record = attempt_record(plan, self.state, returncode, failure, time.time() - began)
+                record = attempt_record(plan, self.state, returncode, failure, time.time() - began,
+                                        oom_killer=None if kills_before is None or kills_after is None
+                                        else kills_after > kills_before)
                 attempts.append(record)
                 if returncode == 0 or self._signalled or failure.kind == "other":
                     break
