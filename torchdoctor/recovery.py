@@ -95,6 +95,7 @@ def next_plan(plan: Plan, failure: Failure, options: RecoveryOptions) -> Decisio
             return split
         return Decision(plan.next_attempt(applied=plan.applied + ("relaunch",)), "relaunch",
                         "killed by the kernel (host memory?): relaunching as it was")
+    cannot_split = ""
     for remedy in options.remedies:
         if remedy == "eval-no-grad" and failure.phase == "evaluation" and not plan.eval_no_grad:
             new = plan.next_attempt(eval_no_grad=True, applied=plan.applied + ("eval-no-grad",))
@@ -104,7 +105,16 @@ def next_plan(plan: Plan, failure: Failure, options: RecoveryOptions) -> Decisio
             decision = _split(plan, failure, options)
             if decision is not None:
                 return decision
+            cannot_split = _why_no_split(plan, failure, options)
         if remedy == "amp" and plan.amp is None:
             new = plan.next_attempt(amp="bf16", applied=plan.applied + ("amp",))
-            return Decision(new, remedy, "forwards run under autocast (bfloat16): this changes the numerics")
-    return Decision(None, None, "no remedy left")
+            return Decision(new, remedy, cannot_split + "forwards run under autocast (bfloat16): this changes the "
+                                                        "numerics")
+    return Decision(None, None, cannot_split + "no remedy left")
+
+
+def _why_no_split(plan: Plan, failure: Failure, options: RecoveryOptions) -> str:
+    if not [lo for lo in failure.loaders if lo.training and lo.batch_size] and failure.argument is None:
+        return ("cannot change this script's batch (no DataLoader with a batch size fed backward, and no batch-size "
+                "option was found: name it with --batch-arg); ")
+    return f"batches cannot be split further (--min-batch-size {options.min_batch_size}); "

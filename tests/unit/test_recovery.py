@@ -72,3 +72,11 @@ def test_key_value_batch_is_found_on_the_command_line():
 def test_suggestions_rank_by_estimated_saving():
     ideas = suggestions({"parameters": 100, "gradients": 0, "optimizer_state": 10, "activations_other": 1000})
     assert ideas[0].startswith("halve the batch") and len(ideas) == 3
+
+
+def test_a_script_whose_batch_cannot_be_changed_is_told_so_and_gets_the_other_remedies():
+    decision = next_plan(Plan(), Failure("oom", phase="backward"), RecoveryOptions())
+    assert decision.remedy == "amp"
+    assert decision.reason.startswith("cannot change this script's batch")
+    stop = next_plan(Plan(), Failure("oom", phase="backward"), RecoveryOptions(remedies=("micro-batch",)))
+    assert stop.plan is None and "--batch-arg" in stop.reason
