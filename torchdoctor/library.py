@@ -23,6 +23,7 @@ import torch
 
 from torchdoctor.memory_guard import Release, live_tensor_bytes, release
 from torchdoctor.oom import classify_oom
+from torchdoctor.recovery import next_parts
 from torchdoctor.sizes import parse_size
 
 log = logging.getLogger("torchdoctor")
@@ -180,8 +181,14 @@ class ResilientStep:
     clip_grad_norm: float | None = None
     micro_batches: int = 1
     max_micro_batches: int = 1024
-    undo_partial_step: bool = True
+    # "auto": keep a host copy of parameters and optimizer state for the step only while some parameter has no
+    # optimizer state yet (the first steps, when Adam & co. allocate it and an OOM can leave a step half-applied);
+    # True: before every step (costs a full copy each step); False: never.
+    undo_partial_step: bool | str = "auto"
     history: list[OOMRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._in_step = False
 
     def __call__(self, loss_fn: Callable[[Any], torch.Tensor], batch: Any) -> torch.Tensor:
         return self.step(loss_fn, batch)
@@ -199,9 +206,16 @@ class ResilientStep:
                 return self._attempt(loss_fn, batch, snapshot)
             except Exception as exc:  # noqa: BLE001
                 info = classify_oom(exc)
-                if info is None or self.micro_batches * 2 > min(n, self.max_micro_batches):
+                in_step = self._in_step
+                parts = next_parts(self.micro_batches)
+                if info is None or in_step or parts > min(n, self.max_micro_batches):
                     self._clean(snapshot)
-                    if info is not None:
+                    if in_step and info is not None:
+                        exc.add_note("torchdoctor: the OOM was inside optimizer.step, where smaller micro-batches "
+                                     "do not help (the step was undone)" if snapshot else
+                                     "torchdoctor: the OOM was inside optimizer.step, where smaller micro-batches "
+                                     "do not help")
+                    elif info is not None:
                         exc.add_note(f"torchdoctor: gave up at {self.micro_batches} micro-batches per batch of {n}")
                     raise
                 box.append(exc)
@@ -209,8 +223,8 @@ class ResilientStep:
             self._clean(snapshot)
             del snapshot
             freed = release(box)
-            change = f"micro-batches {self.micro_batches} -> {self.micro_batches * 2}"
-            self.micro_batches *= 2
+            change = f"micro-batches {self.micro_batches} -> {parts}"
+            self.micro_batches = parts
             _report(self, OOMRecord(message[:300], change, freed.leaked_bytes, freed.holders), None)
 
     def _params(self) -> list[torch.Tensor]:
@@ -231,13 +245,16 @@ class ResilientStep:
             scaler.unscale_(opt)
         if self.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self._params(), self.clip_grad_norm)
-        if self.undo_partial_step:
+        if self.undo_partial_step is True or (self.undo_partial_step == "auto" and any(
+                p not in opt.state for p in self._params() if p.requires_grad)):
             snapshot.append(self._take_snapshot())
+        self._in_step = True
         if scaler is not None:
             scaler.step(opt)
             scaler.update()
         else:
             opt.step()
+        self._in_step = False
         snapshot.clear()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -252,6 +269,7 @@ class ResilientStep:
 
     def _clean(self, snapshot: list[Any]) -> None:
         """Undo what a failed attempt did to the training state."""
+        self._in_step = False
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             from torch.amp.grad_scaler import _refresh_per_optimizer_state

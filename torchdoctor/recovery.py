@@ -46,8 +46,19 @@ class Decision:
     changes: dict[str, object] = field(default_factory=dict)
 
 
+def next_parts(current: int) -> int:
+    """The next number of micro-batches per batch: 1, 2, 3, 5, 8, 12, 18, ... (x1.5, finer than halving, so the
+    micro-batch found stays close to the largest that fits)."""
+    return max(current + 1, -(-current * 3 // 2))
+
+
+SPLITTABLE_PHASES = ("forward", "backward", None)  # None: the phase was not tracked when it failed
+
+
 def _split(plan: Plan, failure: Failure, options: RecoveryOptions) -> Decision | None:
-    parts = plan.micro_batches * 2
+    if failure.phase not in SPLITTABLE_PHASES:
+        return None  # an OOM in the optimizer step, or outside the training step: smaller batches cannot help
+    parts = next_parts(plan.micro_batches)
     training = [lo for lo in failure.loaders if lo.training and lo.batch_size]
     if training:
         smallest = min(lo.batch_size for lo in training)  # type: ignore[type-var]
@@ -63,7 +74,9 @@ def _split(plan: Plan, failure: Failure, options: RecoveryOptions) -> Decision |
                                             f"~{micro} {how}")
     if failure.argument is not None:
         option, size = failure.argument
-        if size % parts or size // parts < options.min_batch_size:
+        while parts <= size and size % parts:  # the option takes a whole number: a divisor of the batch
+            parts += 1
+        if parts > size or size // parts < options.min_batch_size:
             return None
         new = plan.next_attempt(micro_batches=parts, batch_arg=option, batch_arg_size=size,
                                 keep_effective_batch=options.keep_effective_batch,
@@ -114,6 +127,8 @@ def next_plan(plan: Plan, failure: Failure, options: RecoveryOptions) -> Decisio
 
 
 def _why_no_split(plan: Plan, failure: Failure, options: RecoveryOptions) -> str:
+    if failure.phase not in SPLITTABLE_PHASES:
+        return f"the OOM was in the {failure.phase} phase, where smaller batches do not help; "
     if not [lo for lo in failure.loaders if lo.training and lo.batch_size] and failure.argument is None:
         return ("cannot change this script's batch (no DataLoader with a batch size fed backward, and no batch-size "
                 "option was found: name it with --batch-arg); ")

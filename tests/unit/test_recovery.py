@@ -18,7 +18,15 @@ def test_training_oom_splits_the_training_loader_and_doubles_each_time():
     first = next_plan(Plan(), Failure("oom", phase="backward", loaders=TRAIN), options)
     assert first.remedy == "micro-batch" and first.plan.micro_batches == 2 and first.plan.train_loaders == (0,)
     second = next_plan(first.plan, Failure("oom", phase="forward", loaders=TRAIN), options)
-    assert second.plan.micro_batches == 4 and second.plan.applied == ("micro-batch", "micro-batch")
+    assert second.plan.micro_batches == 3 and second.plan.applied == ("micro-batch", "micro-batch")
+    third = next_plan(second.plan, Failure("oom", phase=None, loaders=TRAIN), options)
+    assert third.plan.micro_batches == 5  # x1.5 steps: finer than halving
+
+
+def test_an_oom_in_the_optimizer_step_or_after_training_is_not_met_with_smaller_batches():
+    for phase in ("optimizer", "other"):
+        decision = next_plan(Plan(), Failure("oom", phase=phase, loaders=TRAIN), RecoveryOptions(remedies=("micro-batch",)))
+        assert decision.plan is None and f"the {phase} phase" in decision.reason
 
 
 def test_exact_remedies_come_before_mixed_precision_unless_ordered_otherwise():
@@ -53,7 +61,10 @@ def test_argument_batch_is_split_only_when_it_divides():
     ok = next_plan(Plan(), Failure("oom", phase="backward", argument=("--batch_size", 64)), RecoveryOptions())
     assert ok.plan.batch_arg == "--batch_size" and ok.plan.batch_arg_size == 64
     odd = next_plan(Plan(), Failure("oom", phase="backward", argument=("--bs", 7)), RecoveryOptions(remedies=("micro-batch",)))
-    assert odd.plan is None
+    assert odd.plan.micro_batches == 7  # 7 has no divisor between 2 and 6: one sample per micro-batch
+    prime = next_plan(Plan(), Failure("oom", phase="backward", argument=("--bs", 7)),
+                      RecoveryOptions(remedies=("micro-batch",), min_batch_size=2))
+    assert prime.plan is None
 
 
 def test_script_args_are_rewritten_in_both_spellings():

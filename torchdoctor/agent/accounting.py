@@ -148,9 +148,10 @@ class TensorAccountant(TorchDispatchMode):
         CUDA message format. The op's outputs die with the exception; the ledger never counted them."""
         capacity = self.budget[1] if self.budget else 0
         free = max(0, capacity - ledger.current)
-        message = (f"{device.upper()} out of memory (torchdoctor memory budget). Tried to allocate "
-                   f"{_size(nbytes)}. Device {device} has a total capacity of {_size(capacity)} of which "
-                   f"{_size(free)} is free. Of the allocated memory {_size(ledger.current)} is allocated by tensors.")
+        # The CUDA message's shape (" out of memory. Tried to allocate ..."), so tools that match it retry too.
+        message = (f"{device.upper()} out of memory. Tried to allocate {_size(nbytes)}. Device {device} has a "
+                   f"total capacity of {_size(capacity)} (torchdoctor memory budget) of which {_size(free)} is "
+                   f"free. Of the allocated memory {_size(ledger.current)} is allocated by tensors.")
         if self.on_budget_exceeded is not None:
             self.on_budget_exceeded({"device": device, "requested_bytes": nbytes, "in_use_bytes": ledger.current,
                                      "capacity_bytes": capacity, "phase": self.phase, "message": message,

@@ -137,7 +137,10 @@ class RecoveryHooks:
             device = "cpu"
         if (self.session.phases.failed_in or self.session.phases.phase) != "evaluation":
             self.loaders.note_backward()
-        self.session.emit(OutOfMemory(step=self.session.step + 1, phase=self.session.phases.failed_in or self.session.phases.phase, device=device,
+        phase = self.session.phases.failed_in or self.session.phases.phase
+        if phase == "other" and not self.session.measuring:
+            phase = None  # forward/evaluation are only told apart on measured steps: say we do not know
+        self.session.emit(OutOfMemory(step=self.session.step + 1, phase=phase, device=device,
                               backend=info.backend, requested_bytes=info.requested_bytes, in_use_bytes=in_use,
                               capacity_bytes=capacity, message=info.message[:1000]))
         return True

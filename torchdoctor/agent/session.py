@@ -155,6 +155,11 @@ class AgentSession:
     def root_modules(self) -> list[torch.nn.Module]:
         return list(self._modules)
 
+    @property
+    def measuring(self) -> bool:
+        """Whether this span is measured exactly (module hooks, and so the forward/evaluation phases, are on)."""
+        return self._measuring
+
     # -- hooks ---------------------------------------------------------------------------------------
     def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.phases.set("optimizer")
