@@ -21,18 +21,18 @@ import hashlib
 import json
 import os
 import random
-import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from torchdoctor.checkpoint_files import CHECKPOINT_NAME, committed
 from torchdoctor.errors import TorchDoctorError
 
 FORMAT = "torchdoctor.checkpoint"
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+_NAME = CHECKPOINT_NAME
 
 
 class CheckpointError(TorchDoctorError):
@@ -122,16 +122,6 @@ def _write_atomic(directory: str, final: str, write: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def committed(directory: str) -> list[str]:
-    """Checkpoint files with a commit marker, newest first (not yet verified)."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    found = [n for n in names if _NAME.match(n) and f"{n}.json" in names]
-    return [os.path.join(directory, n) for n in sorted(found, reverse=True)]
 
 
 def _next_path(directory: str) -> str:

@@ -46,6 +46,9 @@ def cli() -> None:
 @click.option("--no-atomic-save", is_flag=True,
               help="Leave the script's own torch.save(obj, path) calls as they are (by default they write to a "
                    "temporary file and rename it, so a crash mid-save never destroys the previous file).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Save torchdoctor's own checkpoint of the script's model, optimizer, scheduler and scaler every N "
+                   "optimizer steps into the run directory (0: never).")
 @click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="Attempts after an out-of-memory failure (0: never retry).")
 @click.option("--min-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
@@ -60,7 +63,7 @@ def cli() -> None:
 @click.argument("script", metavar="SCRIPT|MODULE")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
-        log_interval: float, memory_budget: str | None, host_memory_limit: str | None, no_atomic_save: bool, max_retries: int, min_batch_size: int, remedies: str,
+        log_interval: float, memory_budget: str | None, host_memory_limit: str | None, no_atomic_save: bool, checkpoint_every: int, max_retries: int, min_batch_size: int, remedies: str,
         no_amp: bool, no_keep_effective_batch: bool, batch_arg: str | None, script: str,
         script_args: tuple[str, ...]) -> int:
     """Run a training script, unmodified, under torchdoctor.
@@ -86,7 +89,7 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=quiet,
                        live=live, log_interval=log_interval, accounting=accounting, sample_every=sample_every,
                        memory_budget=budget, host_memory_limit=host_limit, atomic_save=not no_atomic_save,
-                       recovery=recovery)
+                       checkpoint_every=checkpoint_every, recovery=recovery)
     return Supervisor(config).run()
 
 

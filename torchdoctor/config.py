@@ -21,6 +21,8 @@ ENV_PLAN = "TORCHDOCTOR_PLAN"
 ENV_MEMORY_BUDGET = "TORCHDOCTOR_MEMORY_BUDGET"
 ENV_HOST_LIMIT = "TORCHDOCTOR_HOST_MEMORY_LIMIT"
 ENV_ATOMIC_SAVE = "TORCHDOCTOR_ATOMIC_SAVE"
+ENV_CHECKPOINT_DIR = "TORCHDOCTOR_CHECKPOINT_DIR"
+ENV_CHECKPOINT_EVERY = "TORCHDOCTOR_CHECKPOINT_EVERY"
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class AgentSettings:
     memory_budget: int | None = None  # bytes; the device behaves as if it had this much memory
     host_memory_limit: int | None = None  # bytes of heap (RLIMIT_DATA): real CPU allocator failures beyond it
     atomic_save: bool = True  # the script's torch.save(obj, path) writes atomically
+    checkpoint_dir: str | None = None  # torchdoctor's own checkpoints of the script's state (--checkpoint-every)
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         if self.accounting not in ACCOUNTING_MODES:
@@ -69,6 +73,9 @@ class AgentSettings:
         if self.host_memory_limit:
             env[ENV_HOST_LIMIT] = str(self.host_memory_limit)
         env[ENV_ATOMIC_SAVE] = "1" if self.atomic_save else "0"
+        if self.checkpoint_dir and self.checkpoint_every:
+            env[ENV_CHECKPOINT_DIR] = self.checkpoint_dir
+            env[ENV_CHECKPOINT_EVERY] = str(self.checkpoint_every)
         return env
 
     @classmethod
@@ -92,4 +99,6 @@ class AgentSettings:
             memory_budget=_int(ENV_MEMORY_BUDGET, 0) or None,
             host_memory_limit=_int(ENV_HOST_LIMIT, 0) or None,
             atomic_save=env.get(ENV_ATOMIC_SAVE, "1") != "0",
+            checkpoint_dir=env.get(ENV_CHECKPOINT_DIR) or None,
+            checkpoint_every=_int(ENV_CHECKPOINT_EVERY, 0),
         )

@@ -18,6 +18,7 @@ import torchdoctor
 from torchdoctor.config import AgentSettings
 from torchdoctor.devices import host_info, oom_kill_count, open_nvml
 from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_from_json
+from torchdoctor.checkpoint_files import committed
 from torchdoctor.attempts import attempt_record, describe_failure, script_args_for, signal_name
 from torchdoctor.plan import Plan
 from torchdoctor.recovery import RecoveryOptions, next_plan
@@ -48,6 +49,7 @@ class RunConfig:
     memory_budget: int | None = None
     host_memory_limit: int | None = None
     atomic_save: bool = True
+    checkpoint_every: int = 0
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -140,7 +142,8 @@ class Supervisor:
             events_path=self._events_path, accounting=cfg.accounting, sample_every=cfg.sample_every,
             fault_log=os.path.abspath(os.path.join(self.run_dir, "faulthandler.log")), attempt=plan.attempt,
             plan_path=plan_path, memory_budget=cfg.memory_budget, host_memory_limit=cfg.host_memory_limit,
-            atomic_save=cfg.atomic_save,
+            atomic_save=cfg.atomic_save, checkpoint_every=cfg.checkpoint_every,
+            checkpoint_dir=os.path.abspath(os.path.join(self.run_dir, "checkpoints")) if cfg.checkpoint_every else None,
         )
         env = {**os.environ, **settings.to_env(), **cfg.extra_env}
         command = [sys.executable, "-c", _BOOT.format(root=_PACKAGE_ROOT)]
@@ -192,7 +195,7 @@ class Supervisor:
                     break
                 record["next_remedy"] = decision.remedy
                 self._say(f"attempt {plan.attempt} {record['summary']}; attempt {decision.plan.attempt}: "
-                          f"{decision.reason} (restarting from the beginning)")
+                          f"{decision.reason} (restarting from the beginning{self._checkpoint_hint()})")
                 plan = decision.plan
                 if "remedies" in decision.changes:
                     options = replace(options, remedies=decision.changes["remedies"])  # type: ignore[arg-type]
@@ -203,6 +206,15 @@ class Supervisor:
             if nvml is not None:
                 nvml.close()
         return self._finish(returncode, host, gpus, nvml_why, live, attempts)
+
+    def _checkpoint_hint(self) -> str:
+        if not self.config.checkpoint_every:
+            return ""
+        kept = committed(os.path.join(self.run_dir, "checkpoints"))
+        if not kept:
+            return ""
+        return (f"; a checkpoint exists ({kept[0]}), but resuming an unmodified script is not supported yet, so "
+                f"it is kept for you to load with torchdoctor.load_checkpoint")
 
     def _say(self, message: str) -> None:
         stream = self.stdout if self._use_live() else self.stderr

@@ -21,6 +21,7 @@ from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, OPTIMIZER_STATE
 from torchdoctor.agent.atomic_save import AtomicTorchSave
 from torchdoctor.agent.cuda_figures import CudaFigures
 from torchdoctor.agent.phases import PhaseTracker
+from torchdoctor.agent.run_checkpoints import RunCheckpoints
 from torchdoctor.agent.recovery_hooks import RecoveryHooks
 from torchdoctor.agent.schedule import SamplingSchedule
 from torchdoctor.config import AgentSettings
@@ -100,6 +101,8 @@ class AgentSession:
         plan = Plan.read(settings.plan_path) if settings.plan_path else Plan()
         self.recovery = RecoveryHooks(plan, settings.memory_budget, self)
         self.atomic_save = AtomicTorchSave() if settings.atomic_save else None
+        self.checkpoints = (RunCheckpoints(settings.checkpoint_dir, settings.checkpoint_every, self)
+                            if settings.checkpoint_dir and settings.checkpoint_every else None)
         self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._handles: list[Any] = []
@@ -122,6 +125,8 @@ class AgentSession:
         self.recovery.install()
         if self.atomic_save is not None:
             self.atomic_save.install()
+        if self.checkpoints is not None:
+            self.checkpoints.install()
         if self.schedule.detailed(1):
             self._start_measuring(census=False)
             self._span_measured = True
@@ -137,6 +142,8 @@ class AgentSession:
         self._handles = []
         self.phases.remove_autograd_wrappers()
         self.recovery.remove()
+        if self.checkpoints is not None:
+            self.checkpoints.remove()
         if self.atomic_save is not None:
             self.atomic_save.remove()
             if self.atomic_save.saves:
@@ -162,6 +169,9 @@ class AgentSession:
 
     # -- hooks ---------------------------------------------------------------------------------------
     def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.checkpoints is not None and self.step:
+            # Saved here, before step k+1, so that iteration k is complete: its scheduler and scaler steps too.
+            self.checkpoints.after_step(self.step, list(self._optimizers) or [optimizer])
         self.phases.set("optimizer")
         if optimizer not in self._optimizers:
             self._optimizers.add(optimizer)
