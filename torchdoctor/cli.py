@@ -63,8 +63,8 @@ def cli() -> None:
 @click.argument("script", metavar="SCRIPT|MODULE")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
-        log_interval: float, memory_budget: str | None, host_memory_limit: str | None, no_atomic_save: bool, checkpoint_every: int, max_retries: int, min_batch_size: int, remedies: str,
-        no_amp: bool, no_keep_effective_batch: bool, batch_arg: str | None, script: str,
+        log_interval: float, memory_budget: str | None, host_memory_limit: str | None, no_atomic_save: bool,
+        checkpoint_every: int, max_retries: int, min_batch_size: int, remedies: str, no_amp: bool, no_keep_effective_batch: bool, batch_arg: str | None, script: str,
         script_args: tuple[str, ...]) -> int:
     """Run a training script, unmodified, under torchdoctor.
 

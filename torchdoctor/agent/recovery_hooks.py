@@ -117,8 +117,8 @@ class RecoveryHooks:
             self.session.emit(Note(level="info", message=f"eval-no-grad: {self.remedies.no_grad_forwards} evaluation "
                                                  f"forwards ran under torch.no_grad()"))
         if self.remedies.autocast_forwards:
-            self.session.emit(Note(level="info", message=f"amp: {self.remedies.autocast_forwards} training forwards ran "
-                                                 f"under autocast ({self.plan.amp})"))
+            self.session.emit(Note(level="info", message=f"amp: {self.remedies.autocast_forwards} training forwards "
+                                                         f"ran under autocast ({self.plan.amp})"))
 
     def record_failure(self, exc: BaseException | None) -> bool:
         """Emit an OutOfMemory event for an OOM the script died of; True if it was one."""
@@ -135,12 +135,13 @@ class RecoveryHooks:
             capacity = torch.cuda.get_device_properties(index).total_memory
         elif info.backend == "cpu":
             device = "cpu"
-        if (self.session.phases.failed_in or self.session.phases.phase) != "evaluation":
-            self.loaders.note_backward()
         phase = self.session.phases.failed_in or self.session.phases.phase
+        if phase != "evaluation":
+            self.loaders.note_backward()  # an OOM before the first backward still names the training loader
         if phase == "other" and not self.session.measuring:
             phase = None  # forward/evaluation are only told apart on measured steps: say we do not know
-        self.session.emit(OutOfMemory(step=self.session.step + 1, phase=phase, device=device,
-                              backend=info.backend, requested_bytes=info.requested_bytes, in_use_bytes=in_use,
-                              capacity_bytes=capacity, message=info.message[:1000]))
+        self.session.emit(OutOfMemory(
+            step=self.session.step + 1, phase=phase, device=device, backend=info.backend,
+            requested_bytes=info.requested_bytes, in_use_bytes=in_use, capacity_bytes=capacity,
+            message=info.message[:1000]))
         return True

@@ -112,7 +112,8 @@ def _timeline(report: dict[str, Any], width: int) -> Table | None:
     rss = [s.get("rss_bytes") for s in samples]
     known = [v for v in rss if v is not None]
     if known:
-        table.add_row("process RSS", sparkline(rss, width), f"{format_bytes(min(known))} – {format_bytes(max(known))}")
+        spread = f"{format_bytes(min(known))} – {format_bytes(max(known))}"
+        table.add_row("process RSS", sparkline(rss, width), spread)
     table.add_row("", f"steps 1 … {samples[-1]['step']}", "")
     return table
 
