@@ -109,6 +109,24 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+class _HashingWriter:
+    """A write-only file wrapper that hashes what passes through (torch.save needs only ``write``), so the commit
+    marker's SHA-256 costs no second read of the file."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self._handle.write(data)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
 def _write_atomic(directory: str, final: str, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(final)}.tmp-")
     try:
@@ -162,10 +180,16 @@ def save_checkpoint(directory: str, *, model: torch.nn.Module | None = None, opt
     if scaler is not None:
         data["scaler_state_dict"] = scaler.state_dict()
     path = _next_path(directory)
+    hashed: list[_HashingWriter] = []
+
+    def write_data(handle: Any) -> None:
+        hashed.append(_HashingWriter(handle))
+        torch.save(data, hashed[0])
+
     try:
-        _write_atomic(directory, path, lambda handle: torch.save(data, handle))
-        marker = {"format": FORMAT, "file": os.path.basename(path), "size": os.path.getsize(path),
-                  "sha256": _sha256(path), "epoch": epoch, "step": step}
+        _write_atomic(directory, path, write_data)
+        marker = {"format": FORMAT, "file": os.path.basename(path), "size": hashed[0].size,
+                  "sha256": hashed[0].digest.hexdigest(), "epoch": epoch, "step": step}
         _write_atomic(directory, f"{path}.json", lambda handle: handle.write(json.dumps(marker).encode()))
     except (OSError, RuntimeError) as exc:  # a full disk comes as RuntimeError("... unexpected pos ...")
         kept = committed(directory)
