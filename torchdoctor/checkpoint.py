@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from torchdoctor.atomic_files import fsync_dir, write_atomic
 from torchdoctor.checkpoint_files import CHECKPOINT_NAME, committed
 from torchdoctor.errors import TorchDoctorError
 
@@ -93,14 +94,6 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # -- files ----------------------------------------------------------------------------------------------
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -125,21 +118,6 @@ class _HashingWriter:
 
     def flush(self) -> None:
         self._handle.flush()
-
-
-def _write_atomic(directory: str, final: str, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(final)}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(directory)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _next_path(directory: str) -> str:
@@ -187,10 +165,10 @@ def save_checkpoint(directory: str, *, model: torch.nn.Module | None = None, opt
         torch.save(data, hashed[0])
 
     try:
-        _write_atomic(directory, path, write_data)
+        write_atomic(path, write_data)
         marker = {"format": FORMAT, "file": os.path.basename(path), "size": hashed[0].size,
                   "sha256": hashed[0].digest.hexdigest(), "epoch": epoch, "step": step}
-        _write_atomic(directory, f"{path}.json", lambda handle: handle.write(json.dumps(marker).encode()))
+        write_atomic(f"{path}.json", lambda handle: handle.write(json.dumps(marker).encode()))
     except (OSError, RuntimeError) as exc:  # a full disk comes as RuntimeError("... unexpected pos ...")
         kept = committed(directory)
         raise CheckpointError(f"could not save {path} ({exc}); the previous checkpoint "
@@ -210,7 +188,7 @@ def _prune(directory: str, keep: int) -> None:
             os.unlink(full)  # an interrupted save's temporary
         elif _NAME.match(base) and base not in keep_names and newest is not None and base < newest:
             os.unlink(full)  # older than the kept ones, or an uncommitted leftover of an interrupted save
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _verify(path: str) -> dict[str, Any]:

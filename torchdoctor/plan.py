@@ -6,10 +6,10 @@ It travels to the child as a JSON file named by ``TORCHDOCTOR_PLAN``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from torchdoctor.atomic_files import write_json_atomic
 from torchdoctor.errors import UsageError
 
 ENV_PLAN = "TORCHDOCTOR_PLAN"
@@ -44,10 +44,7 @@ class Plan:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def write(self, path: str) -> None:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=1)
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def read(cls, path: str) -> Plan:

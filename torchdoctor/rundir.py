@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
 import time
-from typing import Any
 
 from torchdoctor.errors import UsageError
 
@@ -46,20 +44,3 @@ def create_run_dir(target: str, run_dir: str | None) -> str:
     except OSError as exc:
         raise UsageError(f"cannot write the run directory {path}: {exc.strerror or exc}") from None
     return path
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON to a temporary file in the same directory, fsync it, then rename over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -23,7 +23,8 @@ from torchdoctor.attempts import attempt_record, describe_failure, script_args_f
 from torchdoctor.plan import Plan
 from torchdoctor.recovery import RecoveryOptions, next_plan
 from torchdoctor.report_model import build_report
-from torchdoctor.rundir import create_run_dir, write_json_atomic
+from torchdoctor.atomic_files import write_json_atomic
+from torchdoctor.rundir import create_run_dir
 from torchdoctor.state import RunState
 from torchdoctor.target import check_module, check_script
 from torchdoctor.terminal import PtyForwarder, open_pty, resize_pty

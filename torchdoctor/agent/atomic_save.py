@@ -6,25 +6,12 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from typing import Any
 
 import torch
 
 from torchdoctor.agent.patching import ClassPatches
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from torchdoctor.atomic_files import write_atomic
 
 
 class AtomicTorchSave:
@@ -40,23 +27,11 @@ class AtomicTorchSave:
             def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
                 if not isinstance(f, (str, os.PathLike)):
                     return original(obj, f, *args, **kwargs)
-                path = os.fspath(f)
-                directory = os.path.dirname(os.path.abspath(path))
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
-                try:
-                    with os.fdopen(fd, "wb") as handle:
-                        result = original(obj, handle, *args, **kwargs)
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    umask = os.umask(0)
-                    os.umask(umask)
-                    os.chmod(tmp, 0o666 & ~umask)  # the mode a plain torch.save would have given
-                    os.replace(tmp, path)
-                except BaseException:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-                    raise
-                _fsync_dir(directory)
+                umask = os.umask(0)
+                os.umask(umask)
+                # 0o666 less the umask: the mode a plain torch.save would have given the file
+                result = write_atomic(os.fspath(f), lambda handle: original(obj, handle, *args, **kwargs),
+                                      mode=0o666 & ~umask)
                 owner.saves += 1
                 return result
             return save
