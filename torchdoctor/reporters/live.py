@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import IO, Any
 
@@ -83,6 +84,7 @@ class LiveView:
                           redirect_stderr=False)
         self.forwarder: Any = None  # the script's output; its unfinished line (a progress bar) shows here
         self._last_draw = 0.0
+        self._draw_lock = threading.Lock()
 
     def __enter__(self) -> LiveView:
         self._live.__enter__()
@@ -92,7 +94,10 @@ class LiveView:
         self._live.__exit__(*exc)
 
     def print_output(self, text: str) -> None:
-        self._live.console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+        # Called from the output thread while the main thread redraws: one at a time, or a redraw that
+        # interleaves with a print can leave a line on screen twice.
+        with self._draw_lock:
+            self._live.console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
 
     def update(self, state: RunState) -> None:
         now = time.monotonic()
@@ -107,7 +112,8 @@ class LiveView:
         partial = self.forwarder.partial if self.forwarder is not None else ""
         if partial.strip():
             parts.insert(0, Text(partial, no_wrap=True, overflow="ellipsis"))
-        self._live.update(Group(*parts), refresh=True)
+        with self._draw_lock:
+            self._live.update(Group(*parts), refresh=True)
 
 
 class PlainProgress:
