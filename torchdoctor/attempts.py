@@ -54,7 +54,7 @@ def script_args_for(script_args: tuple[str, ...], plan: Plan) -> list[str]:
 
 
 def describe_failure(state: RunState, returncode: int, script_args: tuple[str, ...],
-                     options: RecoveryOptions) -> Failure:
+                     options: RecoveryOptions, oom_killer: bool | None = None) -> Failure:
     finished = state.finished
     loaders = tuple(LoaderInfo(b.index, b.batch_size, b.training) for b in state.batch_sources.values()
                     if b.source == "dataloader")
@@ -63,7 +63,10 @@ def describe_failure(state: RunState, returncode: int, script_args: tuple[str, .
     argument = command_line_batch(script_args, options.batch_arg) or argument
     workers = any(b.workers for b in state.batch_sources.values())
     phase = state.ooms[-1].phase if state.ooms else None
-    common = {"loaders": loaders, "argument": argument, "has_workers": workers, "phase": phase}
+    common = {"loaders": loaders, "argument": argument, "has_workers": workers, "phase": phase,
+              "oom_killer": oom_killer}
+    if state.resume is not None and state.resume.restart:
+        return Failure("resume-abandoned", message=state.resume.message, **common)
     if returncode == 0:
         return Failure("success", **common)
     if returncode == -signal.SIGKILL and (finished is None or finished.exception is None):
@@ -109,6 +112,8 @@ def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failur
                  None: "host memory?"}[oom_killer]
         record["summary"] = f"was killed by SIGKILL after {state.steps} steps ({cause}){memory}"
         record["oom_killer"] = oom_killer
+    elif failure.kind == "resume-abandoned":
+        record["summary"] = f"could not resume ({failure.message})"
     elif returncode < 0:
         record["summary"] = (f"crashed with {signal_name(-returncode)} after {state.steps} steps "
                              f"(see faulthandler.log in the run directory)")

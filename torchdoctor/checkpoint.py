@@ -134,8 +134,11 @@ def save_checkpoint(directory: str, *, model: torch.nn.Module | None = None, opt
                     scheduler: Any = None, scaler: Any = None, epoch: int | None = None, step: int | None = None,
                     loss: float | None = None, epoch_rng: dict[str, Any] | None = None,
                     batch_index: int | None = None, plan: dict[str, Any] | None = None, keep: int = 2,
-                    **extra: Any) -> str:
-    """Write a new checkpoint into ``directory`` atomically; returns its path. ``keep`` (at least 2) are kept."""
+                    marker: dict[str, Any] | None = None, **extra: Any) -> str:
+    """Write a new checkpoint into ``directory`` atomically; returns its path. ``keep`` (at least 2) are kept.
+
+    ``marker`` adds JSON-ready facts to the commit marker, for readers that must not load the file (the
+    supervisor, which does not import torch)."""
     if keep < 2:
         raise CheckpointError("keep must be at least 2: the newest checkpoint must never be the only one")
     try:
@@ -167,7 +170,7 @@ def save_checkpoint(directory: str, *, model: torch.nn.Module | None = None, opt
     try:
         write_atomic(path, write_data)
         marker = {"format": FORMAT, "file": os.path.basename(path), "size": hashed[0].size,
-                  "sha256": hashed[0].digest.hexdigest(), "epoch": epoch, "step": step}
+                  "sha256": hashed[0].digest.hexdigest(), "epoch": epoch, "step": step, **(marker or {})}
         write_atomic(f"{path}.json", lambda handle: handle.write(json.dumps(marker).encode()))
     except (OSError, RuntimeError) as exc:  # a full disk comes as RuntimeError("... unexpected pos ...")
         kept = committed(directory)
@@ -183,7 +186,7 @@ def _prune(directory: str, keep: int) -> None:
     newest = os.path.basename(valid[0]) if valid else None
     for name in os.listdir(directory):
         full = os.path.join(directory, name)
-        base = name[:-5] if name.endswith(".json") else name
+        base = name.split(".pt.", 1)[0] + ".pt" if ".pt." in name else name  # its .json marker, .next.json, ...
         if ".tmp-" in name or name.startswith(".write-test-"):
             os.unlink(full)  # an interrupted save's temporary
         elif _NAME.match(base) and base not in keep_names and newest is not None and base < newest:

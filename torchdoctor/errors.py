@@ -18,3 +18,10 @@ class UsageError(TorchDoctorError):
     """The user's input is wrong (missing script, bad option value, unwritable directory)."""
 
     exit_code = 2
+
+
+class ResumeAbandoned(BaseException):
+    """Raised inside a resumed run that finds it cannot reach its checkpoint's position faithfully.
+
+    A BaseException, like SystemExit, so that a script's ``except Exception`` does not swallow it: the agent
+    exits and the supervisor relaunches the script from the beginning."""

@@ -134,6 +134,20 @@ class ProcessSample(Event):
 
 
 @dataclass(frozen=True)
+class Resume(Event):
+    """What a relaunch asked to resume from a checkpoint did: ``resumed`` there, or ``abandoned`` it (with
+    ``restart`` when the script must be relaunched from the beginning because part of it was already skipped)."""
+
+    kind: ClassVar[str] = "resume"
+    status: str  # "resumed" | "abandoned"
+    message: str
+    step: int | None = None  # the checkpoint's optimizer step
+    checkpoint: str | None = None
+    restart: bool = False
+    seconds: float | None = None  # from the start of the process to the resumed position
+
+
+@dataclass(frozen=True)
 class RunFinished(Event):
     """The script ended, as seen from inside the child."""
 
@@ -159,8 +173,8 @@ class ProcessExited(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (RunStarted, MemorySample, Note, Finding, OutOfMemory, BatchSource, ProcessSample, RunFinished,
-                ProcessExited)
+    for cls in (RunStarted, MemorySample, Note, Finding, OutOfMemory, BatchSource, ProcessSample, Resume,
+                RunFinished, ProcessExited)
 }
 
 

@@ -30,6 +30,7 @@ class Plan:
     eval_no_grad: bool = False
     amp: str | None = None  # "bf16" or "fp16"
     host_workers_cap: int | None = None  # at most this many DataLoader workers (after a host-memory kill)
+    resume_from: str | None = None  # a directory of run checkpoints to resume from (--checkpoint-every)
     applied: tuple[str, ...] = field(default_factory=tuple)  # remedies so far, in order, for the report
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class Failure:
     loaders: tuple[LoaderInfo, ...] = ()
     argument: tuple[str, int] | None = None  # (option, batch size) read from the script's command line
     has_workers: bool = False
+    oom_killer: bool | None = None  # for a SIGKILL: whether the kernel's OOM killer fired (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,17 @@ def next_plan(plan: Plan, failure: Failure, options: RecoveryOptions) -> Decisio
         options_left = tuple(r for r in options.remedies if r != "eval-no-grad")
         return Decision(new, "undo eval-no-grad", "the script needs gradients in eval mode; evaluation runs with "
                                                   "autograd again", {"remedies": options_left})
+    if failure.kind == "resume-abandoned":
+        new = plan.next_attempt(resume_from=None, applied=plan.applied + ("restart",))
+        return Decision(new, "restart", "relaunching from the beginning, as it was")
     if failure.kind not in ("oom", "host-kill"):
         return Decision(None, None, "not an out-of-memory failure: its exit code is passed through")
     if plan.attempt > options.max_retries:
         return Decision(None, None, f"--max-retries {options.max_retries} reached")
     if failure.kind == "host-kill":
+        if failure.oom_killer is False:
+            return Decision(plan.next_attempt(applied=plan.applied + ("relaunch",)), "relaunch",
+                            "killed by SIGKILL, not by the kernel's OOM killer: relaunching as it was")
         if failure.has_workers and plan.host_workers_cap != 0:
             cap = 0 if plan.host_workers_cap is None else plan.host_workers_cap // 2
             new = plan.next_attempt(host_workers_cap=cap, applied=plan.applied + ("fewer-workers",))

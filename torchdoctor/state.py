@@ -8,8 +8,8 @@ from typing import Any
 
 from torchdoctor.sizes import format_bytes
 from torchdoctor.events import (
-    BatchSource, Event, Finding, MemorySample, Note, OutOfMemory, ProcessExited, ProcessSample, RunFinished,
-    RunStarted,
+    BatchSource, Event, Finding, MemorySample, Note, OutOfMemory, ProcessExited, ProcessSample, Resume,
+    RunFinished, RunStarted,
 )
 
 # Per-device figures that are peaks, with the kind of number each one is (the report labels them so).
@@ -42,6 +42,7 @@ class Peak:
 class RunState:
     started: RunStarted | None = None
     finished: RunFinished | None = None
+    resume: Resume | None = None  # a relaunch's resume from a checkpoint: done, or abandoned and why
     exited: ProcessExited | None = None
     samples: list[MemorySample] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
@@ -84,6 +85,9 @@ class RunState:
             self.last_notable = f"out of memory at {where}: tried to allocate {format_bytes(event.requested_bytes)}"
         elif isinstance(event, BatchSource):
             self.batch_sources[(event.source, event.index)] = event
+        elif isinstance(event, Resume):
+            self.resume = event
+            self.last_notable = event.message
         elif isinstance(event, RunFinished):
             self.finished = event
         elif isinstance(event, ProcessExited):

@@ -6,6 +6,7 @@ The supervisor never imports torch and never touches CUDA; what it knows comes f
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,6 +120,7 @@ class Supervisor:
         self.state = RunState()
         self.run_dir = ""
         self._signalled: int | None = None
+        self._resume_blocked: str | None = None  # why a resume was abandoned: later attempts do not try again
         self._child: subprocess.Popen[bytes] | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------
@@ -183,21 +185,26 @@ class Supervisor:
                 kills_before = oom_kill_count()
                 returncode = self._attempt(command, env, tail, nvml, capacity, live)
                 kills_after = oom_kill_count()
-                failure = describe_failure(self.state, returncode, self.config.script_args, options)
+                oom_killer = None if kills_before is None or kills_after is None else kills_after > kills_before
+                failure = describe_failure(self.state, returncode, self.config.script_args, options, oom_killer)
                 record = attempt_record(plan, self.state, returncode, failure, time.time() - began,
-                                        oom_killer=None if kills_before is None or kills_after is None
-                                        else kills_after > kills_before)
+                                        oom_killer=oom_killer)
+                if self.state.resume is not None:
+                    record["resume"] = self.state.resume.to_dict()
+                    if self.state.resume.status == "abandoned":
+                        self._resume_blocked = self.state.resume.message
                 attempts.append(record)
-                if returncode == 0 or self._signalled or failure.kind == "other":
+                if failure.kind in ("success", "other") or self._signalled:
                     break
                 decision = next_plan(plan, failure, options)
                 record["decision"] = decision.reason
                 if decision.plan is None:
                     break
                 record["next_remedy"] = decision.remedy
+                resume_from, where = self._resume_source()
                 self._say(f"attempt {plan.attempt} {record['summary']}; attempt {decision.plan.attempt}: "
-                          f"{decision.reason} (restarting from the beginning{self._checkpoint_hint()})")
-                plan = decision.plan
+                          f"{decision.reason} ({where})")
+                plan = replace(decision.plan, resume_from=resume_from)
                 if "remedies" in decision.changes:
                     options = replace(options, remedies=decision.changes["remedies"])  # type: ignore[arg-type]
                 command, env = self._settings(plan)
@@ -208,14 +215,28 @@ class Supervisor:
                 nvml.close()
         return self._finish(returncode, host, gpus, nvml_why, live, attempts)
 
-    def _checkpoint_hint(self) -> str:
+    def _resume_source(self) -> tuple[str | None, str]:
+        """The checkpoint directory the next attempt resumes from (or None), and what to tell the user."""
         if not self.config.checkpoint_every:
-            return ""
-        kept = committed(os.path.join(self.run_dir, "checkpoints"))
+            return None, "restarting from the beginning; --checkpoint-every N would let it resume"
+        directory = os.path.join(self.run_dir, "checkpoints")
+        kept = committed(directory)
+        if self._resume_blocked:
+            return None, f"restarting from the beginning: {self._resume_blocked}"
         if not kept:
-            return ""
-        return (f"; a checkpoint exists ({kept[0]}), but resuming an unmodified script is not supported yet, so "
-                f"it is kept for you to load with torchdoctor.load_checkpoint")
+            return None, "restarting from the beginning: no checkpoint was written yet"
+        try:
+            with open(f"{kept[0]}.json", encoding="utf-8") as handle:
+                marker = json.load(handle)
+        except (OSError, ValueError):
+            marker = {}
+        resume = marker.get("resume") or {}
+        if not resume.get("resumable"):
+            why = resume.get("why") or "it is not a resume point"
+            return None, (f"restarting from the beginning, not from {os.path.basename(kept[0])}: {why}; the "
+                          f"checkpoint is kept for torchdoctor.load_checkpoint")
+        return os.path.abspath(directory), (f"resuming from the checkpoint of step {resume.get('step')}, "
+                                            f"{os.path.basename(kept[0])}")
 
     def _say(self, message: str) -> None:
         stream = self.stdout if self._use_live() else self.stderr

@@ -25,9 +25,10 @@ def test_checkpoints_of_the_scripts_model_and_optimizer_land_in_the_run_director
     assert "checkpoint of step 6: ckpt-000000002.pt" in notes
 
 
-def test_a_relaunch_says_a_checkpoint_exists_and_that_it_restarts_from_the_beginning(tmp_path):
+def test_a_script_without_a_dataloader_is_restarted_from_the_beginning_and_told_why(tmp_path):
     result = run_torchdoctor(["run", "-q", "--checkpoint-every", "1", "--max-retries", "1", "--run-dir",
                               str(tmp_path / "r"), str(SCRIPTS / "self_kill.py")], cwd=tmp_path)
     assert result.returncode == 137
-    assert "restarting from the beginning; a checkpoint exists" in result.stderr
-    assert "resuming an unmodified script is not supported yet" in result.stderr
+    assert ("restarting from the beginning, not from ckpt-000000002.pt: the script's batches do not come from a "
+            "DataLoader, so torchdoctor cannot tell where in its loop it is") in result.stderr
+    assert "the checkpoint is kept for torchdoctor.load_checkpoint" in result.stderr

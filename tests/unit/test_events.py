@@ -3,8 +3,8 @@ import json
 import pytest
 
 from torchdoctor.events import (
-    BatchSource, EVENT_TYPES, SCHEMA_VERSION, EventError, Finding, OutOfMemory, MemorySample, Note, ProcessExited, ProcessSample, RunFinished,
-    RunStarted, event_from_dict, event_from_json,
+    BatchSource, EVENT_TYPES, SCHEMA_VERSION, EventError, Finding, OutOfMemory, MemorySample, Note, ProcessExited, ProcessSample, Resume,
+    RunFinished, RunStarted, event_from_dict, event_from_json,
 )
 
 EXAMPLES = [
@@ -21,6 +21,8 @@ EXAMPLES = [
                 in_use_bytes=90, capacity_bytes=95, message="CPU out of memory", breakdown={"parameters": 5}),
     BatchSource(index=0, source="dataloader", batch_size=256, training=True),
     ProcessSample(rss_bytes=5, children_rss_bytes=None, device_used={"gpu0": 7}),
+    Resume(status="resumed", message="resumed from the checkpoint of step 15", step=15, checkpoint="c/ckpt.pt",
+           seconds=1.5),
     RunFinished(exit_code=0, exception=None, message=None, steps=3, dropped_events=0),
     ProcessExited(returncode=-9, exit_code=137, outcome="killed", signal="SIGKILL"),
 ]

@@ -83,30 +83,28 @@ def scale_backward_args(args: tuple[Any, ...], kwargs: dict[str, Any], scale: fl
     return tuple(args), kwargs
 
 
-
-
 class AccumulationGates:
     """Installs the gates on torch's classes for one run."""
 
     def __init__(self, accumulator: Accumulator) -> None:
         self.acc = accumulator
         self._patches = ClassPatches()
+        self._listener: tuple[Any, Any] | None = None
 
-    def install(self) -> None:
+    def install(self, constructions: Any) -> None:
         acc = self.acc
 
-        def optimizer_init(original: Any) -> Any:
-            @functools.wraps(original)
-            def __init__(opt: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
-                original(opt, *args, **kwargs)
-                step = opt.step  # the hooked, bound step; wrapped per instance so every caller is gated
+        def gate_step(opt: torch.optim.Optimizer) -> None:
+            step = opt.step  # the hooked, bound step; wrapped per instance so every caller is gated
 
-                def gated_step(self: Any, *a: Any, **k: Any) -> Any:
-                    return step(*a, **k) if acc.allow_step() else None
+            def gated_step(self: Any, *a: Any, **k: Any) -> Any:
+                return step(*a, **k) if acc.allow_step() else None
 
-                # A bound method, as LR schedulers expect when they wrap optimizer.step in turn.
-                opt.step = types.MethodType(functools.wraps(step.__func__)(gated_step), opt)
-            return __init__
+            # A bound method, as LR schedulers expect when they wrap optimizer.step in turn.
+            opt.step = types.MethodType(functools.wraps(step.__func__)(gated_step), opt)
+
+        constructions.on_optimizer.append(gate_step)
+        self._listener = (constructions, gate_step)
 
         def gate(original: Any, allow: Any, default: Any = None) -> Any:
             @functools.wraps(original)
@@ -122,7 +120,6 @@ class AccumulationGates:
             return torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
 
         at_boundary = lambda: acc.at_boundary  # noqa: E731
-        self._patches.wrap(torch.optim.Optimizer, "__init__", optimizer_init)
         self._patches.wrap(torch.optim.Optimizer, "zero_grad", lambda f: gate(f, acc.allow_zero_grad))
         self._patches.wrap(torch.nn.Module, "zero_grad", lambda f: gate(f, acc.allow_zero_grad))
         scheduler_classes = [torch.optim.lr_scheduler.LRScheduler]
@@ -139,3 +136,7 @@ class AccumulationGates:
 
     def remove(self) -> None:
         self._patches.restore()
+        if self._listener is not None:
+            constructions, listener = self._listener
+            constructions.on_optimizer.remove(listener)
+            self._listener = None

@@ -4,8 +4,10 @@ fsync the directory. File objects and buffers are passed through untouched."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,7 +19,21 @@ from torchdoctor.atomic_files import write_atomic
 class AtomicTorchSave:
     def __init__(self) -> None:
         self.saves = 0
+        self.to_open_files = 0  # saves into file objects the script opened: passed through as they are
+        self.suppressed = 0
+        # While it returns True (a resumed run replaying its way to the checkpoint), saves to a path are not
+        # written: the files hold what the first run wrote at the same point.
+        self.suppress: Any = None
+        self._own = False  # torchdoctor's own checkpoint is being written: not the script's save
         self._patches = ClassPatches()
+
+    @contextlib.contextmanager
+    def torchdoctors_own(self) -> Iterator[None]:
+        self._own, before = True, self._own
+        try:
+            yield
+        finally:
+            self._own = before
 
     def install(self) -> None:
         owner = self
@@ -25,8 +41,14 @@ class AtomicTorchSave:
         def wrap(original: Any) -> Any:
             @functools.wraps(original)
             def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
-                if not isinstance(f, (str, os.PathLike)):
+                if owner._own:
                     return original(obj, f, *args, **kwargs)
+                if not isinstance(f, (str, os.PathLike)):
+                    owner.to_open_files += 1
+                    return original(obj, f, *args, **kwargs)
+                if owner.suppress is not None and owner.suppress():
+                    owner.suppressed += 1
+                    return None
                 umask = os.umask(0)
                 os.umask(umask)
                 # 0o666 less the umask: the mode a plain torch.save would have given the file

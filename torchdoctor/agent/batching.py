@@ -8,7 +8,9 @@ share of the batch (the backward gradient is scaled by micro size / batch size) 
 optimizer steps, the data and their order are the same as with the full batch.
 
 ``LoaderWatch`` numbers the script's DataLoaders in creation order and notes which of them feed a backward pass
-(training loaders), so the supervisor knows what it can split in the next attempt.
+(training loaders), so the supervisor knows what it can split in the next attempt. It also keeps the script's
+``LoopPosition`` (passes and batches), and lets run checkpoints act at the top of the loop (``before_next``) and a
+resumed run position a pass (``open_pass``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 from torchdoctor.agent.accumulation import Accumulator, MicroInfo
+from torchdoctor.agent.loop_position import Iteration, LoopPosition
 from torchdoctor.agent.patching import ClassPatches
 from torchdoctor.events import BatchSource
 
@@ -70,7 +73,8 @@ class MicroBatchSampler:
 class LoaderWatch:
     """Numbers DataLoaders, reports batch sources, and splits the ones the plan names."""
 
-    def __init__(self, emit: Callable[[Any], None], split: dict[int, int], worker_cap: int | None) -> None:
+    def __init__(self, emit: Callable[[Any], None], split: dict[int, int], worker_cap: int | None,
+                 keep_rng: bool = False) -> None:
         self._emit = emit
         self._split = split  # loader index -> micro-batches per batch
         self._worker_cap = worker_cap
@@ -81,6 +85,12 @@ class LoaderWatch:
         self.last_loader: int | None = None
         self.accumulator = Accumulator()
         self.split_loaders: list[int] = []
+        self.position = LoopPosition(keep_rng)
+        # Called with the iterator before each batch is fetched (the top of the script's loop).
+        self.before_next: Callable[[Any], None] | None = None
+        # Called as open_pass(loader, record, make_iterator) to make a pass's iterator (a resumed run positions it).
+        self.open_pass: Callable[[DataLoader, Iteration, Callable[[], Any]], Any] | None = None
+        self._fetch: Callable[[Any], Any] = _BaseDataLoaderIter.__next__
         self._patches = ClassPatches()
 
     def install(self) -> None:
@@ -105,9 +115,29 @@ class LoaderWatch:
                 it._torchdoctor_index = getattr(loader, "_torchdoctor_index", None)
             return __init__
 
+        def iter_wrapper(original: Any) -> Any:
+            @functools.wraps(original)
+            def __iter__(loader: DataLoader) -> Any:
+                index = getattr(loader, "_torchdoctor_index", None)
+                if index is None:
+                    return original(loader)
+                record = watch.position.started(index, loader)
+                if watch.open_pass is not None:
+                    it = watch.open_pass(loader, record, lambda: original(loader))
+                else:
+                    it = original(loader)
+                if isinstance(it, _BaseDataLoaderIter):
+                    it._torchdoctor_pass = record
+                return it
+            return __iter__
+
         def next_wrapper(original: Any) -> Any:
+            watch._fetch = original
+
             @functools.wraps(original)
             def __next__(it: Any) -> Any:
+                if watch.before_next is not None:
+                    watch.before_next(it)
                 data = original(it)
                 watch._delivered(it)
                 return data
@@ -115,6 +145,7 @@ class LoaderWatch:
 
         self._patches.wrap(DataLoader, "__init__", init_wrapper)
         self._patches.wrap(_BaseDataLoaderIter, "__init__", iter_init_wrapper)
+        self._patches.wrap(DataLoader, "__iter__", iter_wrapper)
         self._patches.wrap(_BaseDataLoaderIter, "__next__", next_wrapper)
 
     def remove(self) -> None:
@@ -141,10 +172,27 @@ class LoaderWatch:
     def _delivered(self, iterator: Any) -> None:
         self.last_loader = getattr(iterator, "_torchdoctor_index", None)
         sampler = getattr(iterator, "_index_sampler", None)
+        whole = True
         if isinstance(sampler, MicroBatchSampler) and sampler.pending:
             self.accumulator.current = sampler.pending.popleft()
+            whole = self.accumulator.current.index == 0
         elif self.last_loader is not None and self.last_loader in self._training:
             self.accumulator.current = None
+        self.position.delivered(getattr(iterator, "_torchdoctor_pass", None), whole)
+
+    def skip(self, iterator: Any, record: Iteration, batches: int) -> None:
+        """Fetch and drop ``batches`` whole batches (all their micro-batches) from a new pass's ``iterator``.
+
+        They are loaded for real, not skipped in the sampler: DataLoader workers draw random augmentation from
+        their own RNG, so each worker must see the same indices in the same order as in the first run."""
+        iterator._torchdoctor_pass = record
+        while record.batches < batches or not self.accumulator.at_boundary:
+            self._fetch(iterator)
+            self._delivered(iterator)
+
+    @property
+    def training_loaders(self) -> set[int]:
+        return set(self._training)
 
     def note_backward(self) -> None:
         index = self.last_loader

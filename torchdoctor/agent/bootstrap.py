@@ -23,8 +23,10 @@ from types import TracebackType
 from torchdoctor.agent.emitter import FileEmitter, MemorySink
 from torchdoctor.agent.torch_watch import TorchImportWatcher
 from torchdoctor.config import AgentSettings
-from torchdoctor.errors import UsageError
+from torchdoctor.errors import ResumeAbandoned, UsageError
 from torchdoctor.events import RunFinished, RunStarted
+
+RESUME_ABANDONED_EXIT = 3  # the supervisor relaunches from the beginning (it reads why from the events)
 
 _AGENT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _RUNPY_FILES = ("<frozen runpy>", os.path.abspath(runpy.__file__), "<string>")
@@ -144,6 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(exc.code, (int, type(None))):
             failure = exc
             print(exc.code, file=sys.stderr)
+    except ResumeAbandoned as exc:
+        exit_code = RESUME_ABANDONED_EXIT
+        failure = exc
+        print(f"[torchdoctor] resume abandoned: {exc}; the run restarts from the beginning", file=sys.stderr)
     except KeyboardInterrupt as exc:
         interrupted = True
         exit_code = 128 + signal.SIGINT

@@ -27,7 +27,8 @@ class RecoveryHooks:
         self.memory_budget = memory_budget
         self.session = session
         split = {index: plan.micro_batches for index in plan.train_loaders} if plan.micro_batches > 1 else {}
-        self.loaders = LoaderWatch(session.emit, split, plan.host_workers_cap)
+        keep_rng = bool(session.settings.checkpoint_dir and session.settings.checkpoint_every)
+        self.loaders = LoaderWatch(session.emit, split, plan.host_workers_cap, keep_rng=keep_rng)
         self.batch_args = BatchArgumentWatch(session.emit, plan.batch_arg)
         self._argv_parts = plan.micro_batches if plan.batch_arg and plan.micro_batches > 1 else 1
         accumulate = plan.micro_batches > 1 and plan.keep_effective_batch
@@ -43,7 +44,7 @@ class RecoveryHooks:
         self.loaders.install()
         self.batch_args.install()
         if self.gates is not None:
-            self.gates.install()
+            self.gates.install(self.session.constructions)
         self.remedies.install()
         self._apply_budget()
         self._announce_plan()
@@ -91,6 +92,8 @@ class RecoveryHooks:
             parts.append(f"autocast {plan.amp}")
         if plan.host_workers_cap is not None:
             parts.append(f"at most {plan.host_workers_cap} DataLoader workers")
+        if plan.resume_from:
+            parts.append("resuming from the newest run checkpoint")
         self.session.emit(Note(level="info", message=f"attempt {plan.attempt}: " + (", ".join(parts) or "as before")))
 
     def _before_backward(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -99,6 +102,7 @@ class RecoveryHooks:
             acc.current = MicroInfo(self._backwards % self._argv_parts, self._argv_parts, 1 / self._argv_parts)
         self._backwards += 1
         self.loaders.note_backward()
+        self.session.backward_seen(args[0] if args else kwargs.get("tensors"))
         if self.gates is not None and acc.loss_scale != 1.0:
             args, kwargs = scale_backward_args(args, kwargs, acc.loss_scale)
         return args, kwargs

@@ -19,9 +19,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, OPTIMIZER_STATE, PARAMETERS, TensorAccountant
 from torchdoctor.agent.atomic_save import AtomicTorchSave
+from torchdoctor.agent.constructions import Constructions
 from torchdoctor.agent.cuda_figures import CudaFigures
 from torchdoctor.agent.phases import PhaseTracker
 from torchdoctor.agent.run_checkpoints import RunCheckpoints
+from torchdoctor.agent.run_resume import RunResume
 from torchdoctor.agent.recovery_hooks import RecoveryHooks
 from torchdoctor.agent.schedule import SamplingSchedule
 from torchdoctor.config import AgentSettings
@@ -99,10 +101,14 @@ class AgentSession:
             accounting = "exact"  # the budget is enforced at every allocation
         self.schedule = SamplingSchedule(accounting, settings.first_steps, settings.sample_every)
         plan = Plan.read(settings.plan_path) if settings.plan_path else Plan()
+        self.constructions = Constructions()
+        self.backwards_since_step = 0
         self.recovery = RecoveryHooks(plan, settings.memory_budget, self)
         self.atomic_save = AtomicTorchSave() if settings.atomic_save else None
         self.checkpoints = (RunCheckpoints(settings.checkpoint_dir, settings.checkpoint_every, self)
                             if settings.checkpoint_dir and settings.checkpoint_every else None)
+        self.resume: RunResume | None = None
+        self._resume_from = plan.resume_from
         self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._handles: list[Any] = []
@@ -122,11 +128,15 @@ class AgentSession:
             register_optimizer_step_post_hook(self._step_post),
         ]
         self.phases.install_autograd_wrappers()
+        self.constructions.install()
         self.recovery.install()
         if self.atomic_save is not None:
             self.atomic_save.install()
         if self.checkpoints is not None:
             self.checkpoints.install()
+        if self._resume_from:
+            self.resume = RunResume(self._resume_from, self)
+            self.resume.install()
         if self.schedule.detailed(1):
             self._start_measuring(census=False)
             self._span_measured = True
@@ -134,6 +144,8 @@ class AgentSession:
 
     def finish(self) -> None:
         """Emit what is left (the span after the last step) and remove every hook."""
+        if self.resume is not None:
+            self.resume.finish()
         if self._measuring or self.step == 0:
             self.emit(self._sample(span="tail"))
         self._stop_measuring()
@@ -142,6 +154,7 @@ class AgentSession:
         self._handles = []
         self.phases.remove_autograd_wrappers()
         self.recovery.remove()
+        self.constructions.remove()
         if self.checkpoints is not None:
             self.checkpoints.remove()
         if self.atomic_save is not None:
@@ -168,10 +181,19 @@ class AgentSession:
         return self._measuring
 
     # -- hooks ---------------------------------------------------------------------------------------
+    def backward_seen(self, tensors: Any) -> None:
+        """A backward pass is about to run from ``tensors`` (the script's loss)."""
+        self.backwards_since_step += 1
+        if self.resume is not None:
+            self.resume.before_backward(tensors)
+        if self.checkpoints is not None:
+            self.checkpoints.saw_backward(tensors)
+
     def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if self.checkpoints is not None and self.step:
-            # Saved here, before step k+1, so that iteration k is complete: its scheduler and scaler steps too.
-            self.checkpoints.after_step(self.step, list(self._optimizers) or [optimizer])
+        if self.resume is not None:
+            self.resume.before_step(self.constructions.optimizers.alive() or [optimizer])
+        if self.checkpoints is not None:
+            self.checkpoints.before_step()
         self.phases.set("optimizer")
         if optimizer not in self._optimizers:
             self._optimizers.add(optimizer)
@@ -188,6 +210,8 @@ class AgentSession:
         if self._measuring:
             self.accountant.classify(_state_tensors(optimizer), OPTIMIZER_STATE)
         self.step += 1
+        self.backwards_since_step = 0
+        self.recovery.loaders.position.stepped()
         seconds = time.perf_counter() - self._span_start
         self.emit(self._sample(span="step", seconds=seconds))
         self.schedule.record(self.step, seconds, self._span_measured, self._census_seconds)
