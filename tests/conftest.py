@@ -20,6 +20,41 @@ def run_torchdoctor(args: list[str], cwd: Path, timeout: float = 120, **kwargs) 
                           timeout=timeout, env=env, **kwargs)
 
 
+def run_torchdoctor_and_kill(args: list[str], cwd: Path, run_dir: Path, at_step: int,
+                             timeout: float = 180) -> tuple[subprocess.CompletedProcess, int]:
+    """``torchdoctor run`` (``args`` must hold ``--run-dir run_dir``), with its child SIGKILLed from outside once
+    its events show ``at_step`` optimizer steps; returns the finished process and the step seen at the kill."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
+    env.pop("TORCHDOCTOR_EVENTS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "torchdoctor", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    seen, deadline = 0, time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        pid, seen = None, 0
+        try:
+            lines = (run_dir / "events.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event["kind"] == "run_started":
+                pid = event["pid"]
+            elif event["kind"] == "memory_sample":
+                seen = max(seen, event["step"])
+        if pid is not None and seen >= at_step:
+            os.kill(pid, signal.SIGKILL)
+            break
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seen
+
+
 def run_python(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 

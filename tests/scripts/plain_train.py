@@ -1,5 +1,11 @@
 """An ordinary training script that knows nothing of torchdoctor: shuffled DataLoader with 2 workers and random
-augmentation drawn in the workers, dropout, AdamW, a per-step LR scheduler; it saves its final weights."""
+augmentation drawn in the workers, dropout, AdamW, a per-step LR scheduler; it saves its final weights.
+
+Variants: ``--eval`` evaluates after every epoch; ``--manual-lr`` sets the learning rate from its own step counter
+instead of a scheduler; ``--save-epochs DIR`` saves the weights after every epoch.
+"""
+
+import os
 
 import argparse
 import random
@@ -29,6 +35,9 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--eval", action="store_true")
+    parser.add_argument("--manual-lr", action="store_true")
+    parser.add_argument("--save-epochs")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -46,10 +55,21 @@ def main():
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
+            if args.manual_lr:
+                for group in opt.param_groups:
+                    group["lr"] = 1e-2 * 0.97 ** steps
             opt.step()
-            sched.step()
+            if not args.manual_lr:
+                sched.step()
             steps += 1
             time.sleep(args.sleep)
+        if args.eval:
+            model.eval()
+            with torch.no_grad():
+                accuracy = (model(loader.dataset.x).argmax(1) == loader.dataset.y).float().mean().item()
+            print(f"epoch {epoch} accuracy {accuracy:.3f}")
+        if args.save_epochs:
+            torch.save(model.state_dict(), os.path.join(args.save_epochs, f"epoch{epoch}.pt"))
         print(f"epoch {epoch} done")
     torch.save(model.state_dict(), args.out)
 
