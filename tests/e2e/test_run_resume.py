@@ -6,7 +6,7 @@ The reference is the same script run by plain python, without torchdoctor at all
 import pytest
 import torch
 
-from tests.conftest import SCRIPTS, read_report, run_python, run_torchdoctor_and_kill
+from tests.conftest import SCRIPTS, read_report, run_python, run_torchdoctor, run_torchdoctor_and_kill
 
 pytestmark = pytest.mark.e2e
 
@@ -91,3 +91,22 @@ def test_a_learning_rate_from_the_scripts_own_counter_abandons_the_resume_and_re
     assert "does the script compute them from its own step counter?" in result.stderr
     assert "resume" not in third and third["steps"] == STEPS  # the third attempt ran from the beginning
     assert _equal(reference, resumed)  # and so nothing of the abandoned attempt leaked into the result
+
+
+def test_an_oom_mid_epoch_resumes_from_the_checkpoint_with_micro_batches_and_the_same_training(tmp_path):
+    # GIVEN a script whose tenth batch (a long padded sequence) needs ~19 MiB where the others need ~1.3 MiB
+    script = str(SCRIPTS / "oom" / "padded_sequences.py")
+    assert run_python([script, "--out", str(tmp_path / "reference.pt")], cwd=tmp_path).returncode == 0
+    # WHEN it runs under a 12 MiB budget with a checkpoint every 3 steps
+    result = run_torchdoctor(["run", "-q", "--memory-budget", "12MiB", "--checkpoint-every", "3", "--run-dir",
+                              str(tmp_path / "run"), script, "--out", str(tmp_path / "resumed.pt")], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    first, second = read_report(tmp_path / "run")["attempts"]
+    # THEN attempt 1 died at step 10, and attempt 2 split the batches and resumed from step 9: nothing redone
+    assert first["oom"]["step"] == 10 and first["steps"] == 9
+    assert second["plan"]["micro_batches"] == 2 and second["resume"]["step"] == 9
+    assert "0 pass(es) and 9 batch(es) skipped" in second["resume"]["message"]
+    assert second["steps"] == 30
+    # AND the weights are those of the uninterrupted run without a budget (up to float summation order)
+    reference, resumed = torch.load(tmp_path / "reference.pt"), torch.load(tmp_path / "resumed.pt")
+    assert all(torch.allclose(reference[k], resumed[k], rtol=0, atol=1e-6) for k in reference)
