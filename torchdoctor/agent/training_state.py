@@ -54,7 +54,8 @@ class TrainingObjects:
     ambiguous: str | None = None  # why the modules cannot be named safely
 
     @classmethod
-    def find(cls, constructions: Any) -> TrainingObjects:
+    def find(cls, constructions: Any, roots: list[nn.Module] | None = None) -> TrainingObjects:
+        """The script's training objects; ``roots`` (the root modules) are found by a scan when not given."""
         found = cls(optimizers=constructions.optimizers.alive(), schedulers=constructions.schedulers.alive(),
                     scalers=constructions.scalers.alive())
         where: dict[int, tuple[int, int]] = {}
@@ -64,7 +65,7 @@ class TrainingObjects:
                 where.setdefault(id(p), (i, k))
         owned: set[int] = set()
         duplicates: list[str] = []
-        for module in _root_modules():
+        for module in _root_modules() if roots is None else roots:
             positions = [where[id(p)] for p in module.parameters() if id(p) in where]
             if positions:
                 i, k = min(positions)
