@@ -110,3 +110,14 @@ def test_an_oom_mid_epoch_resumes_from_the_checkpoint_with_micro_batches_and_the
     # AND the weights are those of the uninterrupted run without a budget (up to float summation order)
     reference, resumed = torch.load(tmp_path / "reference.pt"), torch.load(tmp_path / "resumed.pt")
     assert all(torch.allclose(reference[k], resumed[k], rtol=0, atol=1e-6) for k in reference)
+
+
+def test_gradients_the_checkpoint_did_not_hold_abandon_the_resume_when_the_script_adds_to_them(tmp_path):
+    # A script that never calls zero_grad() adds each step's gradient to all the earlier ones; they are not in
+    # the checkpoint (it holds no gradients), so resuming would train differently: it must restart instead.
+    reference = _reference(tmp_path, "--no-zero-grad")
+    result, report, resumed = _killed_and_relaunched(tmp_path, "--no-zero-grad")
+    second = report["attempts"][1]
+    assert second["resume"]["status"] == "abandoned"
+    assert "adds the next gradients to ones it did not reset" in second["resume"]["message"]
+    assert _equal(reference, resumed)

@@ -2,7 +2,8 @@
 augmentation drawn in the workers, dropout, AdamW, a per-step LR scheduler; it saves its final weights.
 
 Variants: ``--eval`` evaluates after every epoch; ``--manual-lr`` sets the learning rate from its own step counter
-instead of a scheduler; ``--save-epochs DIR`` saves the weights after every epoch.
+instead of a scheduler; ``--save-epochs DIR`` saves the weights after every epoch; ``--no-zero-grad`` never resets
+the gradients.
 """
 
 import os
@@ -38,6 +39,7 @@ def main():
     parser.add_argument("--eval", action="store_true")
     parser.add_argument("--manual-lr", action="store_true")
     parser.add_argument("--save-epochs")
+    parser.add_argument("--no-zero-grad", action="store_true", help="the classic bug: gradients add up forever")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -52,7 +54,8 @@ def main():
     for epoch in range(args.epochs):
         model.train()
         for x, y in loader:
-            opt.zero_grad()
+            if not args.no_zero_grad:
+                opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             if args.manual_lr:
