@@ -47,10 +47,11 @@ def cli() -> None:
               help="Leave the script's own torch.save(obj, path) calls as they are (by default they write to a "
                    "temporary file and rename it, so a crash mid-save never destroys the previous file).")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, metavar="N",
-              help="Save torchdoctor's own checkpoint of the script's model, optimizer, scheduler and scaler every N "
-                   "optimizer steps into the run directory (0: never).")
+              help="Save torchdoctor's own checkpoint of the script's models, optimizers, schedulers, scalers and RNG "
+                   "every N optimizer steps into the run directory (0: never); after an OOM or a kill the relaunch "
+                   "resumes from the newest one, or restarts from the beginning and says why.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Attempts after an out-of-memory failure (0: never retry).")
+              help="Attempts after an out-of-memory failure or a kill (0: never retry).")
 @click.option("--min-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Smallest micro-batch the micro-batch remedy may use.")
 @click.option("--remedies", metavar="LIST", default=",".join(REMEDIES), show_default=True,
