@@ -216,11 +216,13 @@ def _read(path: str) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str, *, model: torch.nn.Module | None = None, optimizer: Any = None,
-                    scheduler: Any = None, scaler: Any = None, restore_rng_state: bool = True) -> Checkpoint:
+                    scheduler: Any = None, scaler: Any = None, restore_rng_state: bool = True,
+                    plan: dict[str, Any] | None = None) -> Checkpoint:
     """Load the newest valid checkpoint of a directory (or one file) into the given objects.
 
-    Shapes and world size are checked first; anything that does not match is a one-line ``CheckpointError``
-    naming the file, and nothing is loaded into the objects.
+    Shapes, world size and (when ``plan`` is given: torchdoctor's batch plan of this run) the effective batch are
+    checked first; anything that does not match is a one-line ``CheckpointError`` naming the file, and nothing is
+    loaded into the objects.
     """
     if os.path.isdir(path):
         candidates = committed(path)
@@ -240,6 +242,8 @@ def load_checkpoint(path: str, *, model: torch.nn.Module | None = None, optimize
     else:
         raise CheckpointError(f"no valid checkpoint in {path}: " + "; ".join(skipped))
     _check_fit(candidate, data, model)
+    if plan is not None:
+        _check_plan(candidate, data.get("plan") or {}, plan)
     if model is not None:
         model.load_state_dict(data["model_state_dict"])
     for obj, key in ((optimizer, "optimizer_state_dict"), (scheduler, "scheduler_state_dict"),
@@ -271,6 +275,22 @@ def _check_fit(path: str, data: dict[str, Any], model: torch.nn.Module | None) -
         if tuple(saved[key].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{path} does not fit the model: {key} is {tuple(saved[key].shape)} in the "
                                   f"checkpoint and {tuple(tensor.shape)} in the model")
+
+
+def _effective_batch_change(plan: dict[str, Any]) -> int:
+    """How many times smaller than the script's own the effective batch of a plan is (1: unchanged)."""
+    parts = int(plan.get("micro_batches") or 1)
+    return 1 if plan.get("keep_effective_batch", True) else parts
+
+
+def _check_plan(path: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    before, now = _effective_batch_change(saved), _effective_batch_change(current)
+    if before != now:
+        def say(n: int) -> str:
+            return "the script's own effective batch" if n == 1 else f"an effective batch {n} times smaller"
+
+        raise CheckpointError(f"{path} was trained with {say(before)} and this run uses {say(now)} "
+                              f"(--no-keep-effective-batch): resuming would change the training")
 
 
 def resume_batches(loader: Any, checkpoint: Checkpoint | None) -> Any:

@@ -144,3 +144,15 @@ def test_bad_inputs_give_one_line_errors_naming_the_file(tmp_path):
         load_checkpoint(str(tmp_path / "empty"))
     with pytest.raises(CheckpointError, match="no checkpoint at .*missing"):
         load_checkpoint(str(tmp_path / "missing"))
+
+
+def test_a_plan_that_changes_the_effective_batch_does_not_load(tmp_path):
+    model = nn.Linear(3, 2)
+    save_checkpoint(str(tmp_path), model=model, plan={"micro_batches": 2, "keep_effective_batch": False})
+    with pytest.raises(CheckpointError, match="an effective batch 2 times smaller and this run uses the script's own"):
+        load_checkpoint(str(tmp_path), model=model, plan={"micro_batches": 1, "keep_effective_batch": True})
+    # micro-batches with accumulation keep the effective batch: that plan change is fine
+    found = load_checkpoint(str(tmp_path), model=model, plan={"micro_batches": 2, "keep_effective_batch": False})
+    assert found.step is None
+    save_checkpoint(str(tmp_path), model=model, plan={"micro_batches": 3, "keep_effective_batch": True})
+    load_checkpoint(str(tmp_path), model=model, plan={"micro_batches": 1})

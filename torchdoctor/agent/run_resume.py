@@ -55,7 +55,7 @@ class RunResume:
         self._first_step_checked = False
         self._seen: dict[str, Any] = {"backwards": 0, "losses": []}  # this run's first step after the resume
         try:
-            found = load_checkpoint(directory, restore_rng_state=False)
+            found = load_checkpoint(directory, restore_rng_state=False, plan=session.recovery.plan.to_dict())
         except CheckpointError as exc:
             self._give_up(f"no usable checkpoint: {exc}")
             return
