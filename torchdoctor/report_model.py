@@ -43,13 +43,27 @@ def recovery_summary(attempts: list[dict[str, Any]], outcome: str) -> dict[str, 
         return None
     earlier = attempts[:-1]
     last_plan = attempts[-1].get("plan") or {}
+    redone = 0
+    lost = 0.0
+    for attempt, following in zip(earlier, attempts[1:]):
+        resume = following.get("resume") or {}
+        kept = (resume.get("step") or 0) if resume.get("status") == "resumed" else 0
+        steps = attempt.get("steps", 0)
+        redone += max(0, steps - kept)
+        # the share of the attempt's time spent on steps that were trained again (all of it without a resume)
+        lost += attempt.get("seconds", 0.0) * ((steps - kept) / steps if steps and kept else 1.0)
+    last_resume = attempts[-1].get("resume") or {}
+    restarted_from = None
+    if earlier:
+        restarted_from = (f"checkpoint of step {last_resume.get('step')}" if last_resume.get("status") == "resumed"
+                          else "beginning")
     return {
         "recovered": len(attempts) > 1 and outcome == "success",
         "attempts": len(attempts),
         "remedies": list(last_plan.get("applied", [])),
-        "restarted_from": "beginning" if earlier else None,
-        "steps_redone": sum(a.get("steps", 0) for a in earlier),
-        "seconds_lost": round(sum(a.get("seconds", 0.0) for a in earlier), 3),
+        "restarted_from": restarted_from,
+        "steps_redone": redone,
+        "seconds_lost": round(lost, 3),
         "effective_batch_kept": bool(last_plan.get("keep_effective_batch", True)),
         "numerics_changed": bool(last_plan.get("amp")),
         "gave_up": attempts[-1].get("decision") if outcome != "success" else None,

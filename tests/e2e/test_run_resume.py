@@ -50,6 +50,9 @@ def test_sigkill_mid_second_epoch_then_resume_ends_bit_identical_to_the_uninterr
     assert first["steps"] - EVERY <= second["resume"]["step"] <= first["steps"]
     assert f"resuming from the checkpoint of step {second['resume']['step']}" in result.stderr
     assert second["steps"] == STEPS
+    recovery = report["recovery"]
+    assert recovery["restarted_from"] == f"checkpoint of step {second['resume']['step']}"
+    assert recovery["steps_redone"] == first["steps"] - second["resume"]["step"] <= EVERY
     # AND the finished training equals the uninterrupted one, bit for bit
     assert _equal(reference, resumed)
     notes = [e["message"] for e in report["events"] if e["kind"] == "note"]

@@ -6,7 +6,7 @@ import json
 from rich.console import Console
 
 from torchdoctor.events import MemorySample, Note, ProcessExited, RunFinished, RunStarted
-from torchdoctor.report_model import REPORT_SCHEMA_VERSION, build_report, load_report
+from torchdoctor.report_model import REPORT_SCHEMA_VERSION, build_report, load_report, recovery_summary
 from torchdoctor.reporters.console import render_report
 from torchdoctor.reporters.summary_line import summary_line
 from torchdoctor.state import fold
@@ -98,3 +98,17 @@ def test_report_validates_against_the_published_json_schema():
         pass
     else:
         raise AssertionError("a report with an unknown peak kind must not validate")
+
+
+def test_a_resumed_attempt_counts_only_the_steps_after_its_checkpoint_as_redone():
+    attempts = [
+        {"attempt": 1, "steps": 18, "seconds": 9.0, "plan": {"applied": []}, "oom": None},
+        {"attempt": 2, "steps": 36, "seconds": 10.0, "plan": {"applied": ["relaunch"]},
+         "resume": {"status": "resumed", "step": 15}},
+    ]
+    summary = recovery_summary(attempts, "success")
+    assert summary["restarted_from"] == "checkpoint of step 15"
+    assert summary["steps_redone"] == 3 and summary["seconds_lost"] == 1.5
+    attempts[1]["resume"] = {"status": "abandoned", "step": 15}
+    summary = recovery_summary(attempts, "success")
+    assert summary["restarted_from"] == "beginning" and summary["steps_redone"] == 18

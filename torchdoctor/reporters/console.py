@@ -166,7 +166,8 @@ def _recovery(report: dict[str, Any]) -> Group | None:
         facts = [f"recovered with {', '.join(recovery['remedies'])}",
                  "effective batch kept" if recovery.get("effective_batch_kept") else "effective batch CHANGED",
                  "numerics changed (mixed precision)" if recovery.get("numerics_changed") else "numerics unchanged",
-                 f"restarted from the {recovery['restarted_from']}: {recovery['steps_redone']} steps redone, "
+                 f"{'resumed' if recovery['restarted_from'] != 'beginning' else 'restarted'} from the "
+                 f"{recovery['restarted_from']}: {recovery['steps_redone']} steps redone, "
                  f"{recovery['seconds_lost']:.1f} s lost"]
         rows.append(Text("  " + " · ".join(facts), style="green"))
     elif recovery.get("gave_up"):
