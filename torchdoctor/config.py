@@ -23,6 +23,7 @@ ENV_HOST_LIMIT = "TORCHDOCTOR_HOST_MEMORY_LIMIT"
 ENV_ATOMIC_SAVE = "TORCHDOCTOR_ATOMIC_SAVE"
 ENV_CHECKPOINT_DIR = "TORCHDOCTOR_CHECKPOINT_DIR"
 ENV_CHECKPOINT_EVERY = "TORCHDOCTOR_CHECKPOINT_EVERY"
+ENV_DOCTOR = "TORCHDOCTOR_DOCTOR"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class AgentSettings:
     atomic_save: bool = True  # the script's torch.save(obj, path) writes atomically
     checkpoint_dir: str | None = None  # torchdoctor's own checkpoints of the script's state (--checkpoint-every)
     checkpoint_every: int = 0
+    doctor: bool = True  # the training-loop checks (findings)
 
     def __post_init__(self) -> None:
         if self.accounting not in ACCOUNTING_MODES:
@@ -73,6 +75,7 @@ class AgentSettings:
         if self.host_memory_limit:
             env[ENV_HOST_LIMIT] = str(self.host_memory_limit)
         env[ENV_ATOMIC_SAVE] = "1" if self.atomic_save else "0"
+        env[ENV_DOCTOR] = "1" if self.doctor else "0"
         if self.checkpoint_dir and self.checkpoint_every:
             env[ENV_CHECKPOINT_DIR] = self.checkpoint_dir
             env[ENV_CHECKPOINT_EVERY] = str(self.checkpoint_every)
@@ -101,4 +104,5 @@ class AgentSettings:
             atomic_save=env.get(ENV_ATOMIC_SAVE, "1") != "0",
             checkpoint_dir=env.get(ENV_CHECKPOINT_DIR) or None,
             checkpoint_every=_int(ENV_CHECKPOINT_EVERY, 0),
+            doctor=env.get(ENV_DOCTOR, "1") != "0",
         )

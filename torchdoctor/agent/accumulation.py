@@ -90,8 +90,9 @@ class AccumulationGates:
         self.acc = accumulator
         self._patches = ClassPatches()
         self._listener: tuple[Any, Any] | None = None
+        self._zero_grad: Any = None
 
-    def install(self, constructions: Any) -> None:
+    def install(self, constructions: Any, zero_grad: Any) -> None:
         acc = self.acc
 
         def gate_step(opt: torch.optim.Optimizer) -> None:
@@ -120,8 +121,8 @@ class AccumulationGates:
             return torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
 
         at_boundary = lambda: acc.at_boundary  # noqa: E731
-        self._patches.wrap(torch.optim.Optimizer, "zero_grad", lambda f: gate(f, acc.allow_zero_grad))
-        self._patches.wrap(torch.nn.Module, "zero_grad", lambda f: gate(f, acc.allow_zero_grad))
+        zero_grad.gates.append(acc.allow_zero_grad)
+        self._zero_grad = zero_grad
         scheduler_classes = [torch.optim.lr_scheduler.LRScheduler]
         scheduler_classes += [c for c in vars(torch.optim.lr_scheduler).values()
                               if isinstance(c, type) and issubclass(c, torch.optim.lr_scheduler.LRScheduler)
@@ -136,6 +137,9 @@ class AccumulationGates:
 
     def remove(self) -> None:
         self._patches.restore()
+        if self._zero_grad is not None:
+            self._zero_grad.gates.remove(self.acc.allow_zero_grad)
+            self._zero_grad = None
         if self._listener is not None:
             constructions, listener = self._listener
             constructions.on_optimizer.remove(listener)

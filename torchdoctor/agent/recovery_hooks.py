@@ -44,7 +44,7 @@ class RecoveryHooks:
         self.loaders.install()
         self.batch_args.install()
         if self.gates is not None:
-            self.gates.install(self.session.constructions)
+            self.gates.install(self.session.constructions, self.session.zero_grad_hooks)
         self.remedies.install()
         self._apply_budget()
         self._announce_plan()

@@ -19,8 +19,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, OPTIMIZER_STATE, PARAMETERS, TensorAccountant
 from torchdoctor.agent.atomic_save import AtomicTorchSave
+from torchdoctor.agent.call_hooks import ZeroGradHooks
 from torchdoctor.agent.constructions import Constructions
 from torchdoctor.agent.cuda_figures import CudaFigures
+from torchdoctor.agent.doctor import Doctor
 from torchdoctor.agent.phases import PhaseTracker
 from torchdoctor.agent.run_checkpoints import RunCheckpoints
 from torchdoctor.agent.run_resume import RunResume
@@ -102,12 +104,14 @@ class AgentSession:
         self.schedule = SamplingSchedule(accounting, settings.first_steps, settings.sample_every)
         plan = Plan.read(settings.plan_path) if settings.plan_path else Plan()
         self.constructions = Constructions()
+        self.zero_grad_hooks = ZeroGradHooks()
         self.backwards_since_step = 0
         self.recovery = RecoveryHooks(plan, settings.memory_budget, self)
         self.atomic_save = AtomicTorchSave() if settings.atomic_save else None
         self.checkpoints = (RunCheckpoints(settings.checkpoint_dir, settings.checkpoint_every, self)
                             if settings.checkpoint_dir and settings.checkpoint_every else None)
         self.resume: RunResume | None = None
+        self.doctor = Doctor(self) if settings.doctor else None
         self._resume_from = plan.resume_from
         self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
@@ -129,11 +133,14 @@ class AgentSession:
         ]
         self.phases.install_autograd_wrappers()
         self.constructions.install()
+        self.zero_grad_hooks.install()
         self.recovery.install()
         if self.atomic_save is not None:
             self.atomic_save.install()
         if self.checkpoints is not None:
             self.checkpoints.install()
+        if self.doctor is not None:
+            self.doctor.install()
         if self._resume_from:
             self.resume = RunResume(self._resume_from, self)
             self.resume.install()
@@ -153,8 +160,11 @@ class AgentSession:
             handle.remove()
         self._handles = []
         self.phases.remove_autograd_wrappers()
+        if self.doctor is not None:
+            self.doctor.remove()
         self.recovery.remove()
         self.constructions.remove()
+        self.zero_grad_hooks.remove()
         if self.checkpoints is not None:
             self.checkpoints.remove()
         if self.atomic_save is not None:
@@ -183,6 +193,8 @@ class AgentSession:
     # -- hooks ---------------------------------------------------------------------------------------
     def backward_seen(self, tensors: Any) -> None:
         """A backward pass is about to run from ``tensors`` (the script's loss)."""
+        if self.doctor is not None:
+            self.doctor.before_backward()
         self.backwards_since_step += 1
         if self.resume is not None:
             self.resume.before_backward(tensors)
@@ -194,6 +206,8 @@ class AgentSession:
             self.resume.before_step(self.constructions.optimizers.alive() or [optimizer])
         if self.checkpoints is not None:
             self.checkpoints.before_step()
+        if self.doctor is not None:
+            self.doctor.before_step(optimizer)
         self.phases.set("optimizer")
         if optimizer not in self._optimizers:
             self._optimizers.add(optimizer)

@@ -1,0 +1,31 @@
+"""The doctor over the labelled corpus: no false alarm, recall at least 0.95 (issue: the training-loop doctor)."""
+
+import re
+
+import pytest
+
+from tests.doctor_corpus.evaluate import HERE, manifest, run_corpus, score
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_corpus_is_at_least_half_clean_and_every_buggy_script_has_a_fixed_twin():
+    labels = manifest()
+    assert sorted(labels) == sorted(p.name for p in HERE.glob("*.py") if p.name not in ("evaluate.py", "__init__.py"))
+    clean = [name for name, ids in labels.items() if not ids]
+    assert len(clean) * 2 >= len(labels)
+    for name, ids in labels.items():
+        if ids:
+            twin = "clean_" + re.sub(r"^td\d+_", "", name).removesuffix(".py") + "_fixed.py"
+            assert labels.get(twin) == [], f"{name} has no fixed twin {twin}"
+
+
+def test_precision_is_one_and_recall_at_least_095_over_the_corpus():
+    outcomes = run_corpus()
+    failed = [(o.script, o.stderr) for o in outcomes if o.returncode != 0]
+    assert not failed, failed  # every script runs to the end under torchdoctor
+    total, per_id = score(outcomes)
+    wrong = [(o.script, sorted(o.expected), sorted(o.found)) for o in outcomes if o.found - o.expected]
+    assert total.precision == 1.0, wrong
+    missed = [(o.script, sorted(o.expected - o.found)) for o in outcomes if o.expected - o.found]
+    assert total.recall >= 0.95, missed
