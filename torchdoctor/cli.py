@@ -61,11 +61,16 @@ def cli() -> None:
               help="Let the micro-batch remedy shrink the batch without gradient accumulation.")
 @click.option("--batch-arg", metavar="NAME", default=None,
               help="The script's batch-size option (e.g. --batch_size), when torchdoctor cannot find it.")
+@click.option("--fail-on", type=click.Choice(("error", "warning")), default=None,
+              help="Exit 1 when the doctor reports findings of this severity or worse (for CI); the script's own "
+                   "non-zero exit code still wins.")
+@click.option("--no-doctor", is_flag=True, help="Do not run the training-loop checks (findings).")
 @click.argument("script", metavar="SCRIPT|MODULE")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
         log_interval: float, memory_budget: str | None, host_memory_limit: str | None, no_atomic_save: bool,
-        checkpoint_every: int, max_retries: int, min_batch_size: int, remedies: str, no_amp: bool, no_keep_effective_batch: bool, batch_arg: str | None, script: str,
+        checkpoint_every: int, max_retries: int, min_batch_size: int, remedies: str, no_amp: bool,
+        no_keep_effective_batch: bool, batch_arg: str | None, fail_on: str | None, no_doctor: bool, script: str,
         script_args: tuple[str, ...]) -> int:
     """Run a training script, unmodified, under torchdoctor.
 
@@ -90,8 +95,20 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=quiet,
                        live=live, log_interval=log_interval, accounting=accounting, sample_every=sample_every,
                        memory_budget=budget, host_memory_limit=host_limit, atomic_save=not no_atomic_save,
-                       checkpoint_every=checkpoint_every, recovery=recovery)
+                       checkpoint_every=checkpoint_every, recovery=recovery, doctor=not no_doctor, fail_on=fail_on)
     return Supervisor(config).run()
+
+
+@cli.command()
+@click.argument("check_id", metavar="ID")
+def explain(check_id: str) -> int:
+    """Explain a finding id (e.g. TD101) with a before/after snippet."""
+    from torchdoctor.doctor_catalog import CATALOG, explain as explain_text
+
+    if check_id.upper() not in CATALOG:
+        raise UsageError(f"no check {check_id!r}; the checks are {', '.join(sorted(CATALOG))}")
+    click.echo(explain_text(check_id), nl=False)
+    return 0
 
 
 @cli.command()

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import torchdoctor
 from torchdoctor.config import AgentSettings
+from torchdoctor.doctor_catalog import at_or_above
 from torchdoctor.devices import host_info, oom_kill_count, open_nvml
 from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_from_json
 from torchdoctor.checkpoint_files import committed
@@ -52,6 +53,8 @@ class RunConfig:
     host_memory_limit: int | None = None
     atomic_save: bool = True
     checkpoint_every: int = 0
+    doctor: bool = True
+    fail_on: str | None = None  # "error" | "warning": exit 1 when findings at that level exist
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -145,7 +148,7 @@ class Supervisor:
             events_path=self._events_path, accounting=cfg.accounting, sample_every=cfg.sample_every,
             fault_log=os.path.abspath(os.path.join(self.run_dir, "faulthandler.log")), attempt=plan.attempt,
             plan_path=plan_path, memory_budget=cfg.memory_budget, host_memory_limit=cfg.host_memory_limit,
-            atomic_save=cfg.atomic_save, checkpoint_every=cfg.checkpoint_every,
+            atomic_save=cfg.atomic_save, checkpoint_every=cfg.checkpoint_every, doctor=cfg.doctor,
             checkpoint_dir=os.path.abspath(os.path.join(self.run_dir, "checkpoints")) if cfg.checkpoint_every else None,
         )
         env = {**os.environ, **settings.to_env(), **cfg.extra_env}
@@ -355,6 +358,13 @@ class Supervisor:
         report_path = os.path.join(self.run_dir, "report.json")
         write_json_atomic(report_path, report)
         self._show_final(report, live)
+        if exit_code == 0 and self.config.fail_on:
+            failing = [f for f in report["findings"] if at_or_above(f["severity"], self.config.fail_on)]
+            if failing:
+                ids = ", ".join(sorted({f["id"] for f in failing}))
+                self.stderr.write(f"[torchdoctor] exit 1: {len(failing)} finding(s) at or above "
+                                  f"{self.config.fail_on} ({ids}; --fail-on {self.config.fail_on})\n")
+                return 1
         return exit_code
 
     def _show_final(self, report: dict[str, Any], live: bool) -> None:

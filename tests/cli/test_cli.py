@@ -19,7 +19,8 @@ def run_main(capsys, args):
     return code, out, err
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["report", "--help"], ["env", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["report", "--help"], ["env", "--help"],
+                                  ["explain", "--help"]])
 def test_help_answers_without_importing_torch(args):
     code = ("import sys; from torchdoctor.cli import main; rc = main(%r); "
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)" % (args,))
@@ -169,3 +170,39 @@ def test_env_says_plainly_when_there_is_no_gpu(capsys):
 ])
 def test_bad_recovery_options(capsys, args, fragment):
     assert_one_line_error(*run_main(capsys, args), fragment)
+
+
+def test_explain_prints_the_check_with_a_before_and_after_snippet(capsys):
+    code, out, err = run_main(capsys, ["explain", "td102"])
+    assert code == 0 and err == ""
+    assert out.startswith("TD102 (error): zero_grad() between backward() and step()")
+    assert "Before:\n    loss.backward()\n    optimizer.zero_grad()" in out and "After:\n" in out
+
+
+def test_explain_of_an_unknown_id_is_one_line(capsys):
+    code, out, err = run_main(capsys, ["explain", "TD999"])
+    assert code == 2 and out == ""
+    assert err == "torchdoctor: error: no check 'TD999'; the checks are TD101, TD102\n"
+
+
+@pytest.mark.parametrize("script,flags,expected", [
+    ("td102_zero_between.py", ["--fail-on", "error"], 1),
+    ("td102_zero_between.py", [], 0),
+    ("td102_zero_between.py", ["--fail-on", "warning", "--no-doctor"], 0),
+    ("clean_zero_between_fixed.py", ["--fail-on", "warning"], 0),
+])
+def test_fail_on_turns_findings_into_a_failing_exit_code(tmp_path, script, flags, expected):
+    from tests.conftest import run_torchdoctor
+    from tests.doctor_corpus.evaluate import HERE
+
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), *flags, str(HERE / script)],
+                             cwd=tmp_path)
+    assert result.returncode == expected, result.stderr
+    findings = json.loads((tmp_path / "r" / "report.json").read_text())["findings"]
+    if expected:
+        assert "[torchdoctor] exit 1: 1 finding(s) at or above error (TD102; --fail-on error)" in result.stderr
+    if "--no-doctor" in flags or script.startswith("clean"):
+        assert findings == []
+    else:
+        assert [f["id"] for f in findings] == ["TD102"]
+        assert "1 finding (TD102: torchdoctor explain ID)" in result.stderr

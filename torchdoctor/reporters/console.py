@@ -144,11 +144,13 @@ def _findings(report: dict[str, Any]) -> Group:
     findings = report.get("findings") or []
     if not findings:
         return Group(Text("Findings: none."))
-    rows = [Text(f"Findings ({len(findings)}):")]
+    rows = [Text(f"Findings ({len(findings)}):", style="bold")]
     for f in findings:
-        rows.append(Text(f"  {f['id']} {f['severity']}: {f['title']} [{f.get('location') or '?'}]"))
+        style = {"error": "red", "warning": "yellow"}.get(f["severity"], "")
+        rows.append(Text(f"  {f['id']} {f['severity']}: {f['title']} [{f.get('location') or '?'}]", style=style))
         rows.append(Text(f"      evidence: {f['evidence']}"))
         rows.append(Text(f"      fix: {f['fix']}"))
+    rows.append(Text(f"  more: torchdoctor explain {findings[0]['id']}", style="dim"))
     return Group(*rows)
 
 

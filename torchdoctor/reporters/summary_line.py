@@ -20,6 +20,10 @@ def summary_line(report: dict[str, Any]) -> str:
             phase = f" ({peak['phase']})" if peak.get("phase") else ""
             parts.append(f"peak {peak['device']} {peak['kind'].replace('_', ' ')} {format_bytes(peak['bytes'])}"
                          f"{when}{phase}")
+    findings = report.get("findings") or []
+    if findings:
+        ids = ", ".join(sorted({f["id"] for f in findings}))
+        parts.append(f"{len(findings)} finding{'s' if len(findings) > 1 else ''} ({ids}: torchdoctor explain ID)")
     run_dir = (report.get("run") or {}).get("run_dir")
     if run_dir:
         parts.append(f"report: {os.path.join(run_dir, 'report.json')}")
