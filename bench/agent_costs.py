@@ -46,7 +46,12 @@ PIECES = [
     ("  close window (_stop_measuring)", "", "_stop_measuring"),
     ("  accountant.reset_span", "accountant", "reset_span"),
     ("phase changes (phases.set)", "phases", "set"),
+    ("doctor: before a step", "doctor", "before_step"),
+    ("doctor: before a backward", "doctor", "before_backward"),
+    ("doctor: before a zero_grad", "doctor", "before_reset"),
+    ("doctor: after a zero_grad", "doctor", "zero_grad"),
 ]
+DOCTOR = [label for label, path, _ in PIECES if path == "doctor"]
 
 
 def _wrap(owner: Any, name: str, record: Callable[[float], None]) -> bool:
@@ -166,6 +171,10 @@ def main() -> None:
         print(f"event-writer thread (JSON encoding and writing, beside the training thread, mostly holding the "
               f"GIL): {writer_cpu / args.steps * 1e6:.0f} us CPU per step ({writer_cpu / args.steps * 1e5 / step_ms:.2f}% "
               f"of a median step)")
+    doctor_total = sum(sum(costs.get(label, [])) for label in DOCTOR)
+    print(f"doctor (training-loop checks): {doctor_total / args.steps * 1e6:.0f} us per step on average = "
+          f"{doctor_total / args.steps * 1e5 / step_ms:.2f}% of a median step (the first {4} steps and every 50th "
+          f"are watched in full)")
     census = costs.get("    census (gc.get_objects scan)", [])
     hooks_total = sum(sum(costs.get(label, [])) for label in
                       ("optimizer pre-hook (_step_pre)", "optimizer post-hook (_step_post)"))
