@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from torchdoctor.agent.locations import user_location
-from torchdoctor.agent.training_state import _root_modules
+from torchdoctor.agent.training_state import root_modules
 from torchdoctor.doctor_catalog import CATALOG
 from torchdoctor.events import Finding
 
@@ -37,7 +37,7 @@ def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 def _names(params: list[torch.Tensor]) -> list[str]:
     wanted = {id(p) for p in params}
     found: dict[int, str] = {}
-    for root in _root_modules():
+    for root in root_modules():
         for name, p in root.named_parameters():
             if id(p) in wanted and id(p) not in found:
                 found[id(p)] = name

@@ -107,7 +107,7 @@ class RunCheckpoints:
         session = self.session
         if self._next is not None:
             self._write_next()
-        if (session.step and session.step - self.last_step >= self.every and session.step != self.last_step
+        if (session.step and session.step - self.last_step >= self.every
                 and not session.recovery.loaders.training_loaders):
             self._save(resume=None)
 

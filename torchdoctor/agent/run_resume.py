@@ -23,6 +23,7 @@ top of its loop) are poisoned with NaN, and a backward pass that would add to th
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -30,10 +31,10 @@ from typing import Any
 
 import torch
 
+from torchdoctor.agent.loop_position import restore_generators
 from torchdoctor.agent.run_checkpoints import MAX_LOSSES, learning_rates, loss_value
 from torchdoctor.agent.training_state import TrainingObjects
 from torchdoctor.checkpoint import CheckpointError, load_checkpoint, restore_rng
-from torchdoctor.agent.loop_position import restore_generators
 from torchdoctor.errors import ResumeAbandoned
 from torchdoctor.events import Note, Resume
 
@@ -68,8 +69,6 @@ class RunResume:
             return
         self.replaying = True
         try:
-            import json
-
             with open(f"{found.path}.next.json", encoding="utf-8") as handle:
                 self._verify = json.load(handle)
         except (OSError, ValueError):

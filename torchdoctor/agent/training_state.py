@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 
-def _root_modules() -> list[nn.Module]:
+def root_modules() -> list[nn.Module]:
+    """Every live module that is no other live module's child (one scan of the garbage collector's objects)."""
     modules = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # some objects warn when their class is looked at
@@ -65,7 +66,7 @@ class TrainingObjects:
                 where.setdefault(id(p), (i, k))
         owned: set[int] = set()
         duplicates: list[str] = []
-        for module in _root_modules() if roots is None else roots:
+        for module in root_modules() if roots is None else roots:
             positions = [where[id(p)] for p in module.parameters() if id(p) in where]
             if positions:
                 i, k = min(positions)
