@@ -13,18 +13,20 @@ import torch
 
 from torchdoctor.agent.patching import ClassPatches
 
-# listener(params, called): the parameters a zero_grad call covers, and whether the gates let it through
-Listener = Callable[[list[torch.Tensor], bool], None]
+# listener(params, called): the parameters a zero_grad call covers (a function that lists them, so a listener
+# with nothing to check pays nothing on this once-per-step path), and whether the gates let the call through
+Params = Callable[[], list[torch.Tensor]]
+Listener = Callable[[Params, bool], None]
 
 
-def _optimizer_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+def optimizer_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in opt.param_groups for p in group["params"]]
 
 
 class ZeroGradHooks:
     def __init__(self) -> None:
         self.gates: list[Callable[[], bool]] = []
-        self.before: list[Callable[[list[torch.Tensor]], None]] = []  # before a call that the gates let through
+        self.before: list[Callable[[Params], None]] = []  # before a call that the gates let through
         self.listeners: list[Listener] = []
         self._patches = ClassPatches()
 
@@ -36,7 +38,13 @@ class ZeroGradHooks:
                 @functools.wraps(original)
                 def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
                     allowed = all(gate() for gate in hooks.gates)
-                    params = params_of(obj) if hooks.listeners or hooks.before else []
+                    listed: list[list[torch.Tensor]] = []
+
+                    def params() -> list[torch.Tensor]:
+                        if not listed:
+                            listed.append(params_of(obj))
+                        return listed[0]
+
                     if allowed:
                         for before in hooks.before:
                             before(params)
@@ -47,7 +55,7 @@ class ZeroGradHooks:
                 return zero_grad
             return make
 
-        self._patches.wrap(torch.optim.Optimizer, "zero_grad", wrap(_optimizer_params))
+        self._patches.wrap(torch.optim.Optimizer, "zero_grad", wrap(optimizer_params))
         self._patches.wrap(torch.nn.Module, "zero_grad", wrap(lambda module: list(module.parameters())))
 
     def remove(self) -> None:

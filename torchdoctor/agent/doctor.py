@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from torchdoctor.agent.call_hooks import optimizer_params
 from torchdoctor.agent.locations import user_location
 from torchdoctor.agent.training_state import root_modules
 from torchdoctor.doctor_catalog import CATALOG
@@ -28,10 +29,6 @@ from torchdoctor.events import Finding
 WATCH_FIRST = 4  # steps watched in full from the start, then every WATCH_EVERY-th
 WATCH_EVERY = 50
 MAX_NAMES = 3
-
-
-def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def _names(params: list[torch.Tensor]) -> list[str]:
@@ -71,20 +68,20 @@ class Doctor:
                 registry.remove(fn)
 
     # -- what the session tells ------------------------------------------------------------------------
-    def zero_grad(self, params: list[torch.Tensor], called: bool) -> None:
+    def zero_grad(self, params: Any, called: bool) -> None:
         """After a zero_grad call: the parameters it covered are reset (if the call ran)."""
-        if not called:
+        if not called or not (self._used or self._stale):
             return
-        for p in params:
+        for p in params():
             self._used.pop(id(p), None)
             self._stale.pop(id(p), None)
 
-    def before_reset(self, params: list[torch.Tensor]) -> None:
+    def before_reset(self, params: Any) -> None:
         """Called before a zero_grad runs: note the non-zero gradients it is about to destroy after a backward."""
         if self.session.backwards_since_step <= 0:
             return
         where = user_location()
-        for p in params:
+        for p in params():
             if p.grad is not None and bool(p.grad.any()):
                 self._destroyed[id(p)] = where
 
@@ -105,7 +102,7 @@ class Doctor:
 
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
         step = self.session.step + 1
-        params = _params(optimizer)
+        params = optimizer_params(optimizer)
         watched = step <= WATCH_FIRST or step % WATCH_EVERY == 0
         if watched and step <= WATCH_FIRST:
             grads = [p.grad for p in params if p.grad is not None]
