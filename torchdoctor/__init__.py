@@ -10,6 +10,9 @@ Importing this package installs nothing and does not import torch; the library A
 
     with torchdoctor.memory_budget("16MiB"):  # the CPU behaves like a 16 MiB device
         ...
+
+    with torchdoctor.watch(model, optimizer) as doctor:  # the training-loop doctor, in code
+        ...
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ _LAZY = {
     "restore_rng": "torchdoctor.checkpoint",
     "CheckpointError": "torchdoctor.checkpoint",
     "classify_oom": "torchdoctor.oom",
+    "watch": "torchdoctor.watching",
+    "TorchDoctorFinding": "torchdoctor.watching",
+    "FindingsError": "torchdoctor.watching",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -100,13 +100,18 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
 
 
 @cli.command()
-@click.argument("check_id", metavar="ID")
-def explain(check_id: str) -> int:
-    """Explain a finding id (e.g. TD101) with a before/after snippet."""
+@click.argument("check_id", metavar="[ID]", required=False)
+def explain(check_id: str | None) -> int:
+    """Explain a finding id (e.g. TD101) with a before/after snippet; without ID, list the checks."""
     from torchdoctor.doctor_catalog import CATALOG, explain as explain_text
 
+    if check_id is None:
+        for check in CATALOG.values():
+            click.echo(f"{check.id}  {check.severity:<7}  {check.title}")
+        return 0
     if check_id.upper() not in CATALOG:
-        raise UsageError(f"no check {check_id!r}; the checks are {', '.join(sorted(CATALOG))}")
+        ids = sorted(CATALOG)
+        raise UsageError(f"no check {check_id!r}; the checks are {ids[0]}–{ids[-1]} (torchdoctor explain lists them)")
     click.echo(explain_text(check_id), nl=False)
     return 0
 

@@ -182,7 +182,16 @@ def test_explain_prints_the_check_with_a_before_and_after_snippet(capsys):
 def test_explain_of_an_unknown_id_is_one_line(capsys):
     code, out, err = run_main(capsys, ["explain", "TD999"])
     assert code == 2 and out == ""
-    assert err == "torchdoctor: error: no check 'TD999'; the checks are TD101, TD102\n"
+    assert err == "torchdoctor: error: no check 'TD999'; the checks are TD101–TD119 (torchdoctor explain lists them)\n"
+
+
+def test_explain_without_an_id_lists_every_check_with_its_severity(capsys):
+    from torchdoctor.doctor_catalog import CATALOG
+
+    code, out, _ = run_main(capsys, ["explain"])
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == len(CATALOG) >= 19
+    assert lines[0].startswith("TD101  error") and any(line.startswith("TD105  warning") for line in lines)
 
 
 @pytest.mark.parametrize("script,flags,expected", [

@@ -91,8 +91,9 @@ class AccumulationGates:
         self._patches = ClassPatches()
         self._listener: tuple[Any, Any] | None = None
         self._zero_grad: Any = None
+        self._clips: tuple[Any, Any] | None = None
 
-    def install(self, constructions: Any, zero_grad: Any) -> None:
+    def install(self, constructions: Any, zero_grad: Any, clips: Any) -> None:
         acc = self.acc
 
         def gate_step(opt: torch.optim.Optimizer) -> None:
@@ -115,8 +116,7 @@ class AccumulationGates:
                 return default(*args, **kwargs) if callable(default) else default
             return wrapper
 
-        def unclipped_norm(parameters: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-            params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+        def unclipped_norm(params: list[torch.Tensor]) -> torch.Tensor:
             grads = [p.grad for p in params if p.grad is not None]
             return torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
 
@@ -131,15 +131,20 @@ class AccumulationGates:
             self._patches.wrap(cls, "step", lambda f: gate(f, at_boundary))
         for name in ("unscale_", "step", "update"):
             self._patches.wrap(torch.amp.GradScaler, name, lambda f: gate(f, at_boundary))
-        for module in (torch.nn.utils, torch.nn.utils.clip_grad):
-            self._patches.wrap(module, "clip_grad_norm_", lambda f: gate(f, at_boundary, unclipped_norm))
-            self._patches.wrap(module, "clip_grad_value_", lambda f: gate(f, at_boundary))
+        clips.gates.append(at_boundary)
+        clips.norm_when_gated = unclipped_norm
+        self._clips = (clips, at_boundary)
 
     def remove(self) -> None:
         self._patches.restore()
         if self._zero_grad is not None:
             self._zero_grad.gates.remove(self.acc.allow_zero_grad)
             self._zero_grad = None
+        if self._clips is not None:
+            clips, gate = self._clips
+            clips.gates.remove(gate)
+            clips.norm_when_gated = None
+            self._clips = None
         if self._listener is not None:
             constructions, listener = self._listener
             constructions.on_optimizer.remove(listener)

@@ -90,6 +90,9 @@ class LoaderWatch:
         self.before_next: Callable[[Any], None] | None = None
         # Called as open_pass(loader, record, make_iterator) to make a pass's iterator (a resumed run positions it).
         self.open_pass: Callable[[DataLoader, Iteration, Callable[[], Any]], Any] | None = None
+        # Called as listener(record, training) when a pass over a DataLoader starts (the doctor).
+        self.pass_listeners: list[Callable[[Iteration, bool], None]] = []
+        self.batches_delivered = 0  # every batch of every DataLoader
         self._fetch: Callable[[Any], Any] = _BaseDataLoaderIter.__next__
         self._patches = ClassPatches()
 
@@ -122,6 +125,8 @@ class LoaderWatch:
                 if index is None:
                     return original(loader)
                 record = watch.position.started(index, loader)
+                for listener in watch.pass_listeners:
+                    listener(record, index in watch._training)
                 if watch.open_pass is not None:
                     it = watch.open_pass(loader, record, lambda: original(loader))
                 else:
@@ -170,6 +175,7 @@ class LoaderWatch:
                                detail=detail, workers=loader.num_workers))
 
     def _delivered(self, iterator: Any) -> None:
+        self.batches_delivered += 1
         self.last_loader = getattr(iterator, "_torchdoctor_index", None)
         sampler = getattr(iterator, "_index_sampler", None)
         whole = True

@@ -1,153 +1,149 @@
-"""The doctor: training-loop bugs proven from the call protocol and per-parameter gradient bookkeeping.
+"""The doctor: training-loop bugs proven from the call protocol, per-parameter gradient bookkeeping and the
+autograd graph, reported as ``Finding`` events (stable id, severity, file:line, evidence, fix), each id once a run.
 
-It sees every ``backward`` (before it runs), every ``optimizer.step`` (before it runs), every ``zero_grad`` (which
-parameters it covered, and whether it ran) and follows each parameter's gradient between them:
+It hears every ``backward`` (before it runs, with the loss), every ``optimizer.step`` (before it runs), every
+``zero_grad`` (which parameters, whether it ran), gradient clipping, ``GradScaler.scale``, optimizer creation and
+the start of every pass over a DataLoader, and hands each to the checks that need it:
 
-- TD101, gradients not reset: at a watched step, each gradient the step uses is remembered (the tensor object).
-  When the next backward pass starts, a remembered gradient that is still the same tensor, not zero and not reset
-  since, is stale; if an optimizer holding that parameter then steps with it still un-reset, the step applied an
-  old gradient again. Intentional accumulation never gets there: its gradients are used by one step and reset.
-- TD102, zero_grad() between backward() and step(): a zero_grad after the last backward pass destroyed non-zero
-  gradients of parameters that an optimizer then steps, and all that optimizer's gradients are None or zero.
+- ``GradientChecks``: TD101 gradients not reset, TD102 zero_grad between backward and step, TD103 a step every
+  micro-batch with resets every k;
+- ``WindowChecks``: TD104 unnormalised accumulation, TD105 token-count imbalance, TD106 a partial window leaking into
+  the next pass, TD107 a scheduler per micro-batch, TD108 a scheduler before its optimizer;
+- ``GraphChecks``: TD109 graphs kept across steps, TD113 a stale graph, TD118 NaN/inf;
+- ``ModeChecks``: TD110 evaluation with autograd on, TD111 evaluation in train mode, TD112 training in eval mode;
+- ``ParameterChecks``: TD114 gradients outside every optimizer, TD115 an optimizer that never gets gradients,
+  TD116 parameters that never get one, TD117 clipping before ``unscale_``;
+- ``MemoryChecks``: TD119 tensor memory growing pass after pass.
 
-Each finding is emitted once per run, with the user's file:line and what was observed.
+Steps 1–4 and every 50th are watched in full; other steps cost a few flag tests.
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any
 
 import torch
 
 from torchdoctor.agent.call_hooks import optimizer_params
-from torchdoctor.agent.locations import user_location
+from torchdoctor.agent.doctor_evidence import SCALED_BY_SCALER, first_tensor
+from torchdoctor.agent.doctor_gradients import GradientChecks
+from torchdoctor.agent.doctor_graphs import GraphChecks
+from torchdoctor.agent.doctor_memory import MemoryChecks
+from torchdoctor.agent.doctor_modes import ModeChecks
+from torchdoctor.agent.doctor_params import ParameterChecks
+from torchdoctor.agent.doctor_windows import WindowChecks
+from torchdoctor.agent.patching import ClassPatches
 from torchdoctor.agent.training_state import root_modules
 from torchdoctor.doctor_catalog import CATALOG
 from torchdoctor.events import Finding
 
-WATCH_FIRST = 4  # steps watched in full from the start, then every WATCH_EVERY-th
-WATCH_EVERY = 50
-MAX_NAMES = 3
-
-
-def _names(params: list[torch.Tensor]) -> list[str]:
-    wanted = {id(p) for p in params}
-    found: dict[int, str] = {}
-    for root in root_modules():
-        for name, p in root.named_parameters():
-            if id(p) in wanted and id(p) not in found:
-                found[id(p)] = name
-    return [found.get(id(p), f"<tensor {tuple(p.shape)}>") for p in params]
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(names[:MAX_NAMES])
-    return shown + (f", … ({len(names)} in all)" if len(names) > MAX_NAMES else "")
-
 
 class Doctor:
+    WATCH_FIRST = 4  # steps watched in full from the start, then every WATCH_EVERY-th
+    WATCH_EVERY = 50
+
     def __init__(self, session: Any) -> None:
         self.session = session
         self.reported: set[str] = set()
-        # parameter id -> (the parameter, the gradient tensor a step used, that step)
-        self._used: dict[int, tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor], int]] = {}
-        self._stale: dict[int, tuple[weakref.ref[torch.Tensor], int, str | None]] = {}  # id -> (param, step, where)
-        self._destroyed: dict[int, str | None] = {}  # non-zero gradients a zero_grad after backward reset
-        self._norms: list[tuple[int, float]] = []
+        self.gradients = GradientChecks(self)
+        self.windows = WindowChecks(self)
+        self.graphs = GraphChecks(self)
+        self.modes = ModeChecks(self)
+        self.params = ParameterChecks(self)
+        self.memory = MemoryChecks(self)
+        self._patches = ClassPatches()
+        self._roots: list[weakref.ref[torch.nn.Module]] | None = None
+        self._finished = False
 
+    def watched(self, step: int) -> bool:
+        return step <= self.WATCH_FIRST or step % self.WATCH_EVERY == 0
+
+    def roots(self) -> list[torch.nn.Module]:
+        """The script's models: those its forwards were seen on, else (once) a scan for root modules."""
+        seen = self.session.root_modules
+        if seen:
+            return seen
+        if self._roots is None:
+            self._roots = [weakref.ref(m) for m in root_modules()]
+        return [m for ref in self._roots if (m := ref()) is not None]
+
+    # -- lifetime --------------------------------------------------------------------------------------------
     def install(self) -> None:
-        hooks = self.session.zero_grad_hooks
-        hooks.before.append(self.before_reset)
+        session = self.session
+        hooks = session.zero_grad_hooks
+        hooks.before.append(self.gradients.before_reset)
         hooks.listeners.append(self.zero_grad)
+        session.clip_hooks.listeners.append(self.params.clipping)
+        session.constructions.on_optimizer.append(self.params.optimizer_created)
+        session.recovery.loaders.pass_listeners.append(self.pass_opened)
+
+        def mark_scaled(original: Any) -> Any:
+            @functools.wraps(original)
+            def scale(scaler: Any, outputs: Any) -> Any:
+                scaled = original(scaler, outputs)
+                if isinstance(scaled, torch.Tensor) and scaled.grad_fn is not None and scaler.is_enabled():
+                    scaled.grad_fn.metadata[SCALED_BY_SCALER] = True
+                return scaled
+            return scale
+
+        self._patches.wrap(torch.amp.GradScaler, "scale", mark_scaled)
 
     def remove(self) -> None:
-        hooks = self.session.zero_grad_hooks
-        for registry, fn in ((hooks.before, self.before_reset), (hooks.listeners, self.zero_grad)):
+        session = self.session
+        hooks = session.zero_grad_hooks
+        for registry, fn in ((hooks.before, self.gradients.before_reset), (hooks.listeners, self.zero_grad),
+                             (session.clip_hooks.listeners, self.params.clipping),
+                             (session.constructions.on_optimizer, self.params.optimizer_created),
+                             (session.recovery.loaders.pass_listeners, self.pass_opened)):
             if fn in registry:
                 registry.remove(fn)
+        self._patches.restore()
+        self.modes.remove()
 
-    # -- what the session tells ------------------------------------------------------------------------
+    def finish(self) -> None:
+        """The end of the run: the checks that need the whole run say what they saw."""
+        if self._finished:
+            return
+        self._finished = True
+        self.gradients.finish()
+        self.graphs.finish()
+        self.modes.finish()
+        self.params.finish()
+
+    # -- what the session tells ------------------------------------------------------------------------------
     def zero_grad(self, params: Any, called: bool) -> None:
-        """After a zero_grad call: the parameters it covered are reset (if the call ran)."""
-        if not called or not (self._used or self._stale):
-            return
-        for p in params():
-            self._used.pop(id(p), None)
-            self._stale.pop(id(p), None)
+        self.gradients.zero_grad(params, called)
+        self.windows.zero_grad(params, called)
 
-    def before_reset(self, params: Any) -> None:
-        """Called before a zero_grad runs: note the non-zero gradients it is about to destroy after a backward."""
-        if self.session.backwards_since_step <= 0:
-            return
-        where = user_location()
-        for p in params():
-            if p.grad is not None and bool(p.grad.any()):
-                self._destroyed[id(p)] = where
-
-    def before_backward(self) -> None:
-        self._destroyed.clear()
-        if not self._used:
-            return
-        used, self._used = self._used, {}
-        where = None
-        for key, (param_ref, grad_ref, step) in used.items():
-            param = param_ref()
-            if param is None or param.grad is None or param.grad is not grad_ref():
-                continue
-            if bool(param.grad.any()):
-                if where is None:
-                    where = user_location()
-                self._stale[key] = (param_ref, step, where)
+    def before_backward(self, tensors: Any, retain_graph: bool) -> None:
+        step = self.session.step + 1
+        watched = self.watched(step)
+        loss = first_tensor(tensors)
+        self.gradients.before_backward()
+        self.modes.before_backward()
+        self.params.before_backward(loss)
+        self.windows.before_backward(loss, retain_graph, watched)
+        self.graphs.before_backward(loss, watched)
 
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
         step = self.session.step + 1
+        watched = self.watched(step)
         params = optimizer_params(optimizer)
-        watched = step <= WATCH_FIRST or step % WATCH_EVERY == 0
-        if watched and step <= WATCH_FIRST:
-            grads = [p.grad for p in params if p.grad is not None]
-            if grads:
-                self._norms.append((step, float(torch.linalg.vector_norm(
-                    torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])))))
-        if self._destroyed:
-            self._check_reset_before_step(step, params)
-        if self._stale:
-            self._check_stale(step, params)
-        if watched:
-            for p in params:
-                if p.grad is not None:
-                    self._used[id(p)] = (weakref.ref(p), weakref.ref(p.grad), step)
+        self.gradients.before_step(step, params, watched)
+        self.windows.before_step(optimizer, step, watched)
+        self.graphs.before_step(optimizer, step, params, watched)
+        self.modes.before_step(optimizer, step, watched)
+        self.params.before_step(optimizer, step)
 
-    # -- the checks ----------------------------------------------------------------------------------
-    def _check_stale(self, step: int, params: list[torch.Tensor]) -> None:
-        stale = [p for p in params if id(p) in self._stale and p.grad is not None]
-        if not stale:
-            return
-        _, used_at, where = self._stale[id(stale[0])]
-        for p in stale:
-            self._stale.pop(id(p), None)
-        names = _names(stale)
-        norms = " → ".join(f"{n:.3g}" for _, n in self._norms)
-        evidence = (f"step {step}: the gradients of {len(stale)} of {len(params)} parameter tensors ({_listed(names)}) "
-                    f"that step {used_at} used were not reset before the next backward pass, and step {step} "
-                    f"applied them again")
-        if len(self._norms) > 1:
-            evidence += f"; gradient norm at steps {self._norms[0][0]}–{self._norms[-1][0]}: {norms}"
-        if len(stale) < len(params):
-            evidence += " (only some parameters were reset: does a second module or optimizer miss its zero_grad?)"
-        self._report("TD101", where, evidence)
+    def pass_opened(self, record: Any, training: bool) -> None:
+        self.windows.pass_opened(record, training)
+        self.modes.pass_opened(record, training)
+        self.memory.pass_opened(record, training)
 
-    def _check_reset_before_step(self, step: int, params: list[torch.Tensor]) -> None:
-        hit = [p for p in params if id(p) in self._destroyed]
-        if not hit or any(p.grad is not None and bool(p.grad.any()) for p in params):
-            return
-        where = self._destroyed[id(hit[0])]
-        self._destroyed.clear()
-        self._report("TD102", where, f"step {step}: zero_grad() at {where or '?'} reset the gradients of "
-                                     f"{len(hit)} parameter tensors ({_listed(_names(hit))}) after the backward pass, "
-                                     f"and optimizer.step() found every gradient None or zero")
-
-    def _report(self, check_id: str, where: str | None, evidence: str) -> None:
+    # -- findings --------------------------------------------------------------------------------------------
+    def report(self, check_id: str, where: str | None, evidence: str) -> None:
         if check_id in self.reported:
             return
         self.reported.add(check_id)

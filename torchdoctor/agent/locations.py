@@ -15,17 +15,26 @@ _SKIP = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (to
 _STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
 
 
+def is_user_file(filename: str) -> bool:
+    """Whether code in ``filename`` is the user's (not torch's, torchdoctor's or Python's own)."""
+    return bool(filename) and not (filename.startswith(_SKIP) or filename.startswith(_STDLIB)
+                                   or filename.startswith("<"))
+
+
 def user_location(skip: int = 1) -> str | None:
     frame = sys._getframe(skip)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not (filename.startswith(_SKIP) or filename.startswith(_STDLIB) or filename.startswith("<")):
-            try:
-                shown = os.path.relpath(filename)
-            except ValueError:  # another drive (Windows)
-                shown = filename
-            if shown.startswith(".." + os.sep + ".."):
-                shown = filename
-            return f"{shown}:{frame.f_lineno}"
+        if is_user_file(filename):
+            return f"{shown_path(filename)}:{frame.f_lineno}"
         frame = frame.f_back
     return None
+
+
+def shown_path(filename: str) -> str:
+    """A file's path as findings show it: relative to the working directory when it is near."""
+    try:
+        shown = os.path.relpath(filename)
+    except ValueError:  # another drive (Windows)
+        return filename
+    return filename if shown.startswith(".." + os.sep + "..") else shown

@@ -44,7 +44,7 @@ class RecoveryHooks:
         self.loaders.install()
         self.batch_args.install()
         if self.gates is not None:
-            self.gates.install(self.session.constructions, self.session.zero_grad_hooks)
+            self.gates.install(self.session.constructions, self.session.zero_grad_hooks, self.session.clip_hooks)
         self.remedies.install()
         self._apply_budget()
         self._announce_plan()
@@ -102,7 +102,9 @@ class RecoveryHooks:
             acc.current = MicroInfo(self._backwards % self._argv_parts, self._argv_parts, 1 / self._argv_parts)
         self._backwards += 1
         self.loaders.note_backward()
-        self.session.backward_seen(args[0] if args else kwargs.get("tensors"))
+        retain = args[2] if len(args) > 2 else kwargs.get("retain_graph")
+        create = args[3] if len(args) > 3 else kwargs.get("create_graph", False)
+        self.session.backward_seen(args[0] if args else kwargs.get("tensors"), bool(retain or create))
         if self.gates is not None and acc.loss_scale != 1.0:
             args, kwargs = scale_backward_args(args, kwargs, acc.loss_scale)
         return args, kwargs

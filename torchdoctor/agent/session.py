@@ -19,7 +19,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, OPTIMIZER_STATE, PARAMETERS, TensorAccountant
 from torchdoctor.agent.atomic_save import AtomicTorchSave
-from torchdoctor.agent.call_hooks import ZeroGradHooks
+from torchdoctor.agent.call_hooks import ClipHooks, ZeroGradHooks
 from torchdoctor.agent.constructions import Constructions
 from torchdoctor.agent.cuda_figures import CudaFigures
 from torchdoctor.agent.doctor import Doctor
@@ -39,6 +39,11 @@ _LIVE_SESSIONS: "weakref.WeakSet[AgentSession]" = weakref.WeakSet()
 # torch.compile'd module, which is harmless for counting root calls and not the user's concern.
 warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks",
                         category=UserWarning)
+
+
+def live_sessions() -> list["AgentSession"]:
+    """The sessions installed in this process now (one under ``torchdoctor run`` or ``watch``)."""
+    return list(_LIVE_SESSIONS)
 
 
 def _after_fork_in_child() -> None:
@@ -105,7 +110,9 @@ class AgentSession:
         plan = Plan.read(settings.plan_path) if settings.plan_path else Plan()
         self.constructions = Constructions()
         self.zero_grad_hooks = ZeroGradHooks()
+        self.clip_hooks = ClipHooks()
         self.backwards_since_step = 0
+        self.backwards_total = 0
         self.recovery = RecoveryHooks(plan, settings.memory_budget, self)
         self.atomic_save = AtomicTorchSave() if settings.atomic_save else None
         self.checkpoints = (RunCheckpoints(settings.checkpoint_dir, settings.checkpoint_every, self)
@@ -134,6 +141,7 @@ class AgentSession:
         self.phases.install_autograd_wrappers()
         self.constructions.install()
         self.zero_grad_hooks.install()
+        self.clip_hooks.install()
         self.recovery.install()
         if self.atomic_save is not None:
             self.atomic_save.install()
@@ -153,6 +161,8 @@ class AgentSession:
         """Emit what is left (the span after the last step) and remove every hook."""
         if self.resume is not None:
             self.resume.finish()
+        if self.doctor is not None:
+            self.doctor.finish()
         if self._measuring or self.step == 0:
             self.emit(self._sample(span="tail"))
         self._stop_measuring()
@@ -165,6 +175,7 @@ class AgentSession:
         self.recovery.remove()
         self.constructions.remove()
         self.zero_grad_hooks.remove()
+        self.clip_hooks.remove()
         if self.checkpoints is not None:
             self.checkpoints.remove()
         if self.atomic_save is not None:
@@ -191,11 +202,12 @@ class AgentSession:
         return self._measuring
 
     # -- hooks ---------------------------------------------------------------------------------------
-    def backward_seen(self, tensors: Any) -> None:
+    def backward_seen(self, tensors: Any, retain_graph: bool = False) -> None:
         """A backward pass is about to run from ``tensors`` (the script's loss)."""
         if self.doctor is not None:
-            self.doctor.before_backward()
+            self.doctor.before_backward(tensors, retain_graph)
         self.backwards_since_step += 1
+        self.backwards_total += 1
         if self.resume is not None:
             self.resume.before_backward(tensors)
         if self.checkpoints is not None:
@@ -242,6 +254,10 @@ class AgentSession:
 
     def _phase_changed(self, phase: str) -> None:
         self.accountant.set_phase(phase)
+
+    def adopt_module(self, module: torch.nn.Module) -> None:
+        """A model the caller names (``watch(model, ...)``): a root module from the start."""
+        self._saw_root_module(module)
 
     def _saw_root_module(self, module: torch.nn.Module) -> None:
         if module not in self._modules:
