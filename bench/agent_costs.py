@@ -48,10 +48,12 @@ PIECES = [
     ("phase changes (phases.set)", "phases", "set"),
     ("doctor: before a step", "doctor", "before_step"),
     ("doctor: before a backward", "doctor", "before_backward"),
-    ("doctor: before a zero_grad", "doctor", "before_reset"),
+    ("doctor: before a zero_grad", "doctor.gradients", "before_reset"),
     ("doctor: after a zero_grad", "doctor", "zero_grad"),
+    ("doctor: a DataLoader pass starts", "doctor", "pass_opened"),
+    ("doctor: gradient clipping", "doctor.params", "clipping"),
 ]
-DOCTOR = [label for label, path, _ in PIECES if path == "doctor"]
+DOCTOR = [label for label, path, _ in PIECES if path.startswith("doctor")]
 
 
 def _wrap(owner: Any, name: str, record: Callable[[float], None]) -> bool:
@@ -86,16 +88,24 @@ def _thread_cpu(native_id: int | None) -> float | None:
 
 def train(model: torch.nn.Module, data: list[Any], loss_fn: Any, optimizer: torch.optim.Optimizer,
           steps: int) -> list[float]:
-    times = []
-    for step in range(steps):
-        x, y = data[step % len(data)]
-        began = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - began)
+    """``steps`` steps over a DataLoader of the bench batches: a pass ("epoch") every len(data) steps."""
+    loader = torch.utils.data.DataLoader(data, batch_size=None)
+    times: list[float] = []
+    while len(times) < steps:
+        for x, y in loader:
+            if len(times) == steps:
+                break
+            times.append(_step(model, x, y, loss_fn, optimizer))
     return times
+
+
+def _step(model: torch.nn.Module, x: Any, y: Any, loss_fn: Any, optimizer: torch.optim.Optimizer) -> float:
+    began = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - began
 
 
 def main() -> None:

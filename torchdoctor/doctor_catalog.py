@@ -235,7 +235,7 @@ CATALOG: dict[str, Check] = {c.id: c for c in (
              "after the optimizer was built). The doctor fires at the second step when trainable parameters of "
              "the trained models have gradients and no optimizer holds them."),
         fix="build the optimizer from model.parameters() after the model is complete (or add the missing "
-            "param group)",
+            "param group); if they must not train, freeze them (requires_grad_(False)) or run them under no_grad",
         before=("optimizer = torch.optim.SGD(model.body.parameters(), lr=0.1)"),
         after=("optimizer = torch.optim.SGD(model.parameters(), lr=0.1)"),
     ),

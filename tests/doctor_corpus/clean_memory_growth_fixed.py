@@ -1,4 +1,4 @@
-"""Wide-output regressor trained for 5 epochs, keeping detached outputs for an epoch-level statistic."""
+"""Wide-output regressor trained for 10 epochs, keeping detached outputs for an epoch-level statistic."""
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -8,7 +8,7 @@ torch.manual_seed(0)
 loader = DataLoader(TensorDataset(torch.randn(384, 32), torch.randn(384, 2048)), batch_size=64, shuffle=True)
 model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 2048))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-for epoch in range(5):
+for epoch in range(10):
     history = []
     for x, y in loader:
         optimizer.zero_grad()

@@ -69,7 +69,8 @@ class ParameterChecks:
             return
         if not doctor.watched(session.step + 1):
             return
-        scalers = [s for s in session.constructions.scalers.alive() if s.is_enabled() and s._scale is not None]
+        scalers = [s for s in session.constructions.scalers.alive()
+                   if s.is_enabled() and getattr(s, "_scale", None) is not None]
         if not scalers:
             return
         from torch.amp.grad_scaler import OptState

@@ -196,6 +196,10 @@ class AgentSession:
     def root_modules(self) -> list[torch.nn.Module]:
         return list(self._modules)
 
+    def resident_bytes(self) -> int | None:
+        """The process's resident memory now (None where it cannot be read)."""
+        return self._rss.read()
+
     @property
     def measuring(self) -> bool:
         """Whether this span is measured exactly (module hooks, and so the forward/evaluation phases, are on)."""
