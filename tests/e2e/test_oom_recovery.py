@@ -56,6 +56,7 @@ def test_a_dataloader_script_that_ooms_in_backward_finishes_with_the_same_weight
     # the script's own loop saw each micro-batch: its iteration count doubles (documented behaviour)
     assert bare.stdout == "loop iterations 8\n" and result.stdout == "loop iterations 16\n"
     assert difference < 1e-5  # no gradient counted twice, none lost
+    assert report["findings"] == []  # torchdoctor's own accumulation is no training-loop bug
     peak = next(p for p in report["peaks"] if p["kind"] == "tensor_bytes")
     assert peak["bytes"] <= 16 * 2**20
 
@@ -71,6 +72,9 @@ def test_an_oom_only_in_evaluation_is_cured_by_no_grad_without_touching_training
     assert result.stdout == bare.stdout
     notes = [e["message"] for e in report["events"] if e["kind"] == "note"]
     assert any(n.startswith("eval-no-grad: 2 evaluation forwards") for n in notes)
+    # the doctor names the script's own bug, at the line of the evaluation forward
+    assert [f["id"] for f in report["findings"]] == ["TD110"]
+    assert report["findings"][0]["location"].endswith("eval_oom.py:25")
 
 
 def test_gradscaler_unscale_and_clipping_survive_the_retry(tmp_path):
@@ -79,6 +83,7 @@ def test_gradscaler_unscale_and_clipping_survive_the_retry(tmp_path):
     assert "unscale_() has already been called" not in result.stderr
     assert report["recovery"]["recovered"] and report["steps"] == 8
     assert difference < 1e-5  # clipping, unscaling and the cosine schedule acted once per whole batch
+    assert report["findings"] == []  # gated clipping and scheduler steps are not the script's bugs
 
 
 def test_an_argparse_batch_size_is_divided_and_accumulated(tmp_path):

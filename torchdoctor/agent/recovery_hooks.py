@@ -122,6 +122,12 @@ class RecoveryHooks:
         if self.remedies.no_grad_forwards:
             self.session.emit(Note(level="info", message=f"eval-no-grad: {self.remedies.no_grad_forwards} evaluation "
                                                  f"forwards ran under torch.no_grad()"))
+            if self.session.doctor is not None:  # the run finished with them under no_grad: none needed autograd
+                self.session.doctor.report("TD110", self.remedies.first_no_grad_at, (
+                    f"an earlier attempt ran out of memory in evaluation with autograd on (eval-mode forwards whose "
+                    f"outputs require grad keep their activations for a backward pass that never comes); this "
+                    f"attempt ran its {self.remedies.no_grad_forwards} evaluation forwards under torch.no_grad() "
+                    f"and finished"))
         if self.remedies.autocast_forwards:
             self.session.emit(Note(level="info", message=f"amp: {self.remedies.autocast_forwards} training forwards "
                                                          f"ran under autocast ({self.plan.amp})"))

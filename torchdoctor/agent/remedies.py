@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.nn.modules import module as module_hooks
 
+from torchdoctor.agent.locations import user_location
+
 
 def _device_type(module: torch.nn.Module) -> str:
     for param in module.parameters():
@@ -20,6 +22,7 @@ class ForwardRemedies:
         self.eval_no_grad = eval_no_grad
         self.amp = amp
         self.no_grad_forwards = 0
+        self.first_no_grad_at: str | None = None  # the user's line of the first forward run under no_grad
         self.autocast_forwards = 0
         self._depth = 0
         self._stack: contextlib.ExitStack | None = None
@@ -45,6 +48,8 @@ class ForwardRemedies:
         if self.eval_no_grad and not module.training and torch.is_grad_enabled():
             stack.enter_context(torch.no_grad())
             self.no_grad_forwards += 1
+            if self.first_no_grad_at is None:
+                self.first_no_grad_at = user_location()
         elif self.amp and module.training and torch.is_grad_enabled():
             device = _device_type(module)
             dtype = torch.bfloat16
