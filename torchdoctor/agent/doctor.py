@@ -53,6 +53,9 @@ class Doctor:
         self.modes = ModeChecks(self)
         self.params = ParameterChecks(self)
         self.memory = MemoryChecks(self)
+        # per optimizer (by id): steps it took, and the session's step count right after its last one
+        self.steps_taken: dict[int, int] = {}
+        self.last_step: dict[int, int] = {}
         self._patches = ClassPatches()
         self._roots: list[weakref.ref[torch.nn.Module]] | None = None
         self._finished = False
@@ -131,6 +134,8 @@ class Doctor:
         step = self.session.step + 1
         watched = self.watched(step)
         params = optimizer_params(optimizer)
+        self.steps_taken[id(optimizer)] = self.steps_taken.get(id(optimizer), 0) + 1
+        self.last_step[id(optimizer)] = step
         self.gradients.before_step(step, params, watched)
         self.windows.before_step(optimizer, step, watched)
         self.graphs.before_step(optimizer, step, params, watched)

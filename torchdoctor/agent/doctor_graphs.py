@@ -54,7 +54,6 @@ class GraphChecks:
         self._probes: list[tuple[int, weakref.ref[_Probe]]] = []
         self._kept: _Kept | None = None
         self._nonfinite: tuple[int, str | None, str] | None = None  # (step, where, value)
-        self._stepped_at: dict[int, int] = {}  # optimizer id -> session step count after its last step
 
     # -- hooks -------------------------------------------------------------------------------------------
     def before_backward(self, loss: torch.Tensor | None, watched: bool) -> None:
@@ -76,7 +75,6 @@ class GraphChecks:
 
     def before_step(self, optimizer: torch.optim.Optimizer, step: int, params: list[torch.Tensor],
                     watched: bool) -> None:
-        self._stepped_at[id(optimizer)] = self.doctor.session.step + 1
         if "TD118" in self.doctor.reported:
             return
         if self._nonfinite is not None:
@@ -176,7 +174,7 @@ class GraphChecks:
         if not leaves:
             return False
         for optimizer in self.doctor.session.constructions.optimizers.alive():
-            if self._stepped_at.get(id(optimizer), 0) > seen and any(
+            if self.doctor.last_step.get(id(optimizer), 0) > seen and any(
                     id(p) in leaves for group in optimizer.param_groups for p in group["params"]):
                 return True
         return False

@@ -49,7 +49,6 @@ class MemoryChecks:
         self._rss: list[int | None] = []  # at each training pass start
         self._last_scan: float | None = None  # when the last scan ended (or the first pass started)
         self._scan_seconds = FIRST_SCAN_AFTER / SCAN_BUDGET
-        self.scans = 0
 
     def _due(self) -> bool:
         now = time.perf_counter()
@@ -73,7 +72,6 @@ class MemoryChecks:
         finally:
             self._last_scan = time.perf_counter()
             self._scan_seconds = self._last_scan - began
-            self.scans += 1
 
     def _measure(self, record: Any) -> None:
         storages = {key[0]: (key[1], t) for t in live_tensors() if (key := storage_key(t)) is not None}

@@ -31,7 +31,6 @@ class _Tracked:
         # the trainable parameters that have not had a gradient at any step yet
         self.never = [weakref.ref(p) for p in optimizer_params(optimizer) if p.requires_grad]
         self.size = len(self.never)
-        self.steps = 0
         self.where = where
         self.name = type(optimizer).__name__
 
@@ -55,7 +54,6 @@ class ParameterChecks:
         tracked = self._optimizers.get(id(optimizer))
         if tracked is None:
             tracked = self._optimizers[id(optimizer)] = _Tracked(optimizer, self._created_at.get(id(optimizer)))
-        tracked.steps += 1
         if tracked.never:
             tracked.never = [ref for ref in tracked.never if (p := ref()) is not None and p.grad is None]
         if step >= 2 and not self._checked_outside:
@@ -91,25 +89,26 @@ class ParameterChecks:
     def finish(self) -> None:
         if "TD102" in self.doctor.reported:
             return  # the gradients were there and a zero_grad before the step removed them: that is the finding
-        for tracked in self._optimizers.values():
+        for key, tracked in self._optimizers.items():
             never = [p for ref in tracked.never if (p := ref()) is not None and p.requires_grad and p.grad is None]
-            if tracked.steps < MIN_STEPS or not never:
+            steps = self.doctor.steps_taken.get(key, 0)
+            if steps < MIN_STEPS or not never:
                 continue
             if len(never) == tracked.size:
                 if self._leaf_backward is not None:
                     evidence = (f"none of the {tracked.size} parameter tensors of {tracked.name} got a gradient in "
-                                f"{tracked.steps} steps: backward() at {self._leaf_backward} started from a leaf "
+                                f"{steps} steps: backward() at {self._leaf_backward} started from a leaf "
                                 f"tensor (the loss was made anew, e.g. torch.tensor(loss.item(), requires_grad=True),"
                                 f" which cuts it from the model's graph)")
                     self.doctor.report("TD115", self._leaf_backward, evidence)
                 else:
                     self.doctor.report("TD115", tracked.where, (
                         f"none of the {tracked.size} parameter tensors of {tracked.name} got a gradient in "
-                        f"{tracked.steps} steps: the optimizer holds parameters the loss does not depend on"))
+                        f"{steps} steps: the optimizer holds parameters the loss does not depend on"))
             elif "TD115" not in self.doctor.reported:
                 self.doctor.report("TD116", tracked.where, (
                     f"{len(never)} of {tracked.size} parameter tensors of {tracked.name} never got a gradient in "
-                    f"{tracked.steps} steps ({listed(param_names(never))}): their module is not on the path from "
+                    f"{steps} steps ({listed(param_names(never))}): their module is not on the path from "
                     f"the loss (a bypassed block, or an output that is not used)"))
 
     def _check_outside(self, step: int) -> None:

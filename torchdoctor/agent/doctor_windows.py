@@ -39,7 +39,6 @@ class WindowChecks:
         self._leftover: tuple[int, int, str | None] | None = None  # (backward passes, pass number, where)
         # scheduler id -> (last_epoch, backwards_total, its optimizer's steps) at that optimizer's last watched step
         self._sched_seen: dict[int, tuple[int, int, int]] = {}
-        self._steps: dict[int, int] = {}  # optimizer id -> steps taken
 
     @property
     def _own_accumulation(self) -> bool:
@@ -67,7 +66,7 @@ class WindowChecks:
         retained, self._retained = self._retained, False
         if self._leftover is not None:
             self._check_leftover(step)
-        steps = self._steps[id(optimizer)] = self._steps.get(id(optimizer), 0) + 1
+        steps = self.doctor.steps_taken[id(optimizer)]
         if watched or steps == 1:
             self._check_schedulers(optimizer, step, steps)
         if watched and len(window) >= 2 and not retained and not self._own_accumulation:
