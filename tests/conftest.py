@@ -12,10 +12,13 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
 
-def run_torchdoctor(args: list[str], cwd: Path, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+def run_torchdoctor(args: list[str], cwd: Path, timeout: float = 120, env_extra: dict[str, str] | None = None,
+                    **kwargs) -> subprocess.CompletedProcess:
     """``python -m torchdoctor ARGS`` in a subprocess, as a user would run it."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
     env.pop("TORCHDOCTOR_EVENTS", None)
+    env.pop("GITHUB_STEP_SUMMARY", None)  # a CI runner's own summary file is not the tests' to write
+    env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "torchdoctor", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
 

@@ -99,6 +99,93 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     return Supervisor(config).run()
 
 
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("-m", "is_module", is_flag=True, help="Run a module, like python -m (the next word is its name).")
+@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Optimizer steps to run before the script is stopped.")
+@click.option("--budget", metavar="SIZE", default=None, help="Fail when peak tensor memory exceeds this (e.g. 6GiB).")
+@click.option("--baseline", "baseline_path", metavar="FILE", default=None,
+              help="Baseline figures to compare with [default: .torchdoctor/baseline.json when it exists].")
+@click.option("--max-increase", default="5%", show_default=True, metavar="PCT",
+              help="Fail when a peak grows more than this over the baseline.")
+@click.option("--update-baseline", is_flag=True, help="Record this run's figures as the baseline.")
+@click.option("--markdown", "markdown_path", metavar="FILE", default=None,
+              help="Also write the table as Markdown (written to $GITHUB_STEP_SUMMARY anyway when that is set).")
+@click.option("--junit", "junit_path", metavar="FILE", default=None, help="Write a JUnit XML report.")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Where to record the run (report.json).")
+@click.argument("script", metavar="SCRIPT|MODULE")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
+def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | None, max_increase: str,
+       update_baseline: bool, markdown_path: str | None, junit_path: str | None, run_dir: str | None, script: str,
+       script_args: tuple[str, ...]) -> int:
+    """Gate peak memory in CI: run the first N steps, compare with a budget and a baseline.
+
+    \b
+    torchdoctor ci train.py --steps 5 --budget 6GiB
+    torchdoctor ci --update-baseline train.py      # record .torchdoctor/baseline.json
+    """
+    import json
+    import os
+    import time
+
+    from torchdoctor import ci_gate
+    from torchdoctor.recovery import RecoveryOptions
+    from torchdoctor.sizes import parse_size
+    from torchdoctor.supervisor import RunConfig, Supervisor
+
+    limit = parse_size(budget) if budget is not None else None
+    allowed = _fraction(max_increase)
+    default_baseline = os.path.join(".torchdoctor", "baseline.json")
+    path = baseline_path or default_baseline
+    baseline = None
+    if not update_baseline and (baseline_path is not None or os.path.exists(default_baseline)):
+        baseline = ci_gate.read_baseline(path)  # bad input fails before the script runs
+    began = time.monotonic()
+    config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=True,
+                       live=False, accounting="exact", max_steps=steps, recovery=RecoveryOptions(max_retries=0))
+    supervisor = Supervisor(config)
+    supervisor.run()
+    with open(os.path.join(supervisor.run_dir, "report.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    rows, problems = ci_gate.evaluate(report, limit, baseline, allowed)
+    seconds = time.monotonic() - began
+    click.echo(ci_gate.text_table(rows))
+    findings = report.get("findings") or []
+    markdown = ci_gate.markdown(rows, problems, script, report.get("steps") or 0, findings)
+    for target in filter(None, (markdown_path, os.environ.get("GITHUB_STEP_SUMMARY"))):
+        with open(target, "a" if target != markdown_path else "w", encoding="utf-8") as handle:
+            handle.write(markdown)
+    if junit_path:
+        with open(junit_path, "w", encoding="utf-8") as handle:
+            handle.write(ci_gate.junit(rows, problems, script, seconds))
+    for problem in problems:
+        click.echo(f"torchdoctor ci: FAIL: {problem}", err=True)
+    if update_baseline:
+        if problems and not any(r.problem for r in rows):  # the run itself failed: keep the old baseline
+            click.echo(f"torchdoctor ci: baseline not updated (the run failed); {path} is unchanged", err=True)
+            return 1
+        ci_gate.write_baseline(path, report, report.get("steps") or 0)
+        click.echo(f"torchdoctor ci: baseline written to {path}")
+        return 0
+    if baseline is None:
+        click.echo(f"torchdoctor ci: no baseline compared (record one with --update-baseline: {path})")
+    click.echo(f"torchdoctor ci: {'FAIL' if problems else 'pass'} · report: "
+               f"{os.path.join(supervisor.run_dir, 'report.json')}")
+    return 1 if problems else 0
+
+
+def _fraction(text: str) -> float:
+    """'5%' or '0.05' -> 0.05."""
+    try:
+        value = float(text.strip().removesuffix("%")) / (100 if text.strip().endswith("%") else 1)
+    except ValueError:
+        raise UsageError(f"--max-increase must be a percentage such as 5%, not {text!r}") from None
+    if value < 0:
+        raise UsageError(f"--max-increase must not be negative, not {text!r}")
+    return value
+
+
 @cli.command()
 @click.argument("check_id", metavar="[ID]", required=False)
 def explain(check_id: str | None) -> int:

@@ -24,6 +24,7 @@ ENV_ATOMIC_SAVE = "TORCHDOCTOR_ATOMIC_SAVE"
 ENV_CHECKPOINT_DIR = "TORCHDOCTOR_CHECKPOINT_DIR"
 ENV_CHECKPOINT_EVERY = "TORCHDOCTOR_CHECKPOINT_EVERY"
 ENV_DOCTOR = "TORCHDOCTOR_DOCTOR"
+ENV_MAX_STEPS = "TORCHDOCTOR_MAX_STEPS"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class AgentSettings:
     checkpoint_dir: str | None = None  # torchdoctor's own checkpoints of the script's state (--checkpoint-every)
     checkpoint_every: int = 0
     doctor: bool = True  # the training-loop checks (findings)
+    max_steps: int = 0  # end the run after this many optimizer steps (0: run to the end)
 
     def __post_init__(self) -> None:
         if self.accounting not in ACCOUNTING_MODES:
@@ -76,6 +78,8 @@ class AgentSettings:
             env[ENV_HOST_LIMIT] = str(self.host_memory_limit)
         env[ENV_ATOMIC_SAVE] = "1" if self.atomic_save else "0"
         env[ENV_DOCTOR] = "1" if self.doctor else "0"
+        if self.max_steps:
+            env[ENV_MAX_STEPS] = str(self.max_steps)
         if self.checkpoint_dir and self.checkpoint_every:
             env[ENV_CHECKPOINT_DIR] = self.checkpoint_dir
             env[ENV_CHECKPOINT_EVERY] = str(self.checkpoint_every)
@@ -105,4 +109,5 @@ class AgentSettings:
             checkpoint_dir=env.get(ENV_CHECKPOINT_DIR) or None,
             checkpoint_every=_int(ENV_CHECKPOINT_EVERY, 0),
             doctor=env.get(ENV_DOCTOR, "1") != "0",
+            max_steps=_int(ENV_MAX_STEPS, 0),
         )

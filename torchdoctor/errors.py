@@ -20,6 +20,12 @@ class UsageError(TorchDoctorError):
     exit_code = 2
 
 
+class StepsDone(BaseException):
+    """Raised in the optimizer step hook once the run has taken the steps it was asked for (``torchdoctor ci
+    --steps N``). A BaseException so that a script's ``except Exception`` does not swallow it; the agent ends the
+    run there with exit code 0."""
+
+
 class ResumeAbandoned(BaseException):
     """Raised inside a resumed run that finds it cannot reach its checkpoint's position faithfully.
 

@@ -55,6 +55,7 @@ class RunConfig:
     checkpoint_every: int = 0
     doctor: bool = True
     fail_on: str | None = None  # "error" | "warning": exit 1 when findings at that level exist
+    max_steps: int = 0  # end the script after this many optimizer steps (torchdoctor ci)
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -149,6 +150,7 @@ class Supervisor:
             fault_log=os.path.abspath(os.path.join(self.run_dir, "faulthandler.log")), attempt=plan.attempt,
             plan_path=plan_path, memory_budget=cfg.memory_budget, host_memory_limit=cfg.host_memory_limit,
             atomic_save=cfg.atomic_save, checkpoint_every=cfg.checkpoint_every, doctor=cfg.doctor,
+            max_steps=cfg.max_steps,
             checkpoint_dir=os.path.abspath(os.path.join(self.run_dir, "checkpoints")) if cfg.checkpoint_every else None,
         )
         env = {**os.environ, **settings.to_env(), **cfg.extra_env}

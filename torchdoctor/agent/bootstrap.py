@@ -23,7 +23,7 @@ from types import TracebackType
 from torchdoctor.agent.emitter import FileEmitter, MemorySink
 from torchdoctor.agent.torch_watch import TorchImportWatcher
 from torchdoctor.config import AgentSettings
-from torchdoctor.errors import ResumeAbandoned, UsageError
+from torchdoctor.errors import ResumeAbandoned, StepsDone, UsageError
 from torchdoctor.events import RunFinished, RunStarted
 
 RESUME_ABANDONED_EXIT = 3  # the supervisor relaunches from the beginning (it reads why from the events)
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(exc.code, (int, type(None))):
             failure = exc
             print(exc.code, file=sys.stderr)
+    except StepsDone as exc:  # the steps asked for (torchdoctor ci --steps N): a successful end
+        print(f"[torchdoctor] stopped after {exc}", file=sys.stderr)
     except ResumeAbandoned as exc:
         exit_code = RESUME_ABANDONED_EXIT
         failure = exc

@@ -29,6 +29,7 @@ from torchdoctor.agent.run_resume import RunResume
 from torchdoctor.agent.recovery_hooks import RecoveryHooks
 from torchdoctor.agent.schedule import SamplingSchedule
 from torchdoctor.config import AgentSettings
+from torchdoctor.errors import StepsDone
 from torchdoctor.events import Event, MemorySample, Note
 from torchdoctor.plan import Plan
 
@@ -255,6 +256,8 @@ class AgentSession:
             self._span_measured = False
         self.accountant.reset_span()
         self._span_start = time.perf_counter()
+        if self.settings.max_steps and self.step >= self.settings.max_steps:
+            raise StepsDone(f"{self.step} optimizer steps taken, as asked")
 
     def _phase_changed(self, phase: str) -> None:
         self.accountant.set_phase(phase)

@@ -1,0 +1,91 @@
+"""torchdoctor ci: a memory gate on the first steps of a real script, against a budget and a baseline."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tests.conftest import REPO, run_torchdoctor
+
+SCRIPT = str(REPO / "tests" / "scripts" / "ci_model.py")
+pytestmark = pytest.mark.e2e
+
+
+def ci(tmp_path, *args, script_args=(), env=None):
+    run_dir = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+    result = run_torchdoctor(["ci", "--run-dir", str(run_dir), *args, SCRIPT, *script_args], cwd=tmp_path,
+                             env_extra=env)
+    report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").exists() else None
+    return result, report
+
+
+def peak(report):
+    return next(p["bytes"] for p in report["peaks"] if p["kind"] == "tensor_bytes")
+
+
+def test_within_budget_passes_and_over_budget_fails_with_the_figures(tmp_path):
+    result, report = ci(tmp_path, "--steps", "3", "--budget", "64MiB", "--junit", "ci.xml", "--markdown", "ci.md",
+                        env={"GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")})
+    assert result.returncode == 0, result.stderr
+    assert report["steps"] == 3 and "trained" not in result.stdout  # stopped after 3 steps
+    assert "peak tensor bytes (cpu)" in result.stdout and "64.0 MiB" in result.stdout and " ok" in result.stdout
+    assert "no baseline compared" in result.stdout
+    suite = ET.parse(tmp_path / "ci.xml").getroot()
+    assert suite.tag == "testsuites" and suite.get("failures") == "0" and int(suite.get("tests")) == 2
+    markdown = (tmp_path / "ci.md").read_text()
+    assert markdown == (tmp_path / "summary.md").read_text()
+    assert "| peak tensor bytes (cpu) |" in markdown and "| --- | ---: |" in markdown and "passes" in markdown
+
+    over, report2 = ci(tmp_path, "--steps", "3", "--budget", "100KiB", "--junit", "over.xml")
+    assert over.returncode == 1
+    assert f"over the budget of 100.0 KiB" in over.stderr and "FAIL" in over.stdout
+    failure = ET.parse(tmp_path / "over.xml").getroot().find(".//failure")
+    assert failure is not None and "over the budget" in failure.get("message")
+    assert peak(report2) == peak(report)  # exact accounting: the same figure on every run
+
+
+def test_a_layer_added_over_the_baseline_fails_until_the_baseline_is_updated(tmp_path):
+    # GIVEN a baseline recorded from the script as it is
+    recorded, _ = ci(tmp_path, "--steps", "2", "--update-baseline")
+    assert recorded.returncode == 0, recorded.stderr
+    baseline = json.loads((tmp_path / ".torchdoctor" / "baseline.json").read_text())
+    assert baseline["schema"] == "torchdoctor.baseline" and baseline["figures"]["tensor_bytes:cpu"] > 0
+    # WHEN the same script runs again it passes; with one more layer it fails, naming the growth
+    same, _ = ci(tmp_path, "--steps", "2")
+    assert same.returncode == 0 and "+0.0%" in same.stdout
+    grown, report = ci(tmp_path, "--steps", "2", script_args=["--extra-layer"])
+    assert grown.returncode == 1
+    assert "grew +" in grown.stderr and "over the baseline" in grown.stderr and "allowed +5.0%" in grown.stderr
+    # a larger allowance lets it through; updating the baseline makes it the new normal
+    assert ci(tmp_path, "--steps", "2", "--max-increase", "500%", script_args=["--extra-layer"])[0].returncode == 0
+    assert ci(tmp_path, "--steps", "2", "--update-baseline", script_args=["--extra-layer"])[0].returncode == 0
+    assert ci(tmp_path, "--steps", "2", script_args=["--extra-layer"])[0].returncode == 0
+    assert json.loads((tmp_path / ".torchdoctor" / "baseline.json").read_text())["figures"]["tensor_bytes:cpu"] == \
+        peak(report)
+
+
+def test_a_run_that_measured_nothing_fails(tmp_path):
+    result, _ = ci(tmp_path, "--budget", "1GiB", script_args=["--no-steps"])
+    assert result.returncode == 1
+    assert "nothing was measured" in result.stderr
+
+
+@pytest.mark.parametrize("args,setup,message", [
+    (["--baseline", "missing.json"], None, "no baseline at missing.json; record one with --update-baseline"),
+    (["--baseline", "bad.json"], "{not json", "baseline bad.json cannot be read"),
+    (["--baseline", "other.json"], '{"schema": "something else"}', "other.json is not a torchdoctor baseline"),
+    (["--budget", "lots"], None, "lots"),
+    (["--max-increase", "a bit"], None, "--max-increase must be a percentage such as 5%, not 'a bit'"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_the_script_runs(tmp_path, args, setup, message):
+    if setup is not None:
+        (tmp_path / args[1]).write_text(setup)
+    result = run_torchdoctor(["ci", *args, SCRIPT], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torchdoctor: error:") and message in lines[0]
+    assert "Traceback" not in result.stderr and not list(tmp_path.glob("torchdoctor-runs*"))
+    if setup is not None:
+        assert (tmp_path / args[1]).read_text() == setup  # the user's file is untouched
