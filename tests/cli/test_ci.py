@@ -40,7 +40,7 @@ def test_within_budget_passes_and_over_budget_fails_with_the_figures(tmp_path):
 
     over, report2 = ci(tmp_path, "--steps", "3", "--budget", "100KiB", "--junit", "over.xml")
     assert over.returncode == 1
-    assert f"over the budget of 100.0 KiB" in over.stderr and "FAIL" in over.stdout
+    assert "over the budget of 100.0 KiB" in over.stderr and "FAIL" in over.stdout
     failure = ET.parse(tmp_path / "over.xml").getroot().find(".//failure")
     assert failure is not None and "over the budget" in failure.get("message")
     assert peak(report2) == peak(report)  # exact accounting: the same figure on every run

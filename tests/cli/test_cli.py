@@ -20,7 +20,7 @@ def run_main(capsys, args):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["report", "--help"], ["env", "--help"],
-                                  ["explain", "--help"]])
+                                  ["explain", "--help"], ["ci", "--help"]])
 def test_help_answers_without_importing_torch(args):
     code = ("import sys; from torchdoctor.cli import main; rc = main(%r); "
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)" % (args,))
