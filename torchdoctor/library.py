@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from torchdoctor.memory_guard import Release, live_tensor_bytes, release
+from torchdoctor.memory_guard import Release, live_tensor_bytes, live_tensors, release
 from torchdoctor.oom import classify_oom
 from torchdoctor.recovery import next_parts
 from torchdoctor.sizes import parse_size
@@ -47,19 +47,13 @@ def memory_budget(size: int | str, device: str = "cpu") -> Iterator[Any]:
     from torchdoctor.agent.accounting import TensorAccountant
 
     accountant = TensorAccountant()
-    accountant.classify([t for t in _live_tensors() if str(t.untyped_storage().device) == device], 3)
+    accountant.classify([t for t in live_tensors() if t.device.type != "meta" and str(t.untyped_storage().device) == device], 3)
     accountant.budget = (device, parse_size(size) if isinstance(size, str) else int(size))
     accountant.open()
     try:
         yield accountant
     finally:
         accountant.close()
-
-
-def _live_tensors() -> list[torch.Tensor]:
-    import gc
-
-    return [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor) and o.device.type != "meta"]
 
 
 # -- the decorator ---------------------------------------------------------------------------------------

@@ -133,7 +133,13 @@ class Doctor:
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
         step = self.session.step + 1
         watched = self.watched(step)
-        params = optimizer_params(optimizer)
+        listed: list[list[torch.Tensor]] = []
+
+        def params() -> list[torch.Tensor]:  # listed once, and only by a check that needs them this step
+            if not listed:
+                listed.append(optimizer_params(optimizer))
+            return listed[0]
+
         self.steps_taken[id(optimizer)] = self.steps_taken.get(id(optimizer), 0) + 1
         self.last_step[id(optimizer)] = step
         self.gradients.before_step(step, params, watched)

@@ -140,23 +140,6 @@ def _variable_for(target: Any) -> str | None:
     return None
 
 
-def _tensor_types() -> set[type]:
-    found, todo = set(), [torch.Tensor]
-    while todo:
-        cls = todo.pop()
-        if cls not in found:
-            found.add(cls)
-            todo.extend(cls.__subclasses__())
-    return found
-
-
-def live_tensors() -> list[torch.Tensor]:
-    """Every tensor alive in the process (one scan of the garbage collector's objects, by exact type: an
-    isinstance test per object costs three times as much)."""
-    types = _tensor_types()
-    return [obj for obj in gc.get_objects() if type(obj) in types]
-
-
 def storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
     try:
         storage = tensor.untyped_storage()

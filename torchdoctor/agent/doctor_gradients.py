@@ -88,7 +88,10 @@ class GradientChecks:
                     where = user_location()
                 self._stale[key] = (param_ref, step, where)
 
-    def before_step(self, step: int, params: list[torch.Tensor], watched: bool) -> None:
+    def before_step(self, step: int, params_of: Any, watched: bool) -> None:
+        if not (watched or self._destroyed or self._stale or self._applied_again):
+            return
+        params = params_of()
         if watched and step <= self.doctor.WATCH_FIRST:
             grads = [p.grad for p in params if p.grad is not None]
             if grads:

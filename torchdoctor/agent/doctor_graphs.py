@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from torchdoctor.agent.doctor_evidence import graph_nodes, holder_of, live_tensors, param_names
+from torchdoctor.agent.doctor_evidence import graph_nodes, holder_of, param_names
+from torchdoctor.memory_guard import live_tensors
 from torchdoctor.agent.locations import is_user_file, shown_path, user_location
 
 PROBE = "torchdoctor.probe"
@@ -73,16 +74,15 @@ class GraphChecks:
         if watched:
             self._check_stale(node, step)
 
-    def before_step(self, optimizer: torch.optim.Optimizer, step: int, params: list[torch.Tensor],
-                    watched: bool) -> None:
+    def before_step(self, optimizer: torch.optim.Optimizer, step: int, params_of: Any, watched: bool) -> None:
         if "TD118" in self.doctor.reported:
             return
         if self._nonfinite is not None:
-            self._report_nonfinite(params, None)
+            self._report_nonfinite(params_of(), None)
         elif watched and not self._scaler_enabled():
-            grads = [p.grad for p in params if p.grad is not None]
+            grads = [p.grad for p in params_of() if p.grad is not None]
             if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
-                self._report_nonfinite(params, step)
+                self._report_nonfinite(params_of(), step)
 
     def finish(self) -> None:
         if self._nonfinite is not None and "TD118" not in self.doctor.reported:

@@ -5,7 +5,7 @@ without bound; per-epoch buffers freed at the end of their epoch stay flat there
 The figure is the bytes of every live tensor's storage (a scan of the garbage collector's objects: tens of
 milliseconds in a large process), plus the CUDA allocator's allocated bytes where CUDA is in use. The process's
 resident memory (plus CUDA's allocated bytes), read at every training pass start (microseconds), decides when to scan: after it rose by
-RSS_GROWTH at each of the last two pass starts (memory that keeps rising is what this check is for), or when the
+RSS_GROWTH at each of the last three pass starts (memory that keeps rising is what this check is for), or when the
 training time since the last scan (or the first pass) is SCAN_BUDGET× that scan's duration. So a run whose memory
 is flat pays a scan every few minutes at most, however short its epochs. The finding names what grew: the largest
 group of new tensors by shape, and the variable holding them.
@@ -19,15 +19,17 @@ from typing import Any
 
 import torch
 
-from torchdoctor.agent.doctor_evidence import holder_of, live_tensors, storage_key
+from torchdoctor.agent.doctor_evidence import holder_of, storage_key
 from torchdoctor.agent.locations import user_location
+from torchdoctor.memory_guard import live_tensors
 from torchdoctor.sizes import format_bytes
 
 GROWTH_PASSES = 3  # consecutive rises
 MIN_GROWTH = 64 * 1024
 SCAN_BUDGET = 500  # a scan when due by time: after 500× its duration (0.2% of training time)
 FIRST_SCAN_AFTER = 60.0  # seconds of training before a first scan is due by time
-RSS_GROWTH = 1 << 20  # resident memory rising this much at each of two pass starts: a scan at every pass
+RSS_GROWTH = 1 << 20  # resident memory rising this much at each of RSS_RISES pass starts: a scan at every pass
+RSS_RISES = 3  # (two rises happen while allocators warm up)
 
 
 def _cuda_allocated() -> int:
@@ -52,14 +54,14 @@ class MemoryChecks:
 
     def _due(self) -> bool:
         now = time.perf_counter()
-        self._rss = (self._rss + [_cheap_figure(self.doctor.session.resident_bytes())])[-3:]
+        self._rss = (self._rss + [_cheap_figure(self.doctor.session.resident_bytes())])[-(RSS_RISES + 1):]
         if self._last_scan is None:
             self._last_scan = now
         since = now - self._last_scan
         if since >= SCAN_BUDGET * self._scan_seconds:
             return True
         rss = self._rss
-        rising = len(rss) == 3 and all(a is not None and b is not None and b - a >= RSS_GROWTH
+        rising = len(rss) == RSS_RISES + 1 and all(a is not None and b is not None and b - a >= RSS_GROWTH
                                        for a, b in zip(rss, rss[1:]))
         return rising
 
