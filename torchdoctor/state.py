@@ -33,6 +33,7 @@ class Peak:
     phase: str | None = None
     breakdown: dict[str, int] | None = None
     phase_peaks: dict[str, int] | None = None
+    top_tensors: list[dict[str, Any]] | None = None  # the largest storages alive at the peak
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -112,6 +113,7 @@ class RunState:
                     peak.phase = figures.get("peak_phase")
                     peak.breakdown = figures.get("breakdown")
                     peak.phase_peaks = figures.get("phase_peaks")
+                    peak.top_tensors = figures.get("top_tensors")
                     where = f"step {sample.step}" if sample.span == "step" else "after the last step"
                     self.last_notable = (f"new {device} tensor peak {format_bytes(peak.bytes)} at {where}"
                                          f" ({peak.phase})")

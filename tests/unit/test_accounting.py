@@ -84,3 +84,45 @@ def test_phase_peaks_follow_the_phase_in_which_memory_was_highest():
         assert figures["peak_phase"] == "backward"
     finally:
         acct.close()
+
+
+def test_lists_the_largest_storages_alive_at_the_peak_even_when_they_died_after_it():
+    acct = TensorAccountant()
+    acct.open()
+    try:
+        early = torch.empty(3 << 18)  # 3 MiB, dies before the peak: not alive at it
+        del early
+        gc.collect()
+        acct.set_phase("forward")
+        acct.module_stack.append("encoder.fc1 (Linear)")
+        kept = torch.empty(1 << 18)  # 1 MiB
+        acct.module_stack.pop()
+        big = torch.empty(2 << 18, dtype=torch.float64)  # 4 MiB: the peak is reached here
+        del big  # alive at the peak, gone before the figures are read
+        gc.collect()
+        acct.set_phase("backward")
+        small = torch.empty(10)
+    finally:
+        acct.close()
+    figures = acct.figures()["cpu"]
+    top = figures["top_tensors"]
+    assert [t["bytes"] for t in top] == [4 << 20, 1 << 20]  # the 3 MiB one died before; `small` came after
+    assert top[0] == {"bytes": 4 << 20, "shape": [2 << 18], "dtype": "float64", "category": "activations_other",
+                      "phase": "forward", "module": None, "name": None}
+    assert top[1]["module"] == "encoder.fc1 (Linear)"
+    assert acct.figures()["cpu"].get("top_tensors") is None  # listed once per new peak, not every span
+    del kept, small
+
+
+def test_a_later_higher_peak_forgets_storages_that_died_before_it():
+    acct = TensorAccountant()
+    acct.open()
+    try:
+        first = torch.empty(1 << 18)  # 1 MiB peak
+        del first
+        gc.collect()
+        second = torch.empty(1 << 19)  # 2 MiB: a new peak without `first`
+    finally:
+        acct.close()
+    assert [t["bytes"] for t in acct.figures()["cpu"]["top_tensors"]] == [2 << 20]
+    del second

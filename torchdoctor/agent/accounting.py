@@ -9,10 +9,16 @@ Each storage carries a category (parameters, gradients, optimizer state, activat
 number of its birth. Re-classifying a storage later (a tensor becomes ``.grad``, or optimizer state) also
 fixes the breakdown recorded at the span's peak if the storage was already alive then, so the breakdown
 at the peak is exact without any work at allocation time.
+
+Each storage also keeps the shape and dtype of the tensor that made it, the phase and the innermost module
+running then: when a span beats the run's peak, the largest storages alive at that peak are listed. They are
+found without any work at the peak itself: a storage was alive at the peak when it was born before it and is
+still alive, or died after it (those are kept aside, and dropped when a later peak passes them by).
 """
 
 from __future__ import annotations
 
+import heapq
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -23,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 from torchdoctor.events import CATEGORIES
 
 PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS = range(4)
+TOP_TENSORS = 8  # the largest storages listed at a new peak
 
 
 def _size(n: int) -> str:
@@ -39,11 +46,12 @@ class DeviceLedger:
     """Running figures for one device within the current span (between two optimizer steps)."""
 
     __slots__ = ("current", "cats", "span_peak", "span_peak_seq", "span_peak_cats", "span_peak_phase",
-                 "phase_peaks")
+                 "phase_peaks", "died_after_peak", "run_peak")
 
     def __init__(self) -> None:
         self.current = 0
         self.cats = [0, 0, 0, 0]
+        self.run_peak = -1  # the largest span peak listed so far (its top tensors were sent then)
         self.reset_span("other", 0)
 
     def reset_span(self, phase: str, seq: int) -> None:
@@ -52,6 +60,7 @@ class DeviceLedger:
         self.span_peak_cats = list(self.cats)
         self.span_peak_phase = phase
         self.phase_peaks = {phase: self.current}
+        self.died_after_peak: list[_Entry] = []  # storages alive at the span's peak that died since
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -64,13 +73,23 @@ class DeviceLedger:
 
 
 class _Entry:
-    __slots__ = ("nbytes", "ledger", "cat", "seq")
+    __slots__ = ("ptr", "nbytes", "ledger", "cat", "seq", "shape", "dtype", "phase", "module")
 
-    def __init__(self, nbytes: int, ledger: DeviceLedger, cat: int, seq: int) -> None:
+    def __init__(self, ptr: int, nbytes: int, ledger: DeviceLedger, cat: int, seq: int, shape: Any, dtype: Any,
+                 phase: str, module: str | None) -> None:
+        self.ptr = ptr
         self.nbytes = nbytes
         self.ledger = ledger
         self.cat = cat
         self.seq = seq
+        self.shape = shape
+        self.dtype = dtype
+        self.phase = phase
+        self.module = module
+
+    def describe(self, name: str | None) -> dict[str, Any]:
+        return {"bytes": self.nbytes, "shape": list(self.shape), "dtype": str(self.dtype).replace("torch.", ""),
+                "category": CATEGORIES[self.cat], "phase": self.phase, "module": self.module, "name": name}
 
 
 class TensorAccountant(TorchDispatchMode):
@@ -86,6 +105,8 @@ class TensorAccountant(TorchDispatchMode):
         self.on_budget_exceeded: Any = None  # called with the OOM's figures just before it is raised
         self.is_open = False
         self._on_stack = False  # stays True when another mode was pushed above ours and we could not pop
+        self.module_stack: list[str] = []  # names of the modules running now, innermost last (the phase tracker's)
+        self.namer: Any = None  # () -> {storage pointer: name} for parameters, gradients and optimizer state
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -128,7 +149,9 @@ class TensorAccountant(TorchDispatchMode):
                 self._raise_budget_oom(key, nbytes, ledger)
             cat = OPTIMIZER_STATE if self.phase == "optimizer" else ACTIVATIONS
         self._seq += 1
-        entry = _Entry(nbytes, ledger, cat, self._seq)
+        stack = self.module_stack
+        entry = _Entry(ptr, nbytes, ledger, cat, self._seq, tensor.shape, tensor.dtype, self.phase,
+                       stack[-1] if stack else None)
         self._live[ptr] = entry
         ledger.current += nbytes
         ledger.cats[cat] += nbytes
@@ -141,6 +164,8 @@ class TensorAccountant(TorchDispatchMode):
             ledger.span_peak_seq = self._seq
             ledger.span_peak_cats = list(ledger.cats)
             ledger.span_peak_phase = self.phase
+            if ledger.died_after_peak:
+                ledger.died_after_peak = []
         weakref.finalize(storage, self._release, ptr, entry)
 
     def _raise_budget_oom(self, device: str, nbytes: int, ledger: DeviceLedger) -> None:
@@ -161,8 +186,11 @@ class TensorAccountant(TorchDispatchMode):
     def _release(self, ptr: int, entry: _Entry) -> None:
         if self._live.get(ptr) is entry:
             del self._live[ptr]
-            entry.ledger.current -= entry.nbytes
-            entry.ledger.cats[entry.cat] -= entry.nbytes
+            ledger = entry.ledger
+            ledger.current -= entry.nbytes
+            ledger.cats[entry.cat] -= entry.nbytes
+            if entry.seq <= ledger.span_peak_seq:
+                ledger.died_after_peak.append(entry)
 
     # -- classification --------------------------------------------------------------------------------
     def classify(self, tensors: Iterable[torch.Tensor], cat: int) -> None:
@@ -202,7 +230,22 @@ class TensorAccountant(TorchDispatchMode):
             ledger.reset_span(self.phase, self._seq)
 
     def figures(self) -> dict[str, dict[str, Any]]:
-        return {key: ledger.figures() for key, ledger in self.ledgers.items()}
+        """Each device's figures for the span; with ``top_tensors`` when its peak is the run's largest yet."""
+        out = {}
+        for key, ledger in self.ledgers.items():
+            figures = out[key] = ledger.figures()
+            if ledger.span_peak > ledger.run_peak:
+                ledger.run_peak = ledger.span_peak
+                figures["top_tensors"] = self.top_tensors(ledger)
+        return out
+
+    def top_tensors(self, ledger: DeviceLedger, count: int = TOP_TENSORS) -> list[dict[str, Any]]:
+        """The largest storages alive at ``ledger``'s span peak, largest first."""
+        peak_seq = ledger.span_peak_seq
+        alive = [e for e in self._live.values() if e.ledger is ledger and e.seq <= peak_seq]
+        top = heapq.nlargest(count, alive + ledger.died_after_peak, key=lambda e: e.nbytes)
+        names = self.namer() if self.namer is not None and top else {}
+        return [e.describe(names.get(e.ptr)) for e in top]
 
     # -- entering and leaving ----------------------------------------------------------------------------
     def open(self) -> None:

@@ -4,11 +4,14 @@ Forward and evaluation come from global module forward hooks on the outermost mo
 a forward in eval mode or under ``no_grad``); backward from a wrapper around ``torch.autograd.backward`` and
 ``torch.autograd.grad``; optimizer from the global optimizer step hooks (installed by the session).
 Global module hooks disable the module fast path, so the session installs them only while it measures.
+While they are on, ``module_stack`` holds the names of the modules running (``layers.0.fc1 (Linear)``),
+innermost last: the accountant labels each new storage with it.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +28,8 @@ class PhaseTracker:
         self._on_root_module = on_root_module
         self._depth = 0
         self._module_handles: list[Any] = []
+        self.module_stack: list[str] = []
+        self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
         self._originals: dict[str, Callable[..., Any]] = {}
         self.failed_in: str | None = None  # the phase an exception left (backward, optimizer), for OOM reports
         # Set by the session while micro-batching: change backward's arguments, and hear that it ran.
@@ -51,17 +56,31 @@ class PhaseTracker:
             handle.remove()
         self._module_handles = []
         self._depth = 0
+        self.module_stack.clear()
 
     def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
         self._depth += 1
+        name = self._names.get(module)
         if self._depth == 1:
             self._on_root_module(module)
+            if name is None:
+                self._name_modules(module)
+                name = self._names.get(module)
             if self.phase not in ("backward", "optimizer"):
                 training = module.training and torch.is_grad_enabled()
                 self.set("forward" if training else "evaluation")
+        self.module_stack.append(name or type(module).__name__)
 
     def _forward_post(self, *args: Any) -> None:  # (module, args, output); output is None on an exception
         self._depth = max(0, self._depth - 1)
+        if self.module_stack:
+            self.module_stack.pop()
+
+    def _name_modules(self, root: torch.nn.Module) -> None:
+        """Name ``root``'s submodules by their path in it, once per root model."""
+        for path, module in root.named_modules(remove_duplicate=False):
+            if module not in self._names:
+                self._names[module] = f"{path} ({type(module).__name__})" if path else type(module).__name__
 
     # -- autograd wrappers (for the whole run) ----------------------------------------------------------
     def install_autograd_wrappers(self) -> None:

@@ -104,6 +104,8 @@ class AgentSession:
         self.step = 0
         self.accountant = TensorAccountant()
         self.phases = PhaseTracker(self._phase_changed, self._saw_root_module)
+        self.accountant.module_stack = self.phases.module_stack
+        self.accountant.namer = self._storage_names
         accounting = settings.accounting
         if settings.memory_budget and not torch.cuda.is_available():
             accounting = "exact"  # the budget is enforced at every allocation
@@ -270,6 +272,34 @@ class AgentSession:
         if module not in self._modules:
             self._modules.add(module)
             self.accountant.classify(list(module.parameters()) + list(module.buffers()), PARAMETERS)
+
+    def _storage_names(self) -> dict[int, str]:
+        """What the model's storages are (``fc1.weight``, ``fc1.weight.grad``, ``fc1.weight exp_avg (AdamW)``),
+        by storage pointer: built only when the tensors at a new peak are listed."""
+        names: dict[int, str] = {}
+        by_param: dict[int, str] = {}
+
+        def add(tensor: Any, name: str) -> None:
+            if isinstance(tensor, torch.Tensor):
+                try:
+                    names.setdefault(tensor.untyped_storage().data_ptr(), name)
+                except (RuntimeError, NotImplementedError, TypeError):
+                    pass
+
+        for module in list(self._modules):
+            for name, param in module.named_parameters(remove_duplicate=True):
+                by_param[id(param)] = name
+                add(param, name)
+                add(param.grad, f"{name}.grad")
+            for name, buffer in module.named_buffers():
+                add(buffer, name)
+        for optimizer in [*self._optimizers]:
+            kind = type(optimizer).__name__
+            for param, state in list(optimizer.state.items()):
+                label = by_param.get(id(param), "parameter")
+                for key, value in state.items():
+                    add(value, f"{label} {key} ({kind})")
+        return names
 
     # -- measuring windows ---------------------------------------------------------------------------
     def _start_measuring(self, census: bool) -> None:

@@ -9,28 +9,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from torchdoctor.reporters.text import format_duration, sparkline
+from torchdoctor.reporters.text import (
+    CATEGORY_LABELS, format_duration, peak_when, sparkline, tensor_shape, tensor_what,
+)
 from torchdoctor.sizes import format_bytes
 
-CATEGORY_LABELS = {
-    "parameters": "parameters (+ buffers)",
-    "gradients": "gradients",
-    "optimizer_state": "optimizer state",
-    "activations_other": "activations / other",
-}
 OUTCOME_STYLE = {"success": "green", "failed": "red", "killed": "red", "interrupted": "yellow"}
-
-
-def _when(peak: dict[str, Any]) -> str:
-    if peak.get("span") == "tail":
-        where = "after the last step" if peak.get("step") else "before any optimizer step"
-    elif peak.get("step") is not None:
-        where = f"step {peak['step']}"
-    else:
-        where = "during the run"
-    if peak.get("phase"):
-        where += f", {peak['phase']}"
-    return where
 
 
 def _headline(report: dict[str, Any]) -> Text:
@@ -61,7 +45,7 @@ def _peaks_table(report: dict[str, Any]) -> Table:
     table.add_column("peak", justify="right")
     table.add_column("when")
     for peak in report.get("peaks", []):
-        table.add_row(peak["device"], peak.get("label", peak["kind"]), format_bytes(peak["bytes"]), _when(peak))
+        table.add_row(peak["device"], peak.get("label", peak["kind"]), format_bytes(peak["bytes"]), peak_when(peak))
     if not report.get("peaks"):
         table.add_row("-", "nothing was measured", "n/a", "")
     return table
@@ -69,7 +53,7 @@ def _peaks_table(report: dict[str, Any]) -> Table:
 
 def _breakdown(peak: dict[str, Any]) -> Table:
     total = peak["bytes"] or 1
-    table = Table(title=f"At the {peak['device']} tensor peak ({_when(peak)})", title_justify="left",
+    table = Table(title=f"At the {peak['device']} tensor peak ({peak_when(peak)})", title_justify="left",
                   show_edge=False, show_header=False)
     table.add_column("category")
     table.add_column("bytes", justify="right")
@@ -79,6 +63,24 @@ def _breakdown(peak: dict[str, Any]) -> Table:
         value = (peak.get("breakdown") or {}).get(key, 0)
         share = value / total
         table.add_row(label, format_bytes(value), f"{share:5.1%}", "█" * round(share * 30))
+    return table
+
+
+def _top_tensors(peak: dict[str, Any], count: int = 5) -> Table | None:
+    tensors = (peak.get("top_tensors") or [])[:count]
+    if not tensors:
+        return None
+    table = Table(title="Largest tensors alive at that peak", title_justify="left", show_edge=False)
+    table.add_column("size", justify="right")
+    table.add_column("shape")
+    table.add_column("dtype")
+    table.add_column("kind")
+    table.add_column("phase")
+    table.add_column("what")
+    for tensor in tensors:
+        table.add_row(format_bytes(tensor["bytes"]), tensor_shape(tensor), tensor.get("dtype", ""),
+                      CATEGORY_LABELS.get(tensor.get("category", ""), tensor.get("category", "")),
+                      tensor.get("phase") or "", tensor_what(tensor))
     return table
 
 
@@ -208,6 +210,9 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         phase_line = _phase_line(peak)
         if phase_line is not None:
             parts.append(phase_line)
+        top = _top_tensors(peak)
+        if top is not None:
+            parts += [Text(""), top]
     recovery = _recovery(report)
     if recovery is not None:
         parts += [Text(""), recovery]

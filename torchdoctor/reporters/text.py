@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+CATEGORY_LABELS = {
+    "parameters": "parameters (+ buffers)",
+    "gradients": "gradients",
+    "optimizer_state": "optimizer state",
+    "activations_other": "activations / other",
+}
 BARS = "▁▂▃▄▅▆▇█"
 NOT_MEASURED = "·"
 
@@ -43,3 +49,29 @@ def format_duration(seconds: float | None) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def tensor_what(tensor: dict) -> str:
+    """What a tensor listed at a peak is: its name (``fc1.weight.grad``), else the module that made it."""
+    if tensor.get("name"):
+        return tensor["name"]
+    if tensor.get("module"):
+        return f"made in {tensor['module']}"
+    return "-"
+
+
+def tensor_shape(tensor: dict) -> str:
+    return "×".join(str(n) for n in tensor.get("shape") or []) or "scalar"
+
+
+def peak_when(peak: dict) -> str:
+    """When a report's peak happened, in words: ``step 65, evaluation``."""
+    if peak.get("span") == "tail":
+        where = "after the last step" if peak.get("step") else "before any optimizer step"
+    elif peak.get("step") is not None:
+        where = f"step {peak['step']}"
+    else:
+        where = "during the run"
+    if peak.get("phase"):
+        where += f", {peak['phase']}"
+    return where
