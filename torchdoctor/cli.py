@@ -65,13 +65,18 @@ def cli() -> None:
               help="Exit 1 when the doctor reports findings of this severity or worse (for CI); the script's own "
                    "non-zero exit code still wins.")
 @click.option("--no-doctor", is_flag=True, help="Do not run the training-loop checks (findings).")
+@click.option("--tensorboard", "tensorboard_dir", metavar="DIR", default=None,
+              help="Also write the memory figures (per step, per phase) and OOM events for TensorBoard "
+                   "(needs the tensorboard extra).")
+@click.option("--wandb", "use_wandb", is_flag=True,
+              help="Also log them to Weights & Biases (needs wandb; WANDB_MODE=offline works without a network).")
 @click.argument("script", metavar="SCRIPT|MODULE")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
         log_interval: float, memory_budget: str | None, host_memory_limit: str | None, no_atomic_save: bool,
         checkpoint_every: int, max_retries: int, min_batch_size: int, remedies: str, no_amp: bool,
-        no_keep_effective_batch: bool, batch_arg: str | None, fail_on: str | None, no_doctor: bool, script: str,
-        script_args: tuple[str, ...]) -> int:
+        no_keep_effective_batch: bool, batch_arg: str | None, fail_on: str | None, no_doctor: bool,
+        tensorboard_dir: str | None, use_wandb: bool, script: str, script_args: tuple[str, ...]) -> int:
     """Run a training script, unmodified, under torchdoctor.
 
     \b
@@ -95,7 +100,8 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=quiet,
                        live=live, log_interval=log_interval, accounting=accounting, sample_every=sample_every,
                        memory_budget=budget, host_memory_limit=host_limit, atomic_save=not no_atomic_save,
-                       checkpoint_every=checkpoint_every, recovery=recovery, doctor=not no_doctor, fail_on=fail_on)
+                       checkpoint_every=checkpoint_every, recovery=recovery, doctor=not no_doctor, fail_on=fail_on,
+                       tensorboard_dir=tensorboard_dir, wandb=use_wandb)
     return Supervisor(config).run()
 
 
@@ -112,12 +118,20 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
 @click.option("--markdown", "markdown_path", metavar="FILE", default=None,
               help="Also write the table as Markdown (written to $GITHUB_STEP_SUMMARY anyway when that is set).")
 @click.option("--junit", "junit_path", metavar="FILE", default=None, help="Write a JUnit XML report.")
+@click.option("--html", "html_path", metavar="FILE", default=None,
+              help="Write the run's HTML report (charts with the html extra).")
+@click.option("--tensorboard", "tensorboard_dir", metavar="DIR", default=None,
+              help="Also write the memory figures (per step, per phase) and OOM events for TensorBoard "
+                   "(needs the tensorboard extra).")
+@click.option("--wandb", "use_wandb", is_flag=True,
+              help="Also log them to Weights & Biases (needs wandb; WANDB_MODE=offline works without a network).")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Where to record the run (report.json).")
 @click.argument("script", metavar="SCRIPT|MODULE")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
 def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | None, max_increase: str,
-       update_baseline: bool, markdown_path: str | None, junit_path: str | None, run_dir: str | None, script: str,
+       update_baseline: bool, markdown_path: str | None, junit_path: str | None, html_path: str | None,
+       tensorboard_dir: str | None, use_wandb: bool, run_dir: str | None, script: str,
        script_args: tuple[str, ...]) -> int:
     """Gate peak memory in CI: run the first N steps, compare with a budget and a baseline.
 
@@ -136,6 +150,9 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
 
     limit = parse_size(budget) if budget is not None else None
     allowed = _fraction(max_increase)
+    for option, target in (("--markdown", markdown_path), ("--junit", junit_path), ("--html", html_path)):
+        if target:
+            _check_output(option, target)
     default_baseline = os.path.join(".torchdoctor", "baseline.json")
     path = baseline_path or default_baseline
     baseline = None
@@ -143,7 +160,8 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
         baseline = ci_gate.read_baseline(path)  # bad input fails before the script runs
     began = time.monotonic()
     config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=True,
-                       live=False, accounting="exact", max_steps=steps, recovery=RecoveryOptions(max_retries=0))
+                       live=False, accounting="exact", max_steps=steps, recovery=RecoveryOptions(max_retries=0),
+                       tensorboard_dir=tensorboard_dir, wandb=use_wandb)
     supervisor = Supervisor(config)
     supervisor.run()
     with open(os.path.join(supervisor.run_dir, "report.json"), encoding="utf-8") as handle:
@@ -159,6 +177,8 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
     if junit_path:
         with open(junit_path, "w", encoding="utf-8") as handle:
             handle.write(ci_gate.junit(rows, problems, script, seconds))
+    if html_path:
+        _write_html(html_path, report)
     for problem in problems:
         click.echo(f"torchdoctor ci: FAIL: {problem}", err=True)
     if update_baseline:
@@ -205,15 +225,54 @@ def explain(check_id: str | None) -> int:
 
 @cli.command()
 @click.argument("path", type=click.Path())
-def report(path: str) -> int:
-    """Show a recorded run again (a run directory or its report.json)."""
+@click.option("--html", "html_path", metavar="FILE", default=None,
+              help="Write one self-contained HTML page (its charts need the html extra).")
+def report(path: str, html_path: str | None) -> int:
+    """Show a recorded run again (a run directory or its report.json), or write it as HTML.
+
+    \b
+    torchdoctor report torchdoctor-runs/20261126-150400-train
+    torchdoctor report RUN --html report.html
+    """
+    from torchdoctor.report_model import load_report
+
+    data = load_report(path)
+    if html_path is not None:
+        _write_html(html_path, data)
+        return 0
     from rich.console import Console
 
-    from torchdoctor.report_model import load_report
     from torchdoctor.reporters.console import render_report
 
-    render_report(load_report(path), Console())
+    render_report(data, Console())
     return 0
+
+
+def _check_output(option: str, path: str) -> None:
+    """A file the user asked torchdoctor to write: fail in one line, before any work, when it cannot be."""
+    import os
+
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a directory (give a file name)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{option} {path}: the directory {parent} does not exist")
+
+
+def _write_html(path: str, data: dict) -> None:
+    """The HTML report, written atomically (a page half-written is never left); one line on stderr says where."""
+    from torchdoctor.atomic_files import write_atomic
+    from torchdoctor.reporters import charts
+    from torchdoctor.reporters.html import INSTALL_HINT, render_html
+
+    _check_output("--html", path)
+    page = render_html(data).encode("utf-8")
+    try:
+        write_atomic(path, lambda handle: handle.write(page), mode=0o644)
+    except OSError as exc:
+        raise UsageError(f"cannot write --html {path}: {exc.strerror or exc}") from None
+    hint = "" if charts.available() else f" (tables only: {INSTALL_HINT} adds the charts)"
+    click.echo(f"torchdoctor: HTML report written to {path}{hint}", err=True)
 
 
 @cli.command()

@@ -27,8 +27,9 @@ def peak(report):
 
 def test_within_budget_passes_and_over_budget_fails_with_the_figures(tmp_path):
     result, report = ci(tmp_path, "--steps", "3", "--budget", "64MiB", "--junit", "ci.xml", "--markdown", "ci.md",
-                        env={"GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")})
+                        "--html", "ci.html", env={"GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")})
     assert result.returncode == 0, result.stderr
+    assert 'id="peak-figure">Peak tensor memory: <strong>' in (tmp_path / "ci.html").read_text()
     assert report["steps"] == 3 and "trained" not in result.stdout  # stopped after 3 steps
     assert "peak tensor bytes (cpu)" in result.stdout and "64.0 MiB" in result.stdout and " ok" in result.stdout
     assert "no baseline compared" in result.stdout
