@@ -56,6 +56,8 @@ class RunConfig:
     doctor: bool = True
     fail_on: str | None = None  # "error" | "warning": exit 1 when findings at that level exist
     max_steps: int = 0  # end the script after this many optimizer steps (torchdoctor ci)
+    tensorboard_dir: str | None = None  # also write the memory figures and OOMs there (SummaryWriter)
+    wandb: bool = False  # also log them to Weights & Biases (wandb's own settings: WANDB_MODE, WANDB_PROJECT, ...)
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -126,6 +128,7 @@ class Supervisor:
         self._signalled: int | None = None
         self._resume_blocked: str | None = None  # why a resume was abandoned: later attempts do not try again
         self._child: subprocess.Popen[bytes] | None = None
+        self._monitors: list[Any] = []  # monitoring tools fed every event (TensorBoard, W&B)
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
@@ -138,6 +141,10 @@ class Supervisor:
         events_path = os.path.join(self.run_dir, "events.jsonl")
         open(events_path, "w").close()
         self._events_path = os.path.abspath(events_path)
+        if cfg.tensorboard_dir or cfg.wandb:
+            from torchdoctor.reporters.monitors import open_monitors
+
+            self._monitors = open_monitors(cfg.tensorboard_dir, cfg.wandb, run_dir=self.run_dir, target=cfg.target)
         return self._settings(Plan(batch_arg=cfg.recovery.batch_arg))
 
     def _settings(self, plan: Plan) -> tuple[list[str], dict[str, str]]:
@@ -283,7 +290,7 @@ class Supervisor:
             signal.signal(signal.SIGWINCH, winch)
         returncode = self._child.wait()
         for event in tail.read():
-            self.state.apply(event)
+            self._apply(event)
         return returncode
 
     def _resize(self, master: int) -> None:
@@ -318,16 +325,22 @@ class Supervisor:
         while True:
             done = child.poll() is not None
             for event in tail.read():
-                self.state.apply(event)
+                self._apply(event)
             now = time.monotonic()
             if not done and now - last_probe >= 1.0:
                 last_probe = now
-                self.state.apply(self._probe(proc, nvml))
+                self._apply(self._probe(proc, nvml))
             if view is not None:
                 view.update(self.state)
             if done:
                 return
             time.sleep(0.1)
+
+    def _apply(self, event: Any) -> None:
+        """Every event goes to the run's state, then to the monitoring tools."""
+        self.state.apply(event)
+        for monitor in self._monitors:
+            monitor.event(event)
 
     @staticmethod
     def _probe(proc: Any, nvml: Any) -> ProcessSample:
@@ -346,7 +359,7 @@ class Supervisor:
         finished = self.state.finished
         exit_code, outcome, signame = exit_status(
             returncode, finished.exception if finished else None, self._signalled)
-        self.state.apply(ProcessExited(returncode=returncode, exit_code=exit_code, outcome=outcome, signal=signame))
+        self._apply(ProcessExited(returncode=returncode, exit_code=exit_code, outcome=outcome, signal=signame))
         started = self.state.started
         environment = {
             "host": host,
@@ -359,6 +372,8 @@ class Supervisor:
                               memory_budget=self.config.memory_budget)
         report_path = os.path.join(self.run_dir, "report.json")
         write_json_atomic(report_path, report)
+        for monitor in self._monitors:
+            monitor.close(report)
         self._show_final(report, live)
         if exit_code == 0 and self.config.fail_on:
             failing = [f for f in report["findings"] if at_or_above(f["severity"], self.config.fail_on)]
