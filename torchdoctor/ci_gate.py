@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from torchdoctor.doctor_catalog import at_or_above
 from torchdoctor.errors import UsageError
 from torchdoctor.sizes import format_bytes
 
@@ -81,6 +82,14 @@ def evaluate(report: dict[str, Any], budget: int | None, baseline: dict[str, int
             problems.append(problem)
         rows.append(Row(key, label, value, before, limit, gated, problem))
     return rows, problems
+
+
+def finding_problems(findings: list[dict[str, Any]], fail_on: str | None) -> list[str]:
+    """The doctor's findings that fail the gate under ``--fail-on`` (none without it)."""
+    if fail_on is None:
+        return []
+    return [f"{f['id']} {f['severity']}: {f['title']} at {f.get('location') or '?'} ({f.get('evidence', '')})"
+            for f in findings if at_or_above(f.get("severity", "info"), fail_on)]
 
 
 # -- the baseline file ------------------------------------------------------------------------------------------
@@ -157,24 +166,32 @@ def markdown(rows: list[Row], problems: list[str], script: str, steps: int, find
     return "\n".join(lines) + "\n"
 
 
-def junit(rows: list[Row], problems: list[str], script: str, seconds: float) -> str:
-    """One test suite; a test case per gated figure, and one for the run itself."""
-    cases = []
-    run_problems = [p for p in problems if not any(p == row.problem for row in rows)]
-    cases.append(("run", run_problems))
+def junit(rows: list[Row], problems: list[str], script: str, seconds: float,
+          findings: list[dict[str, Any]] | None = None, failing_findings: list[str] | None = None) -> str:
+    """One test suite: a test case for the run itself, one per gated figure, and one for the training-loop checks
+    (failing on the findings ``--fail-on`` selects; every finding is listed in its output)."""
+    cases: list[tuple[str, list[str], str]] = []
+    run_problems = [p for p in problems if not any(p == row.problem for row in rows) and p not in
+                    (failing_findings or [])]
+    cases.append(("run", run_problems, ""))
     for row in rows:
         if row.gated:
-            cases.append((row.label, [row.problem] if row.problem else []))
-    failures = sum(1 for _, found in cases if found)
+            cases.append((row.label, [row.problem] if row.problem else [], ""))
+    listed = "\n".join(f"{f['id']} {f['severity']}: {f['title']} at {f.get('location') or '?'}: {f['evidence']}"
+                        for f in findings or [])
+    cases.append(("training-loop checks", list(failing_findings or []), listed))
+    failures = sum(1 for _, found, _ in cases if found)
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
            f'<testsuites name="torchdoctor ci" tests="{len(cases)}" failures="{failures}" errors="0" '
            f'time="{seconds:.3f}">',
            f'  <testsuite name={quoteattr("torchdoctor ci " + script)} tests="{len(cases)}" failures="{failures}" '
            f'errors="0" skipped="0" time="{seconds:.3f}">']
-    for name, found in cases:
+    for name, found, output in cases:
         out.append(f'    <testcase classname="torchdoctor.ci" name={quoteattr(name.strip())} time="0">')
         for problem in found:
             out.append(f'      <failure message={quoteattr(problem)} type="MemoryGate">{escape(problem)}</failure>')
+        if output:
+            out.append(f"      <system-out>{escape(output)}</system-out>")
         out.append("    </testcase>")
     out += ["  </testsuite>", "</testsuites>"]
     return "\n".join(out) + "\n"

@@ -125,13 +125,15 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
                    "(needs the tensorboard extra).")
 @click.option("--wandb", "use_wandb", is_flag=True,
               help="Also log them to Weights & Biases (needs wandb; WANDB_MODE=offline works without a network).")
+@click.option("--fail-on", type=click.Choice(("error", "warning")), default=None,
+              help="Also fail when the doctor reports findings of this severity or worse.")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Where to record the run (report.json).")
 @click.argument("script", metavar="SCRIPT|MODULE")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
 def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | None, max_increase: str,
        update_baseline: bool, markdown_path: str | None, junit_path: str | None, html_path: str | None,
-       tensorboard_dir: str | None, use_wandb: bool, run_dir: str | None, script: str,
+       tensorboard_dir: str | None, use_wandb: bool, fail_on: str | None, run_dir: str | None, script: str,
        script_args: tuple[str, ...]) -> int:
     """Gate peak memory in CI: run the first N steps, compare with a budget and a baseline.
 
@@ -167,19 +169,21 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
     with open(os.path.join(supervisor.run_dir, "report.json"), encoding="utf-8") as handle:
         report = json.load(handle)
     rows, problems = ci_gate.evaluate(report, limit, baseline, allowed)
+    findings = report.get("findings") or []
+    failing_findings = ci_gate.finding_problems(findings, fail_on)
     seconds = time.monotonic() - began
     click.echo(ci_gate.text_table(rows))
-    findings = report.get("findings") or []
-    markdown = ci_gate.markdown(rows, problems, script, report.get("steps") or 0, findings)
+    markdown = ci_gate.markdown(rows, problems + failing_findings, script, report.get("steps") or 0, findings)
     for target in filter(None, (markdown_path, os.environ.get("GITHUB_STEP_SUMMARY"))):
         with open(target, "a" if target != markdown_path else "w", encoding="utf-8") as handle:
             handle.write(markdown)
     if junit_path:
         with open(junit_path, "w", encoding="utf-8") as handle:
-            handle.write(ci_gate.junit(rows, problems, script, seconds))
+            handle.write(ci_gate.junit(rows, problems + failing_findings, script, seconds, findings,
+                                       failing_findings))
     if html_path:
         _write_html(html_path, report)
-    for problem in problems:
+    for problem in problems + failing_findings:
         click.echo(f"torchdoctor ci: FAIL: {problem}", err=True)
     if update_baseline:
         if problems and not any(r.problem for r in rows):  # the run itself failed: keep the old baseline
@@ -190,9 +194,10 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
         return 0
     if baseline is None:
         click.echo(f"torchdoctor ci: no baseline compared (record one with --update-baseline: {path})")
-    click.echo(f"torchdoctor ci: {'FAIL' if problems else 'pass'} · report: "
+    failed = bool(problems or failing_findings)
+    click.echo(f"torchdoctor ci: {'FAIL' if failed else 'pass'} · report: "
                f"{os.path.join(supervisor.run_dir, 'report.json')}")
-    return 1 if problems else 0
+    return 1 if failed else 0
 
 
 def _fraction(text: str) -> float:
