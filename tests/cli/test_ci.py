@@ -122,6 +122,7 @@ def test_a_run_that_measured_nothing_fails(tmp_path):
     (["--baseline", "other.json"], '{"schema": "something else"}', "other.json is not a torchdoctor baseline"),
     (["--budget", "lots"], None, "lots"),
     (["--max-increase", "a bit"], None, "--max-increase must be a percentage such as 5%, not 'a bit'"),
+    (["--junit", "missing/ci.xml"], None, "--junit missing/ci.xml: the directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_the_script_runs(tmp_path, args, setup, message):
     if setup is not None:
