@@ -60,20 +60,23 @@ class PhaseTracker:
 
     def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
         self._depth += 1
-        name = self._names.get(module)
         if self._depth == 1:
             self._on_root_module(module)
-            if name is None:
-                self._name_modules(module)
-                name = self._names.get(module)
             if self.phase not in ("backward", "optimizer"):
                 training = module.training and torch.is_grad_enabled()
                 self.set("forward" if training else "evaluation")
-        self.module_stack.append(name or type(module).__name__)
+        # Module names are for eager code: Dynamo must not trace the weak dictionary (an internal assertion in
+        # torch 2.13); a compiled region's storages are labelled with the module that called it.
+        if not torch.compiler.is_compiling():
+            name = self._names.get(module)
+            if name is None and self._depth == 1:
+                self._name_modules(module)
+                name = self._names.get(module)
+            self.module_stack.append(name or type(module).__name__)
 
     def _forward_post(self, *args: Any) -> None:  # (module, args, output); output is None on an exception
         self._depth = max(0, self._depth - 1)
-        if self.module_stack:
+        if not torch.compiler.is_compiling() and self.module_stack:
             self.module_stack.pop()
 
     def _name_modules(self, root: torch.nn.Module) -> None:
