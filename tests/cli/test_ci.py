@@ -102,8 +102,7 @@ def test_a_layer_added_over_the_baseline_fails_until_the_baseline_is_updated(tmp
     grown, report = ci(tmp_path, "--steps", "2", script_args=["--extra-layer"])
     assert grown.returncode == 1
     assert "grew +" in grown.stderr and "over the baseline" in grown.stderr and "allowed +5.0%" in grown.stderr
-    # a larger allowance lets it through; updating the baseline makes it the new normal
-    assert ci(tmp_path, "--steps", "2", "--max-increase", "500%", script_args=["--extra-layer"])[0].returncode == 0
+    # updating the baseline makes it the new normal (a larger --max-increase is tested in tests/unit/test_ci_gate.py)
     assert ci(tmp_path, "--steps", "2", "--update-baseline", script_args=["--extra-layer"])[0].returncode == 0
     assert ci(tmp_path, "--steps", "2", script_args=["--extra-layer"])[0].returncode == 0
     assert json.loads((tmp_path / ".torchdoctor" / "baseline.json").read_text())["figures"]["tensor_bytes:cpu"] == \
