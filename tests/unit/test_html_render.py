@@ -67,3 +67,16 @@ def test_a_run_that_measured_nothing_says_so():
     data["peaks"], data["samples"] = [], []
     page = render_html(data, with_charts=True)
     assert "Peak tensor memory: not measured" in page and "Nothing was measured." in page
+
+
+def test_cuda_allocator_peaks_are_drawn_beside_the_tensor_peaks_when_a_gpu_was_used():
+    pytest.importorskip("matplotlib")
+    data = report()
+    for i, sample in enumerate(s for s in data["samples"] if s["devices"]):
+        sample["devices"]["cuda:0"] = {"tensor_peak": (10 + i) * MiB, "cuda_allocated_peak": (12 + i) * MiB,
+                                       "cuda_reserved_peak": 20 * MiB}
+    page = render_html(data, with_charts=True)
+    chart = page[page.index('id="chart-memory"'):page.index("</figure>", page.index('id="chart-memory"'))]
+    for label in ("tensor peak (cuda:0)", "CUDA allocated peak (cuda:0)", "CUDA reserved peak (cuda:0)",
+                  "tensor peak (cpu)"):
+        assert label in chart  # legend entries (SVG text)
