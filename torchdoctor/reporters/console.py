@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from torchdoctor.reporters.text import (
-    CATEGORY_LABELS, format_duration, peak_when, sparkline, tensor_shape, tensor_what,
+    CATEGORY_LABELS, format_duration, peak_when, recovery_facts, sparkline, tensor_shape, tensor_what,
 )
 from torchdoctor.sizes import format_bytes
 
@@ -167,13 +167,7 @@ def _recovery(report: dict[str, Any]) -> Group | None:
         if attempt.get("next_remedy"):
             rows.append(Text(f"    → {attempt['decision']}", style="cyan"))
     if recovery.get("recovered"):
-        facts = [f"recovered with {', '.join(recovery['remedies'])}",
-                 "effective batch kept" if recovery.get("effective_batch_kept") else "effective batch CHANGED",
-                 "numerics changed (mixed precision)" if recovery.get("numerics_changed") else "numerics unchanged",
-                 f"{'resumed' if recovery['restarted_from'] != 'beginning' else 'restarted'} from the "
-                 f"{recovery['restarted_from']}: {recovery['steps_redone']} steps redone, "
-                 f"{recovery['seconds_lost']:.1f} s lost"]
-        rows.append(Text("  " + " · ".join(facts), style="green"))
+        rows.append(Text("  " + " · ".join(recovery_facts(recovery)), style="green"))
     elif recovery.get("gave_up"):
         rows.append(Text(f"  gave up: {recovery['gave_up']}", style="red"))
         oom = (attempts[-1].get("oom") or {}) if attempts else {}

@@ -11,7 +11,9 @@ from html import escape
 from typing import Any
 
 from torchdoctor.reporters import charts
-from torchdoctor.reporters.text import CATEGORY_LABELS, format_duration, peak_when, tensor_shape, tensor_what
+from torchdoctor.reporters.text import (
+    CATEGORY_LABELS, format_duration, peak_when, recovery_facts, tensor_shape, tensor_what,
+)
 from torchdoctor.sizes import format_bytes
 
 INSTALL_HINT = 'pip install "torchdoctor[html]"'
@@ -196,11 +198,7 @@ def _recovery(report: dict[str, Any]) -> str:
                             numeric={3, 4, 5}))
     recovery = report.get("recovery") or {}
     if recovery.get("recovered"):
-        facts = [f"recovered with {', '.join(recovery.get('remedies') or [])}",
-                 "effective batch kept" if recovery.get("effective_batch_kept") else "effective batch CHANGED",
-                 "numerics changed (mixed precision)" if recovery.get("numerics_changed") else "numerics unchanged",
-                 f"restarted from the {recovery.get('restarted_from')}: {recovery.get('steps_redone')} steps redone, "
-                 f"{recovery.get('seconds_lost', 0):.1f} s lost"]
+        facts = recovery_facts(recovery)
         parts.append(f'<p class="success">{escape(" · ".join(facts))}</p>')
     elif recovery.get("gave_up"):
         parts.append(f'<p class="error">gave up: {escape(recovery["gave_up"])}</p>')

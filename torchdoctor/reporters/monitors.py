@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Protocol
 
 from torchdoctor.errors import UsageError
+from torchdoctor.sizes import format_bytes
 from torchdoctor.events import (Event, Finding, MemorySample, Note, OutOfMemory, ProcessSample, Resume, RunFinished,
                                 RunStarted)
 
@@ -132,15 +133,11 @@ def _oom_entry(oom: OutOfMemory) -> Entry:
     return Entry(step=oom.step, scalars=scalars, texts={"oom": oom_text(oom)}, wall_time=oom.t)
 
 
-def _size(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / MIB:.1f} MiB"
-
-
 def oom_text(oom: OutOfMemory) -> str:
     """The OOM in words (Markdown, as TensorBoard's text tab renders it)."""
     return (f"**out of memory** at step {oom.step}, phase {oom.phase or 'n/a'}, device {oom.device or 'n/a'} "
-            f"({oom.backend}): requested {_size(oom.requested_bytes)}, in use {_size(oom.in_use_bytes)}, "
-            f"capacity {_size(oom.capacity_bytes)}\n\n    {oom.message}")
+            f"({oom.backend}): requested {format_bytes(oom.requested_bytes)}, in use {format_bytes(oom.in_use_bytes)}, "
+            f"capacity {format_bytes(oom.capacity_bytes)}\n\n    {oom.message}")
 
 
 # -- the final report -> summary (pure) ------------------------------------------------------------------
@@ -170,7 +167,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
               "| device | kind | peak | step | phase |", "| --- | --- | --- | --- | --- |"]
     for peak in report.get("peaks") or []:
         step = "" if peak.get("step") is None else f"{peak['step']}{' (tail)' if peak.get('span') == 'tail' else ''}"
-        lines.append(f"| {peak['device']} | {peak['kind']} | {_size(peak.get('bytes'))} | {step} "
+        lines.append(f"| {peak['device']} | {peak['kind']} | {format_bytes(peak.get('bytes'))} | {step} "
                      f"| {peak.get('phase') or ''} |")
     if run.get("run_dir"):
         lines += ["", f"report: `{os.path.join(run['run_dir'], 'report.json')}`"]

@@ -75,3 +75,13 @@ def peak_when(peak: dict) -> str:
     if peak.get("phase"):
         where += f", {peak['phase']}"
     return where
+
+
+def recovery_facts(recovery: dict) -> list[str]:
+    """What a recovered run kept and cost, in words (the terminal and HTML reports say the same)."""
+    return [f"recovered with {', '.join(recovery.get('remedies') or [])}",
+            "effective batch kept" if recovery.get("effective_batch_kept") else "effective batch CHANGED",
+            "numerics changed (mixed precision)" if recovery.get("numerics_changed") else "numerics unchanged",
+            f"{'resumed' if recovery.get('restarted_from') != 'beginning' else 'restarted'} from the "
+            f"{recovery.get('restarted_from')}: {recovery.get('steps_redone')} steps redone, "
+            f"{recovery.get('seconds_lost') or 0:.1f} s lost"]
