@@ -90,6 +90,8 @@ def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failur
         "steps": state.steps,
         "seconds": round(seconds, 3),
         "oom": oom.to_dict() if oom else None,
+        "training": ({k: v for k, v in state.training.to_dict().items() if k not in ("v", "kind", "t")}
+                     if state.training else None),
     }
     if failure.kind == "oom" and oom is not None:
         where = f"at step {oom.step}" + (f" ({oom.phase})" if oom.phase else "")

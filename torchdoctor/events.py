@@ -108,6 +108,7 @@ class OutOfMemory(Event):
     capacity_bytes: int | None
     message: str
     breakdown: dict[str, int] | None = None  # what the device held when it failed
+    loader: int | None = None  # the DataLoader (creation index) that delivered the batch last before it failed
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,27 @@ class Resume(Event):
 
 
 @dataclass(frozen=True)
+class TrainingFigures(Event):
+    """What the training loop did in one attempt, measured as it ran (``agent/training_ledger.py``): the report
+    compares attempts with them to say whether a recovered run trained as asked."""
+
+    kind: ClassVar[str] = "training_figures"
+    # per optimizer (in the order of their first steps), or one record of manual parameter updates: name, steps,
+    # samples and tokens per step (value -> steps), the first steps' figures, the unfinished step ("pending")
+    updates: list[dict[str, Any]]
+    step_calls: int  # optimizer.step calls the script made (micro-batching lets one per batch through)
+    backwards: int
+    iterations: int  # loop iterations: batches drawn from the training DataLoader (micro-batches count), else
+    #                  backward passes
+    reductions: dict[str, int]  # how the losses of the backward passes reduced: mean / token-mean / sum / unknown
+    passes: list[dict[str, Any]]  # passes over training DataLoaders: loader, number, batches, exhausted, length
+    batchnorm: dict[str, Any] | None  # BatchNorm layers in training: layers, forwards, smallest_batch
+    closure: bool  # an optimizer step took a closure (LBFGS)
+    settings: dict[str, Any]  # the script's own settings torchdoctor can change (batch size, accumulation)
+    remedies: dict[str, int] = field(default_factory=dict)  # what the plan's remedies did (autocast forwards, ...)
+
+
+@dataclass(frozen=True)
 class RunFinished(Event):
     """The script ended, as seen from inside the child."""
 
@@ -174,7 +196,7 @@ class ProcessExited(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (RunStarted, MemorySample, Note, Finding, OutOfMemory, BatchSource, ProcessSample, Resume,
-                RunFinished, ProcessExited)
+                TrainingFigures, RunFinished, ProcessExited)
 }
 
 

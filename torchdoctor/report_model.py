@@ -15,6 +15,7 @@ from torchdoctor import __version__
 from torchdoctor.attempts import suggestions
 from torchdoctor.errors import UsageError
 from torchdoctor.events import MemorySample
+from torchdoctor.invariants import changes, training_invariants
 from torchdoctor.state import RunState
 
 REPORT_SCHEMA = "torchdoctor.report"
@@ -37,6 +38,14 @@ def _sample_dict(sample: MemorySample) -> dict[str, Any]:
     return data
 
 
+def _status(invariants: list[dict[str, Any]] | None, key: str) -> bool | None:
+    """True when the invariant was measured kept, False when changed, None when unknown or not measured."""
+    for item in invariants or []:
+        if item["key"] == key:
+            return {"kept": True, "changed": False}.get(item["status"])
+    return None
+
+
 def recovery_summary(attempts: list[dict[str, Any]], outcome: str) -> dict[str, Any] | None:
     """What recovering cost: None when the first attempt was the last and did not run out of memory."""
     if not attempts or (len(attempts) == 1 and not attempts[0].get("oom")):
@@ -53,6 +62,7 @@ def recovery_summary(attempts: list[dict[str, Any]], outcome: str) -> dict[str, 
         # the share of the attempt's time spent on steps that were trained again (all of it without a resume)
         lost += attempt.get("seconds", 0.0) * ((steps - kept) / steps if steps and kept else 1.0)
     last_resume = attempts[-1].get("resume") or {}
+    invariants = training_invariants(attempts) if outcome == "success" else None
     restarted_from = None
     if earlier:
         restarted_from = (f"checkpoint of step {last_resume.get('step')}" if last_resume.get("status") == "resumed"
@@ -64,8 +74,11 @@ def recovery_summary(attempts: list[dict[str, Any]], outcome: str) -> dict[str, 
         "restarted_from": restarted_from,
         "steps_redone": redone,
         "seconds_lost": round(lost, 3),
-        "effective_batch_kept": bool(last_plan.get("keep_effective_batch", True)),
-        "numerics_changed": bool(last_plan.get("amp")),
+        "effective_batch_kept": _status(invariants, "samples_per_step"),
+        "numerics_changed": None if _status(invariants, "numerics") is None
+        else not _status(invariants, "numerics"),
+        "invariants": invariants,
+        "training_changed": changes(invariants),
         "gave_up": attempts[-1].get("decision") if outcome != "success" else None,
         "suggestions": (suggestions((attempts[-1].get("oom") or {}).get("breakdown"))
                         if outcome != "success" and attempts[-1].get("oom") else []),

@@ -9,7 +9,7 @@ from typing import Any
 from torchdoctor.sizes import format_bytes
 from torchdoctor.events import (
     BatchSource, Event, Finding, MemorySample, Note, OutOfMemory, ProcessExited, ProcessSample, Resume,
-    RunFinished, RunStarted,
+    RunFinished, RunStarted, TrainingFigures,
 )
 
 # Per-device figures that are peaks, with the kind of number each one is (the report labels them so).
@@ -45,6 +45,7 @@ class RunState:
     finished: RunFinished | None = None
     resume: Resume | None = None  # a relaunch's resume from a checkpoint: done, or abandoned and why
     exited: ProcessExited | None = None
+    training: TrainingFigures | None = None  # what the training loop did (sent when the attempt ends)
     samples: list[MemorySample] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
@@ -89,6 +90,8 @@ class RunState:
         elif isinstance(event, Resume):
             self.resume = event
             self.last_notable = event.message
+        elif isinstance(event, TrainingFigures):
+            self.training = event
         elif isinstance(event, RunFinished):
             self.finished = event
         elif isinstance(event, ProcessExited):

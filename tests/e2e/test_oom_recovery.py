@@ -1,8 +1,10 @@
 """Scripts that really run out of memory under --memory-budget on the CPU, and really recover.
 
 Each scenario runs the unmodified script twice: bare (the reference, with all the memory it wants) and under
-`torchdoctor run --memory-budget`, where it OOMs; the recovered run must end with the same weights (fp32,
-relative 1e-5) and the same number of optimizer steps.
+`torchdoctor run --memory-budget`, where it OOMs; the recovered run must end with the same weights and the same
+number of optimizer steps. "The same weights" is up to the float rounding of accumulating micro-batch gradients:
+up to 3.7e-5 relative after 8 momentum-SGD steps on one CPU seen here (bit-identical to the same accumulation
+written by hand in the script), hence WEIGHTS.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tests.conftest import SCRIPTS, read_report, run_python, run_torchdoctor
 
 pytestmark = pytest.mark.e2e
 OOM = SCRIPTS / "oom"
+WEIGHTS = 1e-4  # relative: the rounding of summing two half-batch gradients instead of one whole-batch gradient
 
 
 def max_relative_difference(a_path, b_path) -> float:
@@ -55,7 +58,7 @@ def test_a_dataloader_script_that_ooms_in_backward_finishes_with_the_same_weight
     assert report["steps"] == 8  # optimizer steps, as in the reference run
     # the script's own loop saw each micro-batch: its iteration count doubles (documented behaviour)
     assert bare.stdout == "loop iterations 8\n" and result.stdout == "loop iterations 16\n"
-    assert difference < 1e-5  # no gradient counted twice, none lost
+    assert difference < WEIGHTS  # no gradient counted twice, none lost
     assert report["findings"] == []  # torchdoctor's own accumulation is no training-loop bug
     peak = next(p for p in report["peaks"] if p["kind"] == "tensor_bytes")
     assert peak["bytes"] <= 16 * 2**20
@@ -82,7 +85,7 @@ def test_gradscaler_unscale_and_clipping_survive_the_retry(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "unscale_() has already been called" not in result.stderr
     assert report["recovery"]["recovered"] and report["steps"] == 8
-    assert difference < 1e-5  # clipping, unscaling and the cosine schedule acted once per whole batch
+    assert difference < WEIGHTS  # clipping, unscaling and the cosine schedule acted once per whole batch
     assert report["findings"] == []  # gated clipping and scheduler steps are not the script's bugs
 
 
@@ -92,7 +95,7 @@ def test_an_argparse_batch_size_is_divided_and_accumulated(tmp_path):
     plan = report["attempts"][-1]["plan"]
     assert plan["batch_arg"] == "--batch_size" and plan["batch_arg_size"] == 1024 and plan["micro_batches"] == 2
     assert "batch_size=512" in result.stdout
-    assert report["steps"] == 8 and difference < 1e-5
+    assert report["steps"] == 8 and difference < WEIGHTS
 
 
 def test_a_key_value_config_override_is_divided_and_accumulated(tmp_path):
@@ -101,7 +104,7 @@ def test_a_key_value_config_override_is_divided_and_accumulated(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "batch_size=512" in result.stdout
     assert report["attempts"][-1]["plan"]["batch_arg"] == "--batch_size"
-    assert report["steps"] == 8 and difference < 1e-5
+    assert report["steps"] == 8 and difference < WEIGHTS
 
 
 def test_without_effective_batch_kept_the_batch_really_shrinks(tmp_path):

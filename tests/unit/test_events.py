@@ -4,7 +4,7 @@ import pytest
 
 from torchdoctor.events import (
     BatchSource, EVENT_TYPES, SCHEMA_VERSION, EventError, Finding, OutOfMemory, MemorySample, Note, ProcessExited, ProcessSample, Resume,
-    RunFinished, RunStarted, event_from_dict, event_from_json,
+    RunFinished, RunStarted, TrainingFigures, event_from_dict, event_from_json,
 )
 
 EXAMPLES = [
@@ -23,6 +23,11 @@ EXAMPLES = [
     ProcessSample(rss_bytes=5, children_rss_bytes=None, device_used={"gpu0": 7}),
     Resume(status="resumed", message="resumed from the checkpoint of step 15", step=15, checkpoint="c/ckpt.pt",
            seconds=1.5),
+    TrainingFigures(updates=[{"name": "SGD #0", "steps": 2, "samples": {"64": 2}, "tokens": {}, "pending": None,
+                              "first": [{"samples": 64, "backwards": 1, "iterations": 1, "loss": 2.3}]}],
+                    step_calls=2, backwards=2, iterations=2, reductions={"mean": 2},
+                    passes=[{"loader": 0, "number": 0, "batches": 2, "steps": 2, "exhausted": True, "length": 2}],
+                    batchnorm=None, closure=False, settings={}, remedies={"deferred_steps": 2}),
     RunFinished(exit_code=0, exception=None, message=None, steps=3, dropped_events=0),
     ProcessExited(returncode=-9, exit_code=137, outcome="killed", signal="SIGKILL"),
 ]

@@ -36,6 +36,17 @@ def split_sizes(n: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+def whole_batches(loader: DataLoader) -> int | None:
+    """Batches in one pass over ``loader`` as the script asked for them (before any split); None if unknown."""
+    sampler = loader.batch_sampler
+    if isinstance(sampler, MicroBatchSampler):
+        sampler = sampler.inner
+    try:
+        return len(sampler) if sampler is not None else len(loader)
+    except TypeError:  # an iterable dataset without a length
+        return None
+
+
 class MicroBatchSampler:
     """Yields each batch of ``inner`` as consecutive micro-batches; records their order for the Accumulator."""
 
@@ -92,6 +103,8 @@ class LoaderWatch:
         self.open_pass: Callable[[DataLoader, Iteration, Callable[[], Any]], Any] | None = None
         # Called as listener(record, training) when a pass over a DataLoader starts (the doctor).
         self.pass_listeners: list[Callable[[Iteration, bool], None]] = []
+        # Called as on_batch(loader index, batch) for each batch the script gets (the training ledger).
+        self.on_batch: Callable[[int | None, Any], None] | None = None
         self.batches_delivered = 0  # every batch of every DataLoader
         self._fetch: Callable[[Any], Any] = _BaseDataLoaderIter.__next__
         self._patches = ClassPatches()
@@ -125,6 +138,7 @@ class LoaderWatch:
                 if index is None:
                     return original(loader)
                 record = watch.position.started(index, loader)
+                record.length = whole_batches(loader)
                 for listener in watch.pass_listeners:
                     listener(record, index in watch._training)
                 if watch.open_pass is not None:
@@ -143,8 +157,16 @@ class LoaderWatch:
             def __next__(it: Any) -> Any:
                 if watch.before_next is not None:
                     watch.before_next(it)
-                data = original(it)
+                try:
+                    data = original(it)
+                except StopIteration:
+                    record = getattr(it, "_torchdoctor_pass", None)
+                    if record is not None:
+                        record.exhausted = True
+                    raise
                 watch._delivered(it)
+                if watch.on_batch is not None:
+                    watch.on_batch(watch.last_loader, data)
                 return data
             return __next__
 
@@ -199,6 +221,15 @@ class LoaderWatch:
     @property
     def training_loaders(self) -> set[int]:
         return set(self._training)
+
+    def training_passes(self) -> list[dict[str, Any]]:
+        """The passes over DataLoaders that fed backward passes, and how each ended."""
+        out = []
+        for record in self.position.passes:
+            if record.loader in self._training and (record.batches or record.steps):
+                out.append({"loader": record.loader, "number": record.number, "batches": record.batches,
+                            "steps": record.steps, "exhausted": record.exhausted, "length": record.length})
+        return out
 
     def note_backward(self) -> None:
         index = self.last_loader

@@ -106,6 +106,89 @@ def loss_shape(tensor: torch.Tensor, exact_tokens: bool) -> LossShape:
     return LossShape(name, True, scaled, tokens, bool(padded))
 
 
+SUM_NODES = {"SumBackward0", "SumBackward1"}
+ADD_NODES = {"AddBackward0", "SubBackward0"}
+PASS_NODES = {"ToCopyBackward0", "CloneBackward0", "AliasBackward0", "SqueezeBackward0", "SqueezeBackward1",
+              "ViewBackward0", "ReshapeAliasBackward0"}
+SUM_REDUCTION = 2
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """How a loss reduces over its batch, read from its autograd graph: ``mean`` (over samples or elements),
+    ``token-mean`` (a mean NLL / cross-entropy over the targets that counted, some targets ignored), ``sum`` or
+    ``unknown``; ``tokens``: the targets an NLL / cross-entropy counted."""
+
+    kind: str
+    tokens: int | None = None
+
+
+UNKNOWN = Reduction("unknown")
+
+
+def loss_reduction(tensor: torch.Tensor, samples: int | None = None) -> Reduction:
+    """How the loss ``tensor`` reduces: additions of like terms and scaling by constants are seen through, and a
+    sum divided by ``samples`` (the batch's size) is a mean."""
+    return _reduction(tensor.grad_fn, samples, 0)
+
+
+def _constant(node: Any, attr: str) -> float | None:
+    try:
+        value = getattr(node, attr)
+    except (AttributeError, RuntimeError):
+        return None
+    if isinstance(value, torch.Tensor):
+        return float(value) if value.numel() == 1 and value.device.type == "cpu" else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _reduction(node: Any, samples: int | None, depth: int) -> Reduction:
+    if node is None or depth > 12:
+        return UNKNOWN
+    if node.metadata.get(SCALED_BY_SCALER):
+        return _reduction(node.next_functions[0][0], samples, depth + 1)
+    name = node.name()
+    if name in MEAN_NODES:
+        return Reduction("mean")
+    if name in SUM_NODES:
+        return Reduction("sum")
+    if name.startswith("NllLoss"):
+        reduction = getattr(node, "_saved_reduction", None)
+        if reduction not in (MEAN_REDUCTION, SUM_REDUCTION):
+            return UNKNOWN
+        weight = _constant(node, "_saved_total_weight")
+        tokens = int(weight) if weight is not None and getattr(node, "_saved_weight", None) is None else None
+        if reduction == SUM_REDUCTION:
+            return Reduction("sum", tokens)
+        if tokens is None:
+            return UNKNOWN
+        target = getattr(node, "_saved_target", None)
+        every = isinstance(target, torch.Tensor) and tokens == target.numel()
+        # every target counted: a plain mean over them; else the mean's divisor depends on the data (padding)
+        return Reduction("mean" if every else "token-mean", tokens)
+    if name in LOSS_NODES:
+        reduction = getattr(node, "_saved_reduction", None)
+        return {MEAN_REDUCTION: Reduction("mean"), SUM_REDUCTION: Reduction("sum")}.get(reduction, UNKNOWN)
+    children = [child for child, _ in node.next_functions if child is not None]
+    if name in PASS_NODES and len(children) == 1:
+        return _reduction(children[0], samples, depth + 1)
+    if name in ADD_NODES and children:
+        parts = [_reduction(child, samples, depth + 1) for child in children]
+        kinds = {part.kind for part in parts}
+        if len(kinds) != 1 or "unknown" in kinds or ("token-mean" in kinds and len(parts) > 1):
+            return UNKNOWN
+        return parts[0]
+    if name in SCALE_NODES and len(children) == 1:
+        inner = _reduction(children[0], samples, depth + 1)
+        scaled_by_other = node.next_functions[0][0] is children[0]
+        if name.startswith("Div") and scaled_by_other and inner.kind == "sum" and samples:
+            divisor = _constant(node, "_saved_other")
+            if divisor is not None and divisor == samples:
+                return Reduction("mean")  # a sum over the batch divided by its size
+        return inner
+    return UNKNOWN
+
+
 def holder_of(obj: Any) -> str | None:
     """A name the script holds ``obj`` by: a global or a local variable of a function on the stack, or the name of
     a list/dict it sits in."""

@@ -49,6 +49,8 @@ class Iteration:
     batches: int = 0  # whole batches delivered (the micro-batches of one batch count once)
     steps: int = 0  # optimizer steps taken while this was the pass the script drew from last
     persistent: bool = False  # the loader keeps its workers (and their RNG) from pass to pass
+    exhausted: bool = False  # the pass ran to the end of its data (the loader raised StopIteration)
+    length: int | None = None  # whole batches in the pass, as the script asked for them (None: unknown)
 
 
 class LoopPosition:

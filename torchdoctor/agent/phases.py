@@ -35,6 +35,11 @@ class PhaseTracker:
         # Set by the session while micro-batching: change backward's arguments, and hear that it ran.
         self.transform_backward: Callable[[tuple, dict], tuple[tuple, dict]] | None = None
         self.after_backward: Callable[[], None] | None = None
+        # Told each outermost module call with its arguments (the training ledger reads the batch from it).
+        self.root_forward: Callable[[torch.nn.Module, Any], None] | None = None
+        # Inside optimizer.step (set by the session): an optimizer's closure (LBFGS) runs forward and backward
+        # passes there, which are forward and backward, not the optimizer's own work.
+        self.in_step = False
 
     def set(self, phase: str) -> None:
         if phase != self.phase:
@@ -62,7 +67,9 @@ class PhaseTracker:
         self._depth += 1
         if self._depth == 1:
             self._on_root_module(module)
-            if self.phase not in ("backward", "optimizer"):
+            if self.root_forward is not None:
+                self.root_forward(module, args)
+            if self.phase != "backward":
                 training = module.training and torch.is_grad_enabled()
                 self.set("forward" if training else "evaluation")
         # Module names are for eager code: Dynamo must not trace the weak dictionary (an internal assertion in
@@ -102,7 +109,6 @@ class PhaseTracker:
     def _wrap_backward(self, original: Callable[..., Any], is_backward: bool) -> Callable[..., Any]:
         @functools.wraps(original)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            before = self.phase
             self.set("backward")
             if is_backward and self.transform_backward is not None:
                 args, kwargs = self.transform_backward(args, kwargs)
@@ -116,7 +122,7 @@ class PhaseTracker:
                 raise
             finally:
                 # Inside an optimizer closure (LBFGS) the step goes on; elsewhere backward ends the pass.
-                self.set("optimizer" if before == "optimizer" else "other")
+                self.set("optimizer" if self.in_step else "other")
 
         wrapper.__torchdoctor_wrapped__ = True  # type: ignore[attr-defined]
         return wrapper

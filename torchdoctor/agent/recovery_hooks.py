@@ -14,6 +14,7 @@ import torch
 from torchdoctor.agent.accumulation import AccumulationGates, MicroInfo, scale_backward_args
 from torchdoctor.agent.batch_args import BatchArgumentWatch
 from torchdoctor.agent.batching import LoaderWatch
+from torchdoctor.agent.doctor_evidence import first_tensor
 from torchdoctor.agent.remedies import ForwardRemedies
 from torchdoctor.events import Note, OutOfMemory
 from torchdoctor.oom import classify_oom
@@ -41,6 +42,7 @@ class RecoveryHooks:
         phases = self.session.phases
         phases.transform_backward = self._before_backward
         phases.after_backward = self.loaders.accumulator.after_backward if self.gates else None
+        self.loaders.on_batch = self.session.ledger.delivered
         self.loaders.install()
         self.batch_args.install()
         if self.gates is not None:
@@ -76,7 +78,8 @@ class RecoveryHooks:
         self._budget_oom = figures["message"]
         if figures["phase"] != "evaluation":
             self.loaders.note_backward()  # an OOM before the first backward still names the training loader
-        self.session.emit(OutOfMemory(step=self.session.step + 1, backend="torchdoctor-budget", **figures))
+        self.session.emit(OutOfMemory(step=self.session.step + 1, backend="torchdoctor-budget",
+                                      loader=self.loaders.last_loader, **figures))
 
     def _announce_plan(self) -> None:
         plan = self.plan
@@ -104,10 +107,28 @@ class RecoveryHooks:
         self.loaders.note_backward()
         retain = args[2] if len(args) > 2 else kwargs.get("retain_graph")
         create = args[3] if len(args) > 3 else kwargs.get("create_graph", False)
-        self.session.backward_seen(args[0] if args else kwargs.get("tensors"), bool(retain or create))
-        if self.gates is not None and acc.loss_scale != 1.0:
-            args, kwargs = scale_backward_args(args, kwargs, acc.loss_scale)
+        tensors = args[0] if args else kwargs.get("tensors")
+        self.session.backward_seen(tensors, bool(retain or create))
+        scale = acc.loss_scale if self.gates is not None else 1.0
+        self.session.ledger.backward(first_tensor(tensors), scale)
+        if scale != 1.0:
+            args, kwargs = scale_backward_args(args, kwargs, scale)
         return args, kwargs
+
+    def step_calls(self) -> int:
+        """optimizer.step calls the script made: the steps taken and those micro-batching deferred."""
+        return self.session.step + self.loaders.accumulator.skipped_steps
+
+    def remedy_counts(self) -> dict[str, int]:
+        """What the plan's remedies did in this attempt."""
+        counts = {"autocast_forwards": self.remedies.autocast_forwards,
+                  "no_grad_forwards": self.remedies.no_grad_forwards,
+                  "deferred_steps": self.loaders.accumulator.skipped_steps}
+        return {k: v for k, v in counts.items() if v}
+
+    def settings(self) -> dict[str, Any]:
+        """The script's own settings that a relaunch can change (batch size, gradient accumulation)."""
+        return self.batch_args.settings()
 
     def _report_remedies(self) -> None:
         if self.gates is not None:
@@ -155,5 +176,5 @@ class RecoveryHooks:
         self.session.emit(OutOfMemory(
             step=self.session.step + 1, phase=phase, device=device, backend=info.backend,
             requested_bytes=info.requested_bytes, in_use_bytes=in_use, capacity_bytes=capacity,
-            message=info.message[:1000]))
+            message=info.message[:1000], loader=self.loaders.last_loader))
         return True

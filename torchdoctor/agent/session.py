@@ -28,6 +28,7 @@ from torchdoctor.agent.run_checkpoints import RunCheckpoints
 from torchdoctor.agent.run_resume import RunResume
 from torchdoctor.agent.recovery_hooks import RecoveryHooks
 from torchdoctor.agent.schedule import SamplingSchedule
+from torchdoctor.agent.training_ledger import TrainingLedger
 from torchdoctor.config import AgentSettings
 from torchdoctor.errors import StepsDone
 from torchdoctor.events import Event, MemorySample, Note
@@ -116,6 +117,8 @@ class AgentSession:
         self.clip_hooks = ClipHooks()
         self.backwards_since_step = 0
         self.backwards_total = 0
+        self.ledger = TrainingLedger()
+        self.phases.root_forward = self.ledger.root_forward
         self.recovery = RecoveryHooks(plan, settings.memory_budget, self)
         self.atomic_save = AtomicTorchSave() if settings.atomic_save else None
         self.checkpoints = (RunCheckpoints(settings.checkpoint_dir, settings.checkpoint_every, self)
@@ -162,6 +165,8 @@ class AgentSession:
 
     def finish(self) -> None:
         """Emit what is left (the span after the last step) and remove every hook."""
+        self.emit(self.ledger.finish(self.recovery.loaders.training_passes(), self.recovery.step_calls(),
+                                     self.recovery.settings(), self.recovery.remedy_counts()))
         if self.resume is not None:
             self.resume.finish()
         if self.doctor is not None:
@@ -227,6 +232,9 @@ class AgentSession:
             self.checkpoints.before_step()
         if self.doctor is not None:
             self.doctor.before_step(optimizer)
+        if (args and callable(args[0])) or callable(kwargs.get("closure")):
+            self.ledger.closure = True
+        self.phases.in_step = True
         self.phases.set("optimizer")
         if optimizer not in self._optimizers:
             self._optimizers.add(optimizer)
@@ -243,6 +251,8 @@ class AgentSession:
         if self._measuring:
             self.accountant.classify(_state_tensors(optimizer), OPTIMIZER_STATE)
         self.step += 1
+        self.ledger.stepped(optimizer)
+        self.phases.in_step = False
         self.backwards_since_step = 0
         self.recovery.loaders.position.stepped()
         seconds = time.perf_counter() - self._span_start

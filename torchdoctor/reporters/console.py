@@ -10,7 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from torchdoctor.reporters.text import (
-    CATEGORY_LABELS, format_duration, peak_when, recovery_facts, sparkline, tensor_shape, tensor_what,
+    CATEGORY_LABELS, INVARIANT_LABELS, format_duration, peak_when, recovery_facts, sparkline, tensor_shape,
+    tensor_what,
 )
 from torchdoctor.sizes import format_bytes
 
@@ -156,6 +157,27 @@ def _findings(report: dict[str, Any]) -> Group:
     return Group(*rows)
 
 
+STATUS_STYLE = {"kept": ("✓", "green"), "changed": ("✗", "bold red"), "unknown": ("?", "bold yellow")}
+
+
+def _invariants(recovery: dict[str, Any]) -> list[Text]:
+    """The training as asked against as done, one line per invariant, what was not kept loud."""
+    invariants = recovery.get("invariants")
+    if not invariants:
+        return []
+    rows = []
+    if any(i["status"] == "changed" for i in invariants):
+        rows.append(Text("  TRAINING CHANGED: the recovered run did not train as the script asked", style="bold red"))
+    elif any(i["status"] == "unknown" for i in invariants):
+        rows.append(Text("  training may have changed: not everything could be measured", style="bold yellow"))
+    for item in invariants:
+        mark, style = STATUS_STYLE.get(item["status"], ("?", ""))
+        label = INVARIANT_LABELS.get(item["key"], item["key"])
+        rows.append(Text(f"    {mark} {label} {item['status']}: {item['evidence']}",
+                         style=style if item["status"] != "kept" else ""))
+    return rows
+
+
 def _recovery(report: dict[str, Any]) -> Group | None:
     attempts = report.get("attempts") or []
     recovery = report.get("recovery")
@@ -168,6 +190,7 @@ def _recovery(report: dict[str, Any]) -> Group | None:
             rows.append(Text(f"    → {attempt['decision']}", style="cyan"))
     if recovery.get("recovered"):
         rows.append(Text("  " + " · ".join(recovery_facts(recovery)), style="green"))
+        rows += _invariants(recovery)
     elif recovery.get("gave_up"):
         rows.append(Text(f"  gave up: {recovery['gave_up']}", style="red"))
         oom = (attempts[-1].get("oom") or {}) if attempts else {}

@@ -12,7 +12,8 @@ from typing import Any
 
 from torchdoctor.reporters import charts
 from torchdoctor.reporters.text import (
-    CATEGORY_LABELS, format_duration, peak_when, recovery_facts, tensor_shape, tensor_what,
+    CATEGORY_LABELS, INVARIANT_LABELS, format_duration, peak_when, recovery_facts, tensor_shape, tensor_what,
+    training_changes,
 )
 from torchdoctor.sizes import format_bytes
 
@@ -200,6 +201,13 @@ def _recovery(report: dict[str, Any]) -> str:
     if recovery.get("recovered"):
         facts = recovery_facts(recovery)
         parts.append(f'<p class="success">{escape(" · ".join(facts))}</p>')
+        invariants = recovery.get("invariants") or []
+        if invariants:
+            parts.append(_table(("training as asked", "", "measured"),
+                                [(INVARIANT_LABELS.get(i["key"], i["key"]), i["status"], i["evidence"])
+                                 for i in invariants]))
+        for change in training_changes(recovery):
+            parts.append(f'<p class="error">training {escape(change)}</p>')
     elif recovery.get("gave_up"):
         parts.append(f'<p class="error">gave up: {escape(recovery["gave_up"])}</p>')
         for idea in recovery.get("suggestions") or []:

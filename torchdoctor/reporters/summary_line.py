@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from torchdoctor.reporters.text import training_changes_short
 from torchdoctor.sizes import format_bytes
 
 
@@ -20,6 +21,13 @@ def summary_line(report: dict[str, Any]) -> str:
             phase = f" ({peak['phase']})" if peak.get("phase") else ""
             parts.append(f"peak {peak['device']} {peak['kind'].replace('_', ' ')} {format_bytes(peak['bytes'])}"
                          f"{when}{phase}")
+    recovery = report.get("recovery") or {}
+    if recovery.get("recovered"):
+        changed = training_changes_short(recovery)
+        if changed:
+            parts.append(changed.replace("training changed:", "TRAINING CHANGED:", 1))
+        elif recovery.get("invariants"):
+            parts.append(f"recovered ({', '.join(recovery.get('remedies') or [])}); training kept, as measured")
     findings = report.get("findings") or []
     if findings:
         ids = ", ".join(sorted({f["id"] for f in findings}))

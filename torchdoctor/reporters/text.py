@@ -77,11 +77,47 @@ def peak_when(peak: dict) -> str:
     return where
 
 
+INVARIANT_LABELS = {"optimizer_steps": "optimizer steps", "samples_per_step": "samples per step",
+                    "data_order": "data order", "numerics": "numerics", "batchnorm": "BatchNorm statistics"}
+
+
 def recovery_facts(recovery: dict) -> list[str]:
-    """What a recovered run kept and cost, in words (the terminal and HTML reports say the same)."""
-    return [f"recovered with {', '.join(recovery.get('remedies') or [])}",
-            "effective batch kept" if recovery.get("effective_batch_kept") else "effective batch CHANGED",
-            "numerics changed (mixed precision)" if recovery.get("numerics_changed") else "numerics unchanged",
-            f"{'resumed' if recovery.get('restarted_from') != 'beginning' else 'restarted'} from the "
-            f"{recovery.get('restarted_from')}: {recovery.get('steps_redone')} steps redone, "
-            f"{recovery.get('seconds_lost') or 0:.1f} s lost"]
+    """What a recovered run kept and cost, in words (the terminal and HTML reports say the same). Only what the
+    attempts measured is called kept; what was not kept is in ``training_changes``."""
+    facts = [f"recovered with {', '.join(recovery.get('remedies') or [])}"]
+    invariants = recovery.get("invariants")
+    if invariants is None:
+        facts.append("whether the training was kept was not measured")
+    else:
+        kept = [INVARIANT_LABELS.get(i["key"], i["key"]) for i in invariants if i["status"] == "kept"]
+        if kept:
+            facts.append("kept, measured: " + ", ".join(kept))
+    facts.append(f"{'resumed' if recovery.get('restarted_from') != 'beginning' else 'restarted'} from the "
+                 f"{recovery.get('restarted_from')}: {recovery.get('steps_redone')} "
+                 f"step{'' if recovery.get('steps_redone') == 1 else 's'} redone, "
+                 f"{recovery.get('seconds_lost') or 0:.1f} s lost")
+    return facts
+
+
+def training_changes(recovery: dict) -> list[str]:
+    """Each invariant of the training that is not measured kept: ``optimizer steps changed: ...``."""
+    return [f"{INVARIANT_LABELS.get(i['key'], i['key'])} {i['status']}: {i['evidence']}"
+            for i in recovery.get("invariants") or [] if i["status"] != "kept"]
+
+
+def training_changes_short(recovery: dict) -> str | None:
+    """One short phrase for a summary line: ``training changed: optimizer steps 4 (asked 9), BatchNorm
+    statistics``; None when every measured invariant was kept."""
+    items = [i for i in recovery.get("invariants") or [] if i["status"] != "kept"]
+    if not items:
+        return None
+    words = []
+    for item in items:
+        label = INVARIANT_LABELS.get(item["key"], item["key"])
+        if item["status"] == "changed" and item.get("as_done") is not None and item.get("as_asked") is not None:
+            label += f" {item['as_done']} (asked {item['as_asked']})"
+        elif item["status"] == "unknown":
+            label += " unknown"
+        words.append(label)
+    changed = any(i["status"] == "changed" for i in items)
+    return ("training changed: " if changed else "training may have changed: ") + ", ".join(words)

@@ -1,0 +1,281 @@
+"""What the training loop did, measured while it ran: the figures that say whether a recovered run trained as asked.
+
+Per optimizer (creation order), or per manual parameter update for a script without a ``torch.optim`` optimizer:
+the steps taken, and for each step the samples and (where the loss shows them) the tokens that fed it, its
+backward passes and loop iterations; for the first steps also the loss as the gradient saw it (each backward's
+loss times the scale torchdoctor gave it) and a fingerprint of the data (a float64 sum of the inputs). Besides:
+the loss reductions read from each backward's graph, the passes over the training DataLoaders and how each ended
+(its data ran out, or the script left it), whether an optimizer step took a closure (LBFGS), and the smallest batch
+a BatchNorm layer normalised over in training. The session emits them once, when the attempt ends (an OOM's attempt
+too: its unfinished step is ``pending``).
+
+Samples come from the batches the training DataLoader delivered since the previous backward pass, else from the
+first training forward of a root module since then (seen on measured steps, where the module hooks are on).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from torchdoctor.agent.doctor_evidence import Reduction, first_tensor, graph_nodes, loss_reduction
+from torchdoctor.events import TrainingFigures
+
+FIRST_STEPS = 8  # steps whose loss and data fingerprint are read (each a device sync on a GPU)
+MANUAL = "manual updates"
+
+
+def batch_samples(data: Any) -> tuple[int | None, Any]:
+    """The leading dimension of a batch's first tensor (its samples), and that tensor."""
+    tensor = first_tensor(data)
+    if tensor is None or tensor.dim() == 0:
+        return None, None
+    return int(tensor.shape[0]), tensor
+
+
+def fingerprint(tensor: Any) -> float | None:
+    try:
+        return float(tensor.detach().to(torch.float64).sum())
+    except (RuntimeError, TypeError):
+        return None
+
+
+@dataclass
+class Counts:
+    """Running totals; a step's figures are the difference between two of these."""
+
+    samples: int = 0
+    tokens: int = 0
+    token_backwards: int = 0  # backward passes whose loss showed its tokens
+    backwards: int = 0
+    iterations: int = 0
+    loss: float = 0.0
+    loss_read: int = 0  # backward passes whose loss value was read
+    drew: int = 0  # backward passes that consumed a batch (delivered, or seen in a forward)
+    print_sum: float = 0.0
+    print_read: int = 0  # ... whose data's fingerprint was read
+
+    def copy(self) -> Counts:
+        return Counts(**self.__dict__)
+
+
+@dataclass
+class Updater:
+    """One optimizer's steps (or the script's manual updates)."""
+
+    name: str
+    steps: int = 0
+    since: Counts = field(default_factory=Counts)
+    samples: Counter = field(default_factory=Counter)
+    tokens: Counter = field(default_factory=Counter)
+    first: list[dict[str, Any]] = field(default_factory=list)
+
+    def tally(self, now: Counts) -> dict[str, Any]:
+        """The figures of the step in progress (since this updater's previous step)."""
+        before = self.since
+        tally: dict[str, Any] = {
+            "samples": now.samples - before.samples,
+            "backwards": now.backwards - before.backwards,
+            "iterations": now.iterations - before.iterations,
+        }
+        backwards = tally["backwards"]
+        if backwards and now.token_backwards - before.token_backwards == backwards:
+            tally["tokens"] = now.tokens - before.tokens
+        if backwards and now.loss_read - before.loss_read == backwards:
+            tally["loss"] = now.loss - before.loss
+        drew = now.drew - before.drew
+        if drew and now.print_read - before.print_read == drew:
+            tally["fingerprint"] = now.print_sum - before.print_sum
+        return tally
+
+    def stepped(self, now: Counts) -> None:
+        tally = self.tally(now)
+        self.steps += 1
+        self.samples[tally["samples"]] += 1
+        if "tokens" in tally:
+            self.tokens[tally["tokens"]] += 1
+        if len(self.first) < FIRST_STEPS:
+            self.first.append(tally)
+        self.since = now.copy()
+
+    def to_dict(self, now: Counts) -> dict[str, Any]:
+        pending = self.tally(now)
+        return {"name": self.name, "steps": self.steps, "samples": {str(k): v for k, v in self.samples.items()},
+                "tokens": {str(k): v for k, v in self.tokens.items()}, "first": self.first,
+                "pending": pending if pending["backwards"] or pending["samples"] else None}
+
+
+class ManualUpdates:
+    """Parameter updates made outside ``torch.optim`` (``p.data.add_(p.grad, alpha=-lr)``): a small parameter the
+    loss reaches is compared with its copy at each backward pass; a change is an update."""
+
+    def __init__(self) -> None:
+        self._param: weakref.ref[torch.Tensor] | None = None
+        self._copy: torch.Tensor | None = None
+
+    def changed(self, loss: torch.Tensor | None) -> bool:
+        param = self._param() if self._param is not None else None
+        if param is None:
+            self._pick(loss)
+            return False
+        changed = self._copy is not None and not torch.equal(param.detach(), self._copy)
+        if changed:
+            self._copy = param.detach().clone()
+        return changed
+
+    def _pick(self, loss: torch.Tensor | None) -> None:
+        if loss is None or loss.grad_fn is None:
+            return
+        best = None
+        for node in graph_nodes(loss.grad_fn, limit=5_000):
+            variable = getattr(node, "variable", None)
+            if isinstance(variable, torch.Tensor) and (best is None or variable.numel() < best.numel()):
+                best = variable
+        if best is not None and best.numel() <= 1 << 16:
+            self._param = weakref.ref(best)
+            self._copy = best.detach().clone()
+
+
+class TrainingLedger:
+    def __init__(self) -> None:
+        self.now = Counts()
+        self._updaters: weakref.WeakKeyDictionary[torch.optim.Optimizer, Updater] = weakref.WeakKeyDictionary()
+        self._order: list[Updater] = []  # every optimizer's record, in the order of their first steps
+        self._manual: Updater | None = None
+        self._probe = ManualUpdates()
+        # batches delivered since the last backward, all by one loader: (loader, samples, fingerprint or None)
+        self._drawn: list[tuple[int | None, int, float | None]] = []
+        self._forward: tuple[int, float | None] | None = None  # the first training root forward's batch since
+        self.loader_fed = False  # a DataLoader fed a backward pass: loop iterations are its batches
+        self.reductions: Counter = Counter()
+        self.last_reduction: Reduction | None = None
+        self.closure = False
+        self.bn_layers = 0
+        self.bn_smallest: int | None = None
+        self.bn_largest: int | None = None
+        self.bn_forwards = 0
+        self._bn_handles: list[Any] = []
+        self._bn_seen: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+    @property
+    def steps_read(self) -> int:
+        first = self._first_updater()
+        return first.steps if first is not None else 0
+
+    def _first_updater(self) -> Updater | None:
+        return self._order[0] if self._order else self._manual
+
+    def _reading(self) -> bool:
+        """Whether this step's loss and data are read (the first steps only: a sync each on a GPU)."""
+        first = self._first_updater()
+        return first is None or first.steps < FIRST_STEPS
+
+    # -- what the loop does ------------------------------------------------------------------------------
+    def delivered(self, loader: int | None, data: Any) -> None:
+        """A DataLoader handed the script a batch (or micro-batch). Only the batches of the loader that feeds the
+        next backward pass count: the list restarts when another loader delivers (an evaluation pass)."""
+        samples, tensor = batch_samples(data)
+        if samples is None:
+            return
+        if self._drawn and self._drawn[-1][0] != loader:
+            self._drawn = []
+        self._drawn.append((loader, samples, fingerprint(tensor) if self._reading() else None))
+
+    def root_forward(self, module: torch.nn.Module, args: Any) -> None:
+        """The outermost module call (measured steps only); a training one may say what the batch was."""
+        if self._forward is None and module.training and torch.is_grad_enabled():
+            samples, tensor = batch_samples(args)
+            if samples is not None:
+                self._forward = (samples, fingerprint(tensor) if self._reading() else None)
+        self._watch_batchnorm(module)
+
+    def backward(self, loss: torch.Tensor | None, scale: float) -> None:
+        """A backward pass from ``loss`` whose gradient torchdoctor scales by ``scale``."""
+        now = self.now
+        if not self._order and self._probe.changed(loss):
+            self._manual_update()
+        reading = self._reading()
+        drawn: list[tuple[int, float | None]] = [(n, p) for _, n, p in self._drawn]
+        if drawn:
+            self.loader_fed = True
+            now.iterations += len(drawn)
+        elif self._forward is not None:
+            drawn = [self._forward]
+        if not self.loader_fed:
+            now.iterations += 1  # no training DataLoader: each backward pass is a loop iteration
+        batch = drawn[-1][0] if drawn else None
+        if drawn:
+            now.samples += sum(n for n, _ in drawn)
+            now.drew += 1
+            prints = [p for _, p in drawn]
+            if reading and all(p is not None for p in prints):
+                now.print_sum += sum(prints)  # type: ignore[arg-type]
+                now.print_read += 1
+        self._drawn = []
+        self._forward = None
+        now.backwards += 1
+        if loss is None or loss.grad_fn is None:
+            self.reductions["unknown"] += 1
+            return
+        reduction = loss_reduction(loss, batch)
+        self.last_reduction = reduction
+        self.reductions[reduction.kind] += 1
+        if reduction.tokens is not None:
+            now.tokens += reduction.tokens
+            now.token_backwards += 1
+        if reading and loss.numel() == 1:
+            now.loss += float(loss.detach()) * scale
+            now.loss_read += 1
+
+    def stepped(self, optimizer: torch.optim.Optimizer) -> None:
+        updater = self._updaters.get(optimizer)
+        if updater is None:
+            updater = self._updaters[optimizer] = Updater(f"{type(optimizer).__name__} #{len(self._order)}")
+            self._order.append(updater)
+        updater.stepped(self.now)
+
+    def _manual_update(self) -> None:
+        if self._manual is None:
+            self._manual = Updater(MANUAL)
+        self._manual.stepped(self.now)
+
+    # -- BatchNorm ---------------------------------------------------------------------------------------
+    def _watch_batchnorm(self, root: torch.nn.Module) -> None:
+        if root in self._bn_seen:
+            return
+        self._bn_seen.add(root)
+        for module in root.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module not in self._bn_seen:
+                self._bn_seen.add(module)
+                self.bn_layers += 1
+                self._bn_handles.append(module.register_forward_pre_hook(self._bn_pre))
+
+    def _bn_pre(self, module: torch.nn.Module, args: Any) -> None:
+        if module.training and args and isinstance(args[0], torch.Tensor) and args[0].dim() > 1:
+            self.bn_forwards += 1
+            n = int(args[0].shape[0])
+            self.bn_smallest = n if self.bn_smallest is None else min(self.bn_smallest, n)
+            self.bn_largest = n if self.bn_largest is None else max(self.bn_largest, n)
+
+    # -- the end -------------------------------------------------------------------------------------------
+    def finish(self, passes: list[dict[str, Any]], step_calls: int, settings: dict[str, Any],
+               remedies: dict[str, int]) -> TrainingFigures:
+        for handle in self._bn_handles:
+            handle.remove()
+        self._bn_handles = []
+        if not self._order and self._probe.changed(None):
+            self._manual_update()
+        updaters = self._order or ([self._manual] if self._manual else [])
+        batchnorm = None
+        if self.bn_layers:
+            batchnorm = {"layers": self.bn_layers, "forwards": self.bn_forwards, "smallest_batch": self.bn_smallest,
+                         "largest_batch": self.bn_largest}
+        return TrainingFigures(
+            updates=[u.to_dict(self.now) for u in updaters],
+            step_calls=step_calls, backwards=self.now.backwards, iterations=self.now.iterations,
+            reductions=dict(self.reductions), passes=passes, batchnorm=batchnorm, closure=self.closure,
+            settings=settings, remedies=remedies)

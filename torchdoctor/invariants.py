@@ -1,0 +1,220 @@
+"""Did the recovered run train as the script asked? Each invariant of the training (optimizer steps, samples per
+step, data order, numerics, BatchNorm statistics) is stated as ``kept``, ``changed`` (how, with figures) or
+``unknown`` (why), from what the agent measured in the attempts (``TrainingFigures``): the first attempt ran as
+asked until its OOM, the last one as done. Pure: plain data in, plain data out; nothing here is said without the
+figures it rests on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEPT, CHANGED, UNKNOWN = "kept", "changed", "unknown"
+LOSS_TOLERANCE = 1e-5  # relative: one batch's loss on the same weights, computed in micro-batches or whole
+PRINT_TOLERANCE = 1e-9  # relative: a float64 sum of the same data, summed in parts or whole
+
+
+def _invariant(key: str, status: str, evidence: str, as_asked: Any = None, as_done: Any = None) -> dict[str, Any]:
+    return {"key": key, "status": status, "as_asked": as_asked, "as_done": as_done, "evidence": evidence}
+
+
+def _relative(a: float, b: float) -> float:
+    scale = max(abs(a), abs(b))
+    return abs(a - b) / scale if scale else 0.0
+
+
+def _histogram(counts: dict[str, int]) -> str:
+    items = sorted(((int(k), v) for k, v in counts.items()), key=lambda kv: -kv[1])
+    return ", ".join(f"{value} ({n} step{'s' if n != 1 else ''})" for value, n in items)
+
+
+def _mode(counts: dict[str, int]) -> int | None:
+    if not counts:
+        return None
+    return int(max(counts.items(), key=lambda kv: (kv[1], int(kv[0])))[0])
+
+
+def _asked_steps(asked: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps attempt 1 measured: its completed first steps, then its unfinished one."""
+    updates = asked.get("updates") or []
+    if not updates:
+        return []
+    first = list(updates[0].get("first") or [])
+    if updates[0].get("pending"):
+        first.append({**updates[0]["pending"], "pending": True})
+    return first
+
+
+def _splits_loop(plan: dict[str, Any]) -> str | None:
+    """How torchdoctor split the script's loop into micro-batch iterations (None: it did not)."""
+    if plan.get("micro_batches", 1) <= 1 or plan.get("accumulation") == "script":
+        return None
+    return "dataloader" if plan.get("train_loaders") else "argument" if plan.get("batch_arg") else None
+
+
+def optimizer_steps(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    updates = done.get("updates") or []
+    steps = sum(u["steps"] for u in updates)
+    shown = " + ".join(f"{u['steps']} ({u['name']})" for u in updates) if len(updates) > 1 else str(steps)
+    if not updates:
+        return _invariant("optimizer_steps", UNKNOWN, "no optimizer step and no parameter update was seen")
+    manual = updates[0]["name"] == "manual updates"
+    split = _splits_loop(plan)
+    if split is None:
+        remedies = ", ".join(plan.get("applied") or []) or "none"
+        return _invariant("optimizer_steps", KEPT, f"{shown} steps; the remedies ({remedies}) leave the script's "
+                                                   f"loop iterations as they are", steps, steps)
+    if not plan.get("keep_effective_batch", True):
+        return _invariant("optimizer_steps", CHANGED, f"{shown} steps: batches were split without gradient "
+                                                      f"accumulation (--no-keep-effective-batch)", None, steps)
+    parts = plan.get("micro_batches", 1)
+    calls, iterations = done.get("step_calls", 0), done.get("iterations", 0)
+    if manual:
+        return _invariant("optimizer_steps", CHANGED, (
+            f"{steps} parameter updates: the script updates its parameters itself (no torch.optim optimizer), so "
+            f"micro-batches could not be accumulated and each of its {iterations} loop iterations updated"),
+            None, steps)
+    if split == "argument":
+        return _invariant("optimizer_steps", UNKNOWN, (
+            f"{shown} steps from {iterations} backward passes ({parts} per step): the batch-size option was divided "
+            f"and every {parts} backward passes formed one step; had the loop counted its iterations it would "
+            f"have taken {calls} steps as asked, had it run over its data, {steps}"), None, steps)
+    passes = done.get("passes") or []
+    left = [p for p in passes if not p.get("exhausted")]
+    every = calls == iterations * len(updates)
+    if left:
+        p = left[-1]
+        length = f" of its {p['length']}" if p.get("length") is not None else ""
+        return _invariant("optimizer_steps", CHANGED, (
+            f"{shown} steps instead of about {calls // len(updates)}: the loop left DataLoader #{p['loader']} after "
+            f"{p['batches']}{length} batches, before its data ran out, so it stops by its own count, which "
+            f"counted {iterations} micro-batch iterations ({parts} per batch); as asked each iteration is a whole "
+            f"batch and a step"), calls // len(updates), steps)
+    if not every:
+        return _invariant("optimizer_steps", UNKNOWN, (
+            f"{shown} steps: the script called optimizer.step() {calls} times in {iterations} loop iterations (its "
+            f"own count decides when), and micro-batches are loop iterations here"), None, steps)
+    batches = sum(p["batches"] for p in passes)
+    if passes and all(u["steps"] == batches for u in updates):
+        return _invariant("optimizer_steps", KEPT, (
+            f"{shown} steps, one per whole batch: {len(passes)} pass{'es' if len(passes) != 1 else ''} over "
+            f"DataLoader #{passes[0]['loader']} ran to the end of the data ({batches} batches) and the script "
+            f"steps on every loop iteration"), batches, steps)
+    return _invariant("optimizer_steps", UNKNOWN, f"{shown} steps for {batches} whole batches", None, steps)
+
+
+def samples_per_step(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    updates = done.get("updates") or []
+    if not updates or not updates[0].get("samples"):
+        return _invariant("samples_per_step", UNKNOWN, "no step's samples were seen")
+    counts = updates[0]["samples"]
+    mode = _mode(counts)
+    measured = _asked_steps(asked)
+    reference = next((s for s in measured if not s.get("pending")), None)
+    source = "measured in attempt 1's first step"
+    if reference is None and measured:
+        reference, source = measured[-1], "attempt 1's unfinished first step"
+        accumulation = (asked.get("settings") or {}).get("accumulation")
+        if accumulation and reference.get("backwards", 0) < accumulation["value"]:
+            reference = None  # only part of an accumulated step ran before the OOM
+    if reference is None or not reference.get("samples"):
+        return _invariant("samples_per_step", UNKNOWN, f"{_histogram(counts)}; attempt 1 measured no whole step "
+                                                       f"to compare with", None, mode)
+    wanted = reference["samples"]
+    tokens = _mode(updates[0].get("tokens") or {})
+    per = f"{mode} samples" + (f" ({tokens} tokens)" if tokens and tokens != mode else "")
+    if mode == wanted and all(int(k) <= wanted for k in counts):
+        extra = "" if len(counts) == 1 else f" (smaller ones end a pass: {_histogram(counts)})"
+        return _invariant("samples_per_step", KEPT, f"{per} per step{extra}, as {source} ({wanted})", wanted, mode)
+    return _invariant("samples_per_step", CHANGED, f"{per} per step ({_histogram(counts)}) instead of {wanted} "
+                                                   f"({source})", wanted, mode)
+
+
+def data_order(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    updates = done.get("updates") or []
+    done_steps = updates[0].get("first") or [] if updates else []
+    compared = 0
+    for index, (a, d) in enumerate(zip(_asked_steps(asked), done_steps)):
+        if a.get("fingerprint") is None or d.get("fingerprint") is None or a.get("samples") != d.get("samples"):
+            break
+        if _relative(a["fingerprint"], d["fingerprint"]) > PRINT_TOLERANCE:
+            return _invariant("data_order", CHANGED, (
+                f"step {index + 1} trained on other data than in attempt 1 (a fingerprint of its inputs differs: "
+                f"{d['fingerprint']:.6g} vs {a['fingerprint']:.6g})"))
+        compared += 1
+    if not compared:
+        return _invariant("data_order", UNKNOWN, "attempt 1 measured no batch to compare with")
+    how = ""
+    if _splits_loop(plan) == "dataloader":
+        how = "; the DataLoader's own sampler is split after it draws, so its shuffle and RNG use are untouched"
+    return _invariant("data_order", KEPT, f"the inputs of the first {compared} step{'s' if compared != 1 else ''} "
+                                          f"equal attempt 1's{how}")
+
+
+def numerics(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    remedies = done.get("remedies") or {}
+    autocast = remedies.get("autocast_forwards", 0)
+    if autocast or plan.get("amp"):
+        return _invariant("numerics", CHANGED, f"{autocast} training forwards ran under autocast "
+                                               f"({plan.get('amp') or 'mixed precision'})")
+    reductions = done.get("reductions") or {}
+    split = _splits_loop(plan) is not None
+    if split and reductions.get("unknown"):
+        return _invariant("numerics", UNKNOWN, (
+            f"the loss reduction of {reductions['unknown']} backward passes could not be read from the graph; each "
+            f"micro-batch's loss was counted for its share of the samples, as for a mean"))
+    updates = done.get("updates") or []
+    done_steps = updates[0].get("first") or [] if updates else []
+    for index, (a, d) in enumerate(zip(_asked_steps(asked), done_steps)):
+        if a.get("loss") is None or d.get("loss") is None or a.get("samples") != d.get("samples"):
+            break
+        difference = _relative(a["loss"], d["loss"])
+        if difference > LOSS_TOLERANCE:
+            return _invariant("numerics", CHANGED, (
+                f"step {index + 1}'s loss is {d['loss']:.6g}, attempt 1's was {a['loss']:.6g} (relative difference "
+                f"{difference:.1e})"), a["loss"], d["loss"])
+        rounding = (" (micro-batch gradients are summed in another order: float rounding)" if split else "")
+        return _invariant("numerics", KEPT, (
+            f"step {index + 1}'s loss {d['loss']:.6g} equals attempt 1's (relative difference {difference:.1e})"
+            f"{rounding}"), a["loss"], d["loss"])
+    return _invariant("numerics", UNKNOWN, "attempt 1 computed no loss to compare with")
+
+
+def batchnorm(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any] | None:
+    norm = done.get("batchnorm")
+    if not norm or not norm.get("forwards"):
+        return None
+    before = asked.get("batchnorm") or {}
+    wanted, got = before.get("largest_batch"), norm.get("largest_batch")
+    if wanted is None:
+        return _invariant("batchnorm", UNKNOWN, f"{norm['layers']} BatchNorm layers normalised over batches of up "
+                                                f"to {got}; attempt 1 ran none before its OOM", None, got)
+    if got is not None and got < wanted:
+        return _invariant("batchnorm", CHANGED, f"{norm['layers']} BatchNorm layers normalised over micro-batches "
+                                                f"of up to {got} samples instead of batches of {wanted}", wanted, got)
+    return _invariant("batchnorm", KEPT, f"BatchNorm layers normalised over batches of {got} samples, as in "
+                                         f"attempt 1", wanted, got)
+
+
+CHECKS = (optimizer_steps, samples_per_step, data_order, numerics, batchnorm)
+LABELS = {"optimizer_steps": "optimizer steps", "samples_per_step": "samples per step", "data_order": "data order",
+          "numerics": "numerics", "batchnorm": "BatchNorm statistics"}
+
+
+def training_invariants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The invariants of a recovered run (None when the last attempt measured nothing)."""
+    if not attempts:
+        return None
+    done = attempts[-1].get("training")
+    if not done:
+        return None
+    asked = attempts[0].get("training") or {}
+    plan = attempts[-1].get("plan") or {}
+    found = [check(asked, done, plan) for check in CHECKS]
+    return [item for item in found if item is not None]
+
+
+def changes(invariants: list[dict[str, Any]] | None) -> list[str]:
+    """What is not kept, in words a user cannot miss (empty when everything measured was kept)."""
+    return [f"{LABELS.get(i['key'], i['key'])} {i['status']}: {i['evidence']}"
+            for i in invariants or [] if i["status"] != KEPT]
