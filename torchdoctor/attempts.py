@@ -32,12 +32,8 @@ def command_line_batch(script_args: tuple[str, ...], wanted: str | None) -> tupl
     return None
 
 
-def script_args_for(script_args: tuple[str, ...], plan: Plan) -> list[str]:
-    """The script's arguments for an attempt: unchanged, or with the batch-size option divided."""
-    args = list(script_args)
-    if not plan.batch_arg or plan.micro_batches <= 1 or not plan.batch_arg_size:
-        return args
-    option = plan.batch_arg
+def _replace_option(args: list[str], option: str, value: int) -> list[str]:
+    """``args`` without ``option`` (``--opt V`` or ``--opt=V``), then ``--opt=value`` at the end."""
     kept: list[str] = []
     skip = False
     for arg in args:
@@ -50,7 +46,20 @@ def script_args_for(script_args: tuple[str, ...], plan: Plan) -> list[str]:
         if arg.startswith(option + "="):
             continue
         kept.append(arg)
-    return kept + [f"{option}={plan.batch_arg_size // plan.micro_batches}"]
+    return kept + [f"{option}={value}"]
+
+
+def script_args_for(script_args: tuple[str, ...], plan: Plan) -> list[str]:
+    """The script's arguments for an attempt: unchanged, or with the batch-size option divided (and, when the
+    script accumulates gradients itself, its accumulation option multiplied)."""
+    args = list(script_args)
+    if plan.micro_batches <= 1:
+        return args
+    if plan.batch_arg and plan.batch_arg_size:
+        args = _replace_option(args, plan.batch_arg, plan.batch_arg_size // plan.micro_batches)
+    if plan.accumulation == "script" and plan.accumulation_arg and plan.accumulation_size:
+        args = _replace_option(args, plan.accumulation_arg, plan.accumulation_size * plan.micro_batches)
+    return args
 
 
 def describe_failure(state: RunState, returncode: int, script_args: tuple[str, ...],
@@ -63,8 +72,11 @@ def describe_failure(state: RunState, returncode: int, script_args: tuple[str, .
     argument = command_line_batch(script_args, options.batch_arg) or argument
     workers = any(b.workers for b in state.batch_sources.values())
     phase = state.ooms[-1].phase if state.ooms else None
+    oom = {k: v for k, v in state.ooms[-1].to_dict().items() if k not in ("v", "kind")} if state.ooms else None
+    training = ({k: v for k, v in state.training.to_dict().items() if k not in ("v", "kind", "t")}
+                if state.training else None)
     common = {"loaders": loaders, "argument": argument, "has_workers": workers, "phase": phase,
-              "oom_killer": oom_killer}
+              "oom_killer": oom_killer, "oom": oom, "training": training}
     if state.resume is not None and state.resume.restart:
         return Failure("resume-abandoned", message=state.resume.message, **common)
     if returncode == 0:

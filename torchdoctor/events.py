@@ -109,6 +109,7 @@ class OutOfMemory(Event):
     message: str
     breakdown: dict[str, int] | None = None  # what the device held when it failed
     loader: int | None = None  # the DataLoader (creation index) that delivered the batch last before it failed
+    grad_enabled: bool | None = None  # whether the forward running then had autograd on (None: not tracked)
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,10 @@ class TrainingFigures(Event):
     closure: bool  # an optimizer step took a closure (LBFGS)
     settings: dict[str, Any]  # the script's own settings torchdoctor can change (batch size, accumulation)
     remedies: dict[str, int] = field(default_factory=dict)  # what the plan's remedies did (autocast forwards, ...)
+    optimizers: list[dict[str, Any]] | None = None  # constructed: name, params (elements), foreach (None: unknown)
+    blocks: int = 0  # repeated blocks found in the training models (what activation checkpointing would wrap)
+    device: str | None = None  # the device type of the training model's parameters
+    loop: dict[str, Any] | None = None  # the training loop read from the source: header, where, bound
 
 
 @dataclass(frozen=True)

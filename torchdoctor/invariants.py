@@ -75,6 +75,18 @@ def optimizer_steps(asked: dict[str, Any], done: dict[str, Any], plan: dict[str,
             f"micro-batches could not be accumulated and each of its {iterations} loop iterations updated"),
             None, steps)
     if split == "argument":
+        loop = done.get("loop") or {}
+        where = f"`{loop.get('header')}` at {loop.get('where')}" if loop else "the training loop"
+        if loop.get("bound") == "data":
+            return _invariant("optimizer_steps", KEPT, (
+                f"{shown} steps from {iterations} backward passes ({parts} per step): the batch-size option was "
+                f"divided, and the loop runs over its data ({where} follows the batch size), so it ran {parts} "
+                f"times as many iterations"), steps, steps)
+        if loop.get("bound") == "count":
+            return _invariant("optimizer_steps", CHANGED, (
+                f"{shown} steps instead of about {calls // len(updates)}: the batch-size option was divided but the "
+                f"loop stops by its own count ({where}), so it ran as many iterations, each {parts} times smaller"),
+                calls // len(updates), steps)
         return _invariant("optimizer_steps", UNKNOWN, (
             f"{shown} steps from {iterations} backward passes ({parts} per step): the batch-size option was divided "
             f"and every {parts} backward passes formed one step; had the loop counted its iterations it would "

@@ -13,25 +13,41 @@ from torchdoctor.atomic_files import write_json_atomic
 from torchdoctor.errors import UsageError
 
 ENV_PLAN = "TORCHDOCTOR_PLAN"
-REMEDIES = ("eval-no-grad", "micro-batch", "amp")
+# The remedies, in their default order: exact ones first (the training as asked, up to float rounding), the
+# cheaper first among them; then those that change the numerics.
+REMEDIES = ("eval-no-grad", "eval-split", "optimizer-foreach", "checkpoint", "micro-batch", "offload", "amp")
 
 
 @dataclass(frozen=True)
 class Plan:
     attempt: int = 1
-    # Split each batch of these DataLoaders (creation order) into `micro_batches` micro-batches and accumulate
-    # gradients over them, so the effective batch, the data order and the optimizer steps stay the same.
+    # Split each batch into `micro_batches` micro-batches and accumulate their gradients, so each optimizer step
+    # still sees the whole batch. Who splits and who accumulates:
+    # - accumulation "torchdoctor": the batches of these DataLoaders (creation order) are split, or the batch-size
+    #   option `batch_arg` is divided, and torchdoctor lets optimizer steps through once per whole batch;
+    # - accumulation "script": the script's own accumulation setting is multiplied (`accumulation_arg` on its
+    #   command line, or `framework` "hf"/"lightning": TrainingArguments / Trainer settings) while its batch size
+    #   is divided (`batch_arg`, the framework's setting, or these DataLoaders split without torchdoctor's gates).
     micro_batches: int = 1
     train_loaders: tuple[int, ...] = ()
-    # A command-line option holding the batch size, divided by micro_batches (scripts without a DataLoader).
     batch_arg: str | None = None
     batch_arg_size: int | None = None  # the batch size the script was given (or defaulted to) in attempt 1
+    accumulation: str = "torchdoctor"
+    accumulation_arg: str | None = None
+    accumulation_size: int | None = None  # the script's accumulation setting as asked
+    framework: str | None = None
     keep_effective_batch: bool = True
     eval_no_grad: bool = False
+    eval_loaders: tuple[int, ...] = ()  # evaluation DataLoaders whose batches are split into eval_parts
+    eval_parts: int = 1
+    checkpoint: bool = False  # activation checkpointing of the models' repeated blocks
+    offload: bool = False  # saved activations kept in host memory (CUDA)
+    foreach_off: bool = False  # optimizers take their single-tensor path (foreach=False)
     amp: str | None = None  # "bf16" or "fp16"
     host_workers_cap: int | None = None  # at most this many DataLoader workers (after a host-memory kill)
     resume_from: str | None = None  # a directory of run checkpoints to resume from (--checkpoint-every)
     applied: tuple[str, ...] = field(default_factory=tuple)  # remedies so far, in order, for the report
+    excluded: tuple[str, ...] = field(default_factory=tuple)  # remedies undone because the script failed with them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,7 +55,7 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         data = dict(data)
-        for key in ("train_loaders", "applied"):
+        for key in ("train_loaders", "applied", "excluded", "eval_loaders"):
             data[key] = tuple(data.get(key, ()))
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -187,6 +187,7 @@ class Supervisor:
         plan = Plan(batch_arg=self.config.recovery.batch_arg)
         options = self.config.recovery
         attempts: list[dict[str, Any]] = []
+        answered = None
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             for sig in previous:
@@ -206,16 +207,20 @@ class Supervisor:
                     if self.state.resume.status == "abandoned":
                         self._resume_blocked = self.state.resume.message
                 attempts.append(record)
-                if failure.kind in ("success", "other") or self._signalled:
+                if failure.kind == "success" or self._signalled or (failure.kind == "other" and answered is None):
                     break
-                decision = next_plan(plan, failure, options)
+                decision = next_plan(plan, failure, options, previous=answered)
                 record["decision"] = decision.reason
+                if decision.passed_over:
+                    record["passed_over"] = list(decision.passed_over)
                 if decision.plan is None:
                     break
                 record["next_remedy"] = decision.remedy
                 resume_from, where = self._resume_source()
                 self._say(f"attempt {plan.attempt} {record['summary']}; attempt {decision.plan.attempt}: "
                           f"{decision.reason} ({where})")
+                if failure.kind in ("oom", "host-kill"):
+                    answered = failure  # the failure this remedy answers (undone if the script fails with it)
                 plan = replace(decision.plan, resume_from=resume_from)
                 if "remedies" in decision.changes:
                     options = replace(options, remedies=decision.changes["remedies"])  # type: ignore[arg-type]

@@ -50,9 +50,10 @@ def whole_batches(loader: DataLoader) -> int | None:
 class MicroBatchSampler:
     """Yields each batch of ``inner`` as consecutive micro-batches; records their order for the Accumulator."""
 
-    def __init__(self, inner: Any, parts: int) -> None:
+    def __init__(self, inner: Any, parts: int, gated: bool = True) -> None:
         self.inner = inner
         self.parts = parts
+        self.gated = gated  # torchdoctor accumulates its micro-batches (else the script or nobody does)
         self.pending: deque[MicroInfo] = deque()
 
     def __iter__(self) -> Iterator[list[Any]]:
@@ -85,9 +86,10 @@ class LoaderWatch:
     """Numbers DataLoaders, reports batch sources, and splits the ones the plan names."""
 
     def __init__(self, emit: Callable[[Any], None], split: dict[int, int], worker_cap: int | None,
-                 keep_rng: bool = False) -> None:
+                 keep_rng: bool = False, gated: set[int] | None = None) -> None:
         self._emit = emit
         self._split = split  # loader index -> micro-batches per batch
+        self._gated = gated if gated is not None else set(split)  # ... whose micro-batches torchdoctor accumulates
         self._worker_cap = worker_cap
         self._count = 0
         self._sizes: dict[int, int | None] = {}
@@ -106,6 +108,7 @@ class LoaderWatch:
         # Called as on_batch(loader index, batch) for each batch the script gets (the training ledger).
         self.on_batch: Callable[[int | None, Any], None] | None = None
         self.batches_delivered = 0  # every batch of every DataLoader
+        self.last_micro: MicroInfo | None = None  # the micro-batch just delivered (None: a whole batch)
         self._fetch: Callable[[Any], Any] = _BaseDataLoaderIter.__next__
         self._patches = ClassPatches()
 
@@ -190,7 +193,8 @@ class LoaderWatch:
             if loader.batch_sampler is None:
                 detail = "no batch sampler (batch_size=None): cannot split"
             else:
-                object.__setattr__(loader, "batch_sampler", MicroBatchSampler(loader.batch_sampler, parts))
+                object.__setattr__(loader, "batch_sampler", MicroBatchSampler(loader.batch_sampler, parts,
+                                                                               gated=index in self._gated))
                 self.split_loaders.append(index)
                 detail = f"split into {parts} micro-batches per batch"
         self._emit(BatchSource(index=index, source="dataloader", batch_size=loader.batch_size, training=False,
@@ -201,9 +205,12 @@ class LoaderWatch:
         self.last_loader = getattr(iterator, "_torchdoctor_index", None)
         sampler = getattr(iterator, "_index_sampler", None)
         whole = True
+        self.last_micro = None
         if isinstance(sampler, MicroBatchSampler) and sampler.pending:
-            self.accumulator.current = sampler.pending.popleft()
-            whole = self.accumulator.current.index == 0
+            current = self.last_micro = sampler.pending.popleft()
+            whole = current.index == 0
+            if sampler.gated:
+                self.accumulator.current = current
         elif self.last_loader is not None and self.last_loader in self._training:
             self.accumulator.current = None
         self.position.delivered(getattr(iterator, "_torchdoctor_pass", None), whole)
@@ -214,13 +221,16 @@ class LoaderWatch:
         They are loaded for real, not skipped in the sampler: DataLoader workers draw random augmentation from
         their own RNG, so each worker must see the same indices in the same order as in the first run."""
         iterator._torchdoctor_pass = record
-        while record.batches < batches or not self.accumulator.at_boundary:
+        while record.batches < batches or (self.last_micro is not None and not self.last_micro.last):
             self._fetch(iterator)
             self._delivered(iterator)
 
     @property
     def training_loaders(self) -> set[int]:
         return set(self._training)
+
+    def batch_size(self, index: int) -> int | None:
+        return self._sizes.get(index)
 
     def training_passes(self) -> list[dict[str, Any]]:
         """The passes over DataLoaders that fed backward passes, and how each ended."""

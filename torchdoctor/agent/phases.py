@@ -40,6 +40,7 @@ class PhaseTracker:
         # Inside optimizer.step (set by the session): an optimizer's closure (LBFGS) runs forward and backward
         # passes there, which are forward and backward, not the optimizer's own work.
         self.in_step = False
+        self.root_grad: bool | None = None  # whether the last outermost module call had autograd on
 
     def set(self, phase: str) -> None:
         if phase != self.phase:
@@ -65,13 +66,14 @@ class PhaseTracker:
 
     def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
         self._depth += 1
-        if self._depth == 1:
+        # A forward inside backward is a checkpointed block's recomputation: no root model, no phase change.
+        if self._depth == 1 and self.phase != "backward":
             self._on_root_module(module)
             if self.root_forward is not None:
                 self.root_forward(module, args)
-            if self.phase != "backward":
-                training = module.training and torch.is_grad_enabled()
-                self.set("forward" if training else "evaluation")
+            self.root_grad = torch.is_grad_enabled()
+            training = module.training and self.root_grad
+            self.set("forward" if training else "evaluation")
         # Module names are for eager code: Dynamo must not trace the weak dictionary (an internal assertion in
         # torch 2.13); a compiled region's storages are labelled with the module that called it.
         if not torch.compiler.is_compiling():

@@ -12,9 +12,11 @@ from typing import Any
 import torch
 
 from torchdoctor.agent.accumulation import AccumulationGates, MicroInfo, scale_backward_args
-from torchdoctor.agent.batch_args import BatchArgumentWatch
+from torchdoctor.agent.batch_args import ACCUMULATION_DESTS, BATCH_DESTS, BatchArgumentWatch
 from torchdoctor.agent.batching import LoaderWatch
 from torchdoctor.agent.doctor_evidence import first_tensor
+from torchdoctor.agent.framework_settings import FrameworkSettings
+from torchdoctor.agent.loop_reading import training_loop
 from torchdoctor.agent.remedies import ForwardRemedies
 from torchdoctor.events import Note, OutOfMemory
 from torchdoctor.oom import classify_oom
@@ -22,19 +24,31 @@ from torchdoctor.plan import Plan
 from torchdoctor.sizes import format_bytes
 
 
+def _single_tensor_path(optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer-foreach remedy: the single-tensor implementation (temporaries of one parameter at a time)."""
+    optimizer.defaults["foreach"] = False
+    for group in optimizer.param_groups:
+        group["foreach"] = False
+
+
 class RecoveryHooks:
     def __init__(self, plan: Plan, memory_budget: int | None, session: Any) -> None:
         self.plan = plan
         self.memory_budget = memory_budget
         self.session = session
+        ours = plan.accumulation == "torchdoctor"  # torchdoctor gates the script's loop (else the script does)
         split = {index: plan.micro_batches for index in plan.train_loaders} if plan.micro_batches > 1 else {}
+        split.update({index: plan.eval_parts for index in plan.eval_loaders if plan.eval_parts > 1})
+        gated = set(plan.train_loaders) if ours and plan.keep_effective_batch else set()
         keep_rng = bool(session.settings.checkpoint_dir and session.settings.checkpoint_every)
-        self.loaders = LoaderWatch(session.emit, split, plan.host_workers_cap, keep_rng=keep_rng)
+        self.loaders = LoaderWatch(session.emit, split, plan.host_workers_cap, keep_rng=keep_rng, gated=gated)
         self.batch_args = BatchArgumentWatch(session.emit, plan.batch_arg)
-        self._argv_parts = plan.micro_batches if plan.batch_arg and plan.micro_batches > 1 else 1
-        accumulate = plan.micro_batches > 1 and plan.keep_effective_batch
+        self.frameworks = FrameworkSettings(plan, session.emit)
+        self._argv_parts = plan.micro_batches if ours and plan.batch_arg and plan.micro_batches > 1 else 1
+        accumulate = ours and plan.micro_batches > 1 and plan.keep_effective_batch
         self.gates = AccumulationGates(self.loaders.accumulator) if accumulate else None
-        self.remedies = ForwardRemedies(plan.eval_no_grad, plan.amp)
+        self.remedies = ForwardRemedies(plan.eval_no_grad, plan.amp, checkpoint=plan.checkpoint,
+                                        offload=plan.offload, phases=session.phases)
         self._backwards = 0
         self._budget_oom: str | None = None
 
@@ -45,6 +59,9 @@ class RecoveryHooks:
         self.loaders.on_batch = self.session.ledger.delivered
         self.loaders.install()
         self.batch_args.install()
+        self.frameworks.install()
+        if self.plan.foreach_off:
+            self.session.constructions.on_optimizer.append(_single_tensor_path)
         if self.gates is not None:
             self.gates.install(self.session.constructions, self.session.zero_grad_hooks, self.session.clip_hooks)
         self.remedies.install()
@@ -54,6 +71,9 @@ class RecoveryHooks:
     def remove(self) -> None:
         self.loaders.remove()
         self.batch_args.remove()
+        self.frameworks.remove()
+        if _single_tensor_path in self.session.constructions.on_optimizer:
+            self.session.constructions.on_optimizer.remove(_single_tensor_path)
         if self.gates is not None:
             self.gates.remove()
         self.remedies.remove()
@@ -79,7 +99,8 @@ class RecoveryHooks:
         if figures["phase"] != "evaluation":
             self.loaders.note_backward()  # an OOM before the first backward still names the training loader
         self.session.emit(OutOfMemory(step=self.session.step + 1, backend="torchdoctor-budget",
-                                      loader=self.loaders.last_loader, **figures))
+                                      loader=self.loaders.last_loader, grad_enabled=self.session.phases.root_grad,
+                                      **figures))
 
     def _announce_plan(self) -> None:
         plan = self.plan
@@ -87,10 +108,19 @@ class RecoveryHooks:
             return
         parts = []
         if plan.micro_batches > 1:
-            parts.append(f"{plan.micro_batches} micro-batches per batch"
-                         + (" with gradient accumulation" if plan.keep_effective_batch else " (no accumulation)"))
+            who = (" with the script's own gradient accumulation" if plan.accumulation == "script"
+                   else " with gradient accumulation" if plan.keep_effective_batch else " (no accumulation)")
+            parts.append(f"{plan.micro_batches} micro-batches per batch{who}")
         if plan.eval_no_grad:
             parts.append("evaluation under no_grad")
+        if plan.eval_parts > 1:
+            parts.append(f"evaluation batches split in {plan.eval_parts}")
+        if plan.checkpoint:
+            parts.append("activation checkpointing")
+        if plan.offload:
+            parts.append("saved activations offloaded to host memory")
+        if plan.foreach_off:
+            parts.append("optimizers without foreach")
         if plan.amp:
             parts.append(f"autocast {plan.amp}")
         if plan.host_workers_cap is not None:
@@ -108,6 +138,8 @@ class RecoveryHooks:
         retain = args[2] if len(args) > 2 else kwargs.get("retain_graph")
         create = args[3] if len(args) > 3 else kwargs.get("create_graph", False)
         tensors = args[0] if args else kwargs.get("tensors")
+        if self._backwards == 1:  # the first backward pass: read the training loop around it
+            self.session.ledger.loop = self._read_loop()
         self.session.backward_seen(tensors, bool(retain or create))
         scale = acc.loss_scale if self.gates is not None else 1.0
         self.session.ledger.backward(first_tensor(tensors), scale)
@@ -115,20 +147,40 @@ class RecoveryHooks:
             args, kwargs = scale_backward_args(args, kwargs, scale)
         return args, kwargs
 
+    def _read_loop(self) -> dict[str, Any] | None:
+        settings = self.settings()
+        batch = {n.lstrip("-").replace("-", "_") for n in [(settings.get("batch") or {}).get("name") or ""] if n}
+        accumulation = {n.lstrip("-").replace("-", "_")
+                        for n in [(settings.get("accumulation") or {}).get("name") or ""] if n}
+        try:
+            return training_loop(batch | set(BATCH_DESTS), accumulation | set(ACCUMULATION_DESTS))
+        except (RecursionError, ValueError):  # an unusual source: the loop stays unknown
+            return None
+
     def step_calls(self) -> int:
         """optimizer.step calls the script made: the steps taken and those micro-batching deferred."""
         return self.session.step + self.loaders.accumulator.skipped_steps
 
     def remedy_counts(self) -> dict[str, int]:
         """What the plan's remedies did in this attempt."""
+        checkpointing = self.remedies.checkpointing
         counts = {"autocast_forwards": self.remedies.autocast_forwards,
                   "no_grad_forwards": self.remedies.no_grad_forwards,
+                  "offloaded_forwards": self.remedies.offloaded_forwards,
+                  "checkpointed_blocks": checkpointing.block_count if checkpointing else 0,
+                  "checkpointed_calls": checkpointing.checkpointed_calls if checkpointing else 0,
                   "deferred_steps": self.loaders.accumulator.skipped_steps}
         return {k: v for k, v in counts.items() if v}
 
     def settings(self) -> dict[str, Any]:
         """The script's own settings that a relaunch can change (batch size, gradient accumulation)."""
-        return self.batch_args.settings()
+        found = dict(self.frameworks.found) or self.batch_args.settings()
+        if (found.get("accumulation") or {}).get("via") == "lightning" and "batch" not in found:
+            training = sorted(self.loaders.training_loaders)  # Lightning's batch size is its DataLoader's
+            size = self.loaders.batch_size(training[0]) if training else None
+            if size:
+                found["batch"] = {"via": "lightning", "name": f"DataLoader #{training[0]} batch_size", "value": size}
+        return found
 
     def _report_remedies(self) -> None:
         if self.gates is not None:
@@ -149,6 +201,15 @@ class RecoveryHooks:
                     f"outputs require grad keep their activations for a backward pass that never comes); this "
                     f"attempt ran its {self.remedies.no_grad_forwards} evaluation forwards under torch.no_grad() "
                     f"and finished"))
+        checkpointing = self.remedies.checkpointing
+        if checkpointing is not None:
+            self.session.emit(Note(level="info", message=(
+                f"checkpoint: {checkpointing.block_count} blocks, {checkpointing.checkpointed_calls} block forwards "
+                f"ran under activation checkpointing" if checkpointing.block_count else
+                "checkpoint: no repeated blocks were found in the models that trained")))
+        if self.remedies.offloaded_forwards:
+            self.session.emit(Note(level="info", message=f"offload: {self.remedies.offloaded_forwards} training "
+                                                         f"forwards kept their saved activations in host memory"))
         if self.remedies.autocast_forwards:
             self.session.emit(Note(level="info", message=f"amp: {self.remedies.autocast_forwards} training forwards "
                                                          f"ran under autocast ({self.plan.amp})"))
@@ -176,5 +237,6 @@ class RecoveryHooks:
         self.session.emit(OutOfMemory(
             step=self.session.step + 1, phase=phase, device=device, backend=info.backend,
             requested_bytes=info.requested_bytes, in_use_bytes=in_use, capacity_bytes=capacity,
-            message=info.message[:1000], loader=self.loaders.last_loader))
+            message=info.message[:1000], loader=self.loaders.last_loader,
+            grad_enabled=self.session.phases.root_grad))
         return True

@@ -166,7 +166,8 @@ class AgentSession:
     def finish(self) -> None:
         """Emit what is left (the span after the last step) and remove every hook."""
         self.emit(self.ledger.finish(self.recovery.loaders.training_passes(), self.recovery.step_calls(),
-                                     self.recovery.settings(), self.recovery.remedy_counts()))
+                                     self.recovery.settings(), self.recovery.remedy_counts(),
+                                     self.constructions.optimizers.alive()))
         if self.resume is not None:
             self.resume.finish()
         if self.doctor is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from torchdoctor.agent.checkpointing import find_blocks
 from torchdoctor.agent.doctor_evidence import Reduction, first_tensor, graph_nodes, loss_reduction
 from torchdoctor.events import TrainingFigures
 
@@ -42,6 +43,23 @@ def fingerprint(tensor: Any) -> float | None:
         return float(tensor.detach().to(torch.float64).sum())
     except (RuntimeError, TypeError):
         return None
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Its class, its size and whether its step runs the foreach implementation (temporaries of all parameters)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    foreach: bool | None = None
+    try:
+        from torch.optim.optimizer import _default_to_fused_or_foreach
+
+        choices = [group.get("foreach") for group in optimizer.param_groups]
+        if any(choice is None for choice in choices):
+            default = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)[1]
+            choices = [default if choice is None else choice for choice in choices]
+        foreach = any(bool(choice) for choice in choices) and not any(g.get("fused") for g in optimizer.param_groups)
+    except Exception:  # noqa: BLE001 - a private torch helper: unknown rather than wrong
+        foreach = None
+    return {"name": type(optimizer).__name__, "params": sum(p.numel() for p in params), "foreach": foreach}
 
 
 @dataclass
@@ -160,6 +178,9 @@ class TrainingLedger:
         self.bn_forwards = 0
         self._bn_handles: list[Any] = []
         self._bn_seen: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        self.blocks = 0  # repeated blocks in the models that trained (what checkpointing would wrap)
+        self.device: str | None = None
+        self.loop: dict[str, Any] | None = None  # the training loop as read from the source (loop_reading)
 
     @property
     def steps_read(self) -> int:
@@ -187,11 +208,12 @@ class TrainingLedger:
 
     def root_forward(self, module: torch.nn.Module, args: Any) -> None:
         """The outermost module call (measured steps only); a training one may say what the batch was."""
-        if self._forward is None and module.training and torch.is_grad_enabled():
-            samples, tensor = batch_samples(args)
-            if samples is not None:
-                self._forward = (samples, fingerprint(tensor) if self._reading() else None)
-        self._watch_batchnorm(module)
+        if module.training and torch.is_grad_enabled():
+            if self._forward is None:
+                samples, tensor = batch_samples(args)
+                if samples is not None:
+                    self._forward = (samples, fingerprint(tensor) if self._reading() else None)
+            self._watch_model(module)
 
     def backward(self, loss: torch.Tensor | None, scale: float) -> None:
         """A backward pass from ``loss`` whose gradient torchdoctor scales by ``scale``."""
@@ -244,10 +266,15 @@ class TrainingLedger:
         self._manual.stepped(self.now)
 
     # -- BatchNorm ---------------------------------------------------------------------------------------
-    def _watch_batchnorm(self, root: torch.nn.Module) -> None:
+    def _watch_model(self, root: torch.nn.Module) -> None:
+        """A model seen training for the first time: its blocks, its device, its BatchNorm layers."""
         if root in self._bn_seen:
             return
         self._bn_seen.add(root)
+        blocks, segmented = find_blocks(root)
+        self.blocks += len(blocks) + sum(len(ranges) for _, ranges in segmented)
+        if self.device is None:
+            self.device = next((p.device.type for p in root.parameters()), None)
         for module in root.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module not in self._bn_seen:
                 self._bn_seen.add(module)
@@ -263,13 +290,16 @@ class TrainingLedger:
 
     # -- the end -------------------------------------------------------------------------------------------
     def finish(self, passes: list[dict[str, Any]], step_calls: int, settings: dict[str, Any],
-               remedies: dict[str, int]) -> TrainingFigures:
+               remedies: dict[str, int], optimizers: list[torch.optim.Optimizer]) -> TrainingFigures:
         for handle in self._bn_handles:
             handle.remove()
         self._bn_handles = []
         if not self._order and self._probe.changed(None):
             self._manual_update()
         updaters = self._order or ([self._manual] if self._manual else [])
+        if not updaters and self.now.backwards:  # no step yet: what the first one had gathered when it ended
+            name = f"{type(optimizers[0]).__name__} #0" if optimizers else MANUAL
+            updaters = [Updater(name)]
         batchnorm = None
         if self.bn_layers:
             batchnorm = {"layers": self.bn_layers, "forwards": self.bn_forwards, "smallest_batch": self.bn_smallest,
@@ -278,4 +308,5 @@ class TrainingLedger:
             updates=[u.to_dict(self.now) for u in updaters],
             step_calls=step_calls, backwards=self.now.backwards, iterations=self.now.iterations,
             reductions=dict(self.reductions), passes=passes, batchnorm=batchnorm, closure=self.closure,
-            settings=settings, remedies=remedies)
+            settings=settings, remedies=remedies, optimizers=[describe_optimizer(o) for o in optimizers],
+            blocks=self.blocks, device=self.device, loop=self.loop)

@@ -3,7 +3,7 @@
 The loss is summed over the batch (reduction='sum' BCE plus the KL term), and the script reports the average loss
 per sample: train_loss / len(train_loader.dataset).
 
-    python vae_sum.py --batch-size 128 --epochs 3 --out vae.pt
+    python vae_sum.py --batch-size 512 --epochs 4 --out vae.pt
 """
 import argparse
 
@@ -14,13 +14,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 parser = argparse.ArgumentParser(description='VAE on synthetic binary images')
-parser.add_argument('--batch-size', type=int, default=128, metavar='N',
-                    help='input batch size for training (default: 128)')
-parser.add_argument('--epochs', type=int, default=3, metavar='N',
-                    help='number of epochs to train (default: 3)')
+parser.add_argument('--batch-size', type=int, default=512, metavar='N',
+                    help='input batch size for training (default: 512)')
+parser.add_argument('--epochs', type=int, default=4, metavar='N',
+                    help='number of epochs to train (default: 4)')
 parser.add_argument('--seed', type=int, default=1, metavar='S',
                     help='random seed (default: 1)')
-parser.add_argument('--log-interval', type=int, default=10, metavar='N',
+parser.add_argument('--log-interval', type=int, default=2, metavar='N',
                     help='how many batches to wait before logging training status')
 parser.add_argument('--out', type=str, default='vae.pt', help='where to save the trained weights')
 args = parser.parse_args()
@@ -34,12 +34,13 @@ def make_images(n, seed):
     g = torch.Generator().manual_seed(99)
     coarse = torch.rand(16, 1, 7, 7, generator=g)
     styles = F.interpolate(coarse, size=(28, 28), mode='bilinear', align_corners=False).squeeze(1)
-    styles = ((styles - 0.5) * 4).sigmoid()  # sharpen towards 0/1
+    styles = ((styles - 0.5) * 12).sigmoid()  # sharpen towards 0/1
     g = torch.Generator().manual_seed(seed)
     which = torch.randint(0, 16, (n,), generator=g)
-    probs = styles[which]
-    images = torch.bernoulli(probs, generator=g)
-    return BinaryImages(images.to(torch.uint8), which)
+    images = torch.empty(n, 28, 28, dtype=torch.uint8)
+    for i in range(0, n, 256):  # in chunks, to keep the float probabilities small
+        images[i:i + 256] = torch.bernoulli(styles[which[i:i + 256]], generator=g).to(torch.uint8)
+    return BinaryImages(images, which)
 
 
 class BinaryImages(Dataset):
@@ -63,11 +64,11 @@ class VAE(nn.Module):
     def __init__(self):
         super(VAE, self).__init__()
 
-        self.fc1 = nn.Linear(784, 400)
-        self.fc21 = nn.Linear(400, 20)
-        self.fc22 = nn.Linear(400, 20)
-        self.fc3 = nn.Linear(20, 400)
-        self.fc4 = nn.Linear(400, 784)
+        self.fc1 = nn.Linear(784, 256)
+        self.fc21 = nn.Linear(256, 16)
+        self.fc22 = nn.Linear(256, 16)
+        self.fc3 = nn.Linear(16, 256)
+        self.fc4 = nn.Linear(256, 784)
 
     def encode(self, x):
         h1 = F.relu(self.fc1(x))
@@ -91,7 +92,7 @@ class VAE(nn.Module):
 
 
 model = VAE().to(device)
-optimizer = optim.Adam(model.parameters(), lr=1e-3)
+optimizer = optim.Adam(model.parameters(), lr=3e-3)
 
 
 # Reconstruction + KL divergence losses summed over all elements and batch
