@@ -89,8 +89,9 @@ def optimizer_steps(asked: dict[str, Any], done: dict[str, Any], plan: dict[str,
                 calls // len(updates), steps)
         return _invariant("optimizer_steps", UNKNOWN, (
             f"{shown} steps from {iterations} backward passes ({parts} per step): the batch-size option was divided "
-            f"and every {parts} backward passes formed one step; had the loop counted its iterations it would "
-            f"have taken {calls} steps as asked, had it run over its data, {steps}"), None, steps)
+            f"and every {parts} backward passes formed one step; what bounds {where} could not be read: had it "
+            f"counted its iterations it would have taken {calls} steps as asked, had it run over its data, {steps}"),
+            None, steps)
     passes = done.get("passes") or []
     left = [p for p in passes if not p.get("exhausted")]
     every = calls == iterations * len(updates)
@@ -189,6 +190,14 @@ def numerics(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) 
         return _invariant("numerics", KEPT, (
             f"step {index + 1}'s loss {d['loss']:.6g} equals attempt 1's (relative difference {difference:.1e})"
             f"{rounding}"), a["loss"], d["loss"])
+    checked, differed = remedies.get("recomputed_checked", 0), remedies.get("recomputed_differed", 0)
+    if differed:
+        return _invariant("numerics", CHANGED, f"activation checkpointing: {differed} of {checked} recomputed "
+                                               f"blocks did not reproduce their forward output bit for bit")
+    if checked:
+        return _invariant("numerics", KEPT, (
+            f"activation checkpointing recomputed {checked} blocks' outputs bit for bit as their forwards made "
+            f"them (checked on the first calls); attempt 1 computed no loss to compare with"))
     return _invariant("numerics", UNKNOWN, "attempt 1 computed no loss to compare with")
 
 
@@ -196,6 +205,10 @@ def batchnorm(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any])
     norm = done.get("batchnorm")
     if not norm or not norm.get("forwards"):
         return None
+    updates, forwards = norm.get("updates"), norm.get("forwards")
+    if updates is not None and updates != forwards:
+        return _invariant("batchnorm", CHANGED, f"BatchNorm running statistics were updated {updates} times for "
+                                                f"{forwards} training forwards of its layers", forwards, updates)
     before = asked.get("batchnorm") or {}
     wanted, got = before.get("largest_batch"), norm.get("largest_batch")
     if wanted is None:
@@ -204,8 +217,9 @@ def batchnorm(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any])
     if got is not None and got < wanted:
         return _invariant("batchnorm", CHANGED, f"{norm['layers']} BatchNorm layers normalised over micro-batches "
                                                 f"of up to {got} samples instead of batches of {wanted}", wanted, got)
+    once = f"; running statistics updated once per training forward ({updates})" if updates is not None else ""
     return _invariant("batchnorm", KEPT, f"BatchNorm layers normalised over batches of {got} samples, as in "
-                                         f"attempt 1", wanted, got)
+                                         f"attempt 1{once}", wanted, got)
 
 
 CHECKS = (optimizer_steps, samples_per_step, data_order, numerics, batchnorm)

@@ -91,3 +91,107 @@ def test_a_script_whose_batch_cannot_be_changed_is_told_so_and_gets_the_other_re
     assert any(p.startswith("micro-batch: no DataLoader") and "--batch-arg" in p for p in decision.passed_over)
     stop = next_plan(Plan(), Failure("oom", phase="backward"), RecoveryOptions(remedies=("micro-batch",)))
     assert stop.plan is None and "--batch-arg" in stop.reason
+
+
+# -- remedies chosen from what the failed attempt measured ---------------------------------------------------------
+
+def measured(**extra):
+    """TrainingFigures of a failed attempt, as the supervisor hands them to the planner."""
+    base = {"updates": [], "optimizers": [{"name": "AdamW", "params": 1000, "foreach": False}], "backwards": 1,
+            "passes": [], "settings": {}, "blocks": 0, "closure": False, "batchnorm": None, "device": "cpu"}
+    base.update(extra)
+    return base
+
+
+def test_activation_checkpointing_comes_before_micro_batches_when_the_model_has_blocks():
+    failure = Failure("oom", phase="forward", loaders=TRAIN, training=measured(blocks=4))
+    first = next_plan(Plan(), failure, RecoveryOptions())
+    assert first.remedy == "checkpoint" and first.plan.checkpoint and first.plan.micro_batches == 1
+    assert "eval-no-grad: the OOM was not in evaluation" in first.passed_over
+    second = next_plan(first.plan, failure, RecoveryOptions())
+    assert second.remedy == "micro-batch" and second.plan.checkpoint  # checkpointing stays on
+    assert "checkpoint: already on" in second.passed_over
+
+
+def test_the_scripts_own_accumulation_setting_is_used_before_splitting_its_loop():
+    settings = {"batch": {"via": "global", "name": "--batch_size", "value": 12},
+                "accumulation": {"via": "global", "name": "--gradient_accumulation_steps", "value": 5}}
+    failure = Failure("oom", phase="backward", argument=("--batch_size", 12), training=measured(settings=settings))
+    decision = next_plan(Plan(), failure, RecoveryOptions())
+    plan = decision.plan
+    assert decision.remedy == "micro-batch" and plan.accumulation == "script"
+    assert (plan.micro_batches, plan.batch_arg, plan.accumulation_arg, plan.accumulation_size) == (
+        2, "--batch_size", "--gradient_accumulation_steps", 5)
+    assert script_args_for(("--out_dir=x",), plan) == ["--out_dir=x", "--batch_size=6",
+                                                       "--gradient_accumulation_steps=10"]
+    # when 2 micro-batches did not fit, the next division of 12 is 3 (equal micro-batches keep its scaling exact)
+    again = next_plan(plan, failure, RecoveryOptions())
+    assert again.plan.micro_batches == 3 and script_args_for((), again.plan) == [
+        "--batch_size=4", "--gradient_accumulation_steps=15"]
+
+
+def test_splitting_is_refused_where_it_would_change_the_training_and_says_why():
+    cases = {
+        "closure": (measured(closure=True), "closure (LBFGS)"),
+        "batchnorm": (measured(batchnorm={"layers": 2}), "--allow-batchnorm-split"),
+        "manual": (measured(optimizers=[]), "updates its parameters itself"),
+        "endless": (measured(passes=[{"loader": 0, "number": 0, "batches": 3, "exhausted": False,
+                                      "length": 10**9}]), "sampler is endless"),
+        "left early": (measured(passes=[{"loader": 0, "number": 0, "batches": 3, "exhausted": False, "length": 50},
+                                        {"loader": 0, "number": 1, "batches": 1, "exhausted": False, "length": 50}]),
+                       "stops by its own count"),
+    }
+    for name, (training, why) in cases.items():
+        decision = next_plan(Plan(), Failure("oom", phase="backward", loaders=TRAIN, training=training),
+                             RecoveryOptions(remedies=("micro-batch",)))
+        assert decision.plan is None and why in decision.reason, name
+    allowed = next_plan(Plan(), Failure("oom", phase="backward", loaders=TRAIN,
+                                        training=measured(batchnorm={"layers": 2})),
+                        RecoveryOptions(remedies=("micro-batch",), allow_batchnorm_split=True))
+    assert allowed.remedy == "micro-batch"
+
+
+def test_a_batch_option_is_not_divided_for_a_loop_that_stops_by_its_own_count():
+    loop = {"header": "while True", "where": "train.py:40", "bound": "count"}
+    decision = next_plan(Plan(), Failure("oom", phase="backward", argument=("--batch_size", 64),
+                                         training=measured(loop=loop)), RecoveryOptions())
+    assert decision.remedy == "amp"
+    assert any("while True, train.py:40" in p for p in decision.passed_over)
+
+
+def test_an_optimizer_step_oom_gets_the_single_tensor_path_or_an_honest_give_up():
+    foreach = measured(optimizers=[{"name": "AdamW", "params": 10, "foreach": True}])
+    decision = next_plan(Plan(), Failure("oom", phase="optimizer", training=foreach), RecoveryOptions())
+    assert decision.remedy == "optimizer-foreach" and decision.plan.foreach_off
+    stop = next_plan(decision.plan, Failure("oom", phase="optimizer", training=foreach), RecoveryOptions())
+    assert stop.plan is None and "no remedy acts on this OOM" in stop.reason
+    assert "amp: the OOM was in the optimizer phase" in stop.reason  # autocast cannot help there: never tried
+
+
+def test_an_evaluation_oom_already_under_no_grad_splits_the_evaluation_batches():
+    failure = Failure("oom", phase="evaluation", loaders=TRAIN, oom={"loader": 1, "grad_enabled": False})
+    decision = next_plan(Plan(), failure, RecoveryOptions())
+    assert decision.remedy == "eval-split"
+    assert decision.plan.eval_loaders == (1,) and decision.plan.eval_parts == 2
+    assert decision.plan.micro_batches == 1  # the training batches are untouched
+    assert "eval-no-grad: evaluation already ran under no_grad" in decision.passed_over
+
+
+def test_a_remedy_the_script_fails_with_is_undone_and_the_next_one_tried():
+    oom = Failure("oom", phase="backward", loaders=TRAIN, training=measured())
+    amp = next_plan(Plan(), oom, RecoveryOptions(remedies=("amp", "micro-batch")))
+    assert amp.remedy == "amp"
+    broken = Failure("other", message="RuntimeError: Found dtype Float but expected BFloat16")
+    decision = next_plan(amp.plan, broken, RecoveryOptions(remedies=("amp", "micro-batch")), previous=oom)
+    assert decision.remedy == "micro-batch" and decision.plan.amp is None and "amp" in decision.plan.excluded
+    assert decision.reason.startswith("amp made the script fail (RuntimeError: Found dtype Float")
+    assert decision.plan.attempt == 3
+    # a failure with no new remedy behind it is the script's own: passed through
+    assert next_plan(Plan(), broken, RecoveryOptions(), previous=None).plan is None
+
+
+def test_offload_is_for_a_gpu_only():
+    failure = Failure("oom", phase="backward", training=measured(device="cuda"))
+    assert next_plan(Plan(), failure, RecoveryOptions(remedies=("offload",))).remedy == "offload"
+    cpu = next_plan(Plan(), Failure("oom", phase="backward", training=measured()), RecoveryOptions(remedies=("offload",)))
+    assert cpu.plan is None and "not on a GPU" in cpu.reason

@@ -29,6 +29,11 @@ from torch.utils.checkpoint import checkpoint
 from torchdoctor.agent.patching import ClassPatches
 
 MIN_FLAT_LAYERS = 4  # a flat Sequential needs this many layers with weights before segments help
+CHECKED_CALLS = 32  # the first checkpointed calls whose recomputation is compared with their forward
+
+
+def _unchecked(output: Any) -> Any:
+    return output
 
 
 def _has_weights(module: nn.Module) -> bool:
@@ -87,6 +92,8 @@ class ActivationCheckpointing:
         self._roots: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self.block_count = 0
         self.checkpointed_calls = 0
+        self.recomputed_checked = 0  # recomputations whose output was compared with the forward's
+        self.recomputed_differed = 0  # ... and was not bit for bit the same
         self._patches = ClassPatches()
 
     def adopt(self, root: nn.Module) -> None:
@@ -129,15 +136,38 @@ class ActivationCheckpointing:
     def _checkpointed(self, call: Any, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         self.checkpointed_calls += 1
         calls = [0]
+        check = self._check()
 
         def run(*a: Any, **k: Any) -> Any:
             calls[0] += 1
             if calls[0] == 1:
-                return call(module, *a, **k)  # the forward: with the module's hooks, as without the remedy
+                return check(call(module, *a, **k))  # the forward: with the module's hooks, as without the remedy
             with _running_stats_kept([module]):  # the recomputation in backward
-                return module.forward(*a, **k)
+                return check(module.forward(*a, **k))
 
-        return checkpoint(run, *args, use_reentrant=False, **kwargs)
+        return checkpoint(run, *args, use_reentrant=False, early_stop=check is _unchecked, **kwargs)
+
+    def _check(self) -> Any:
+        """For the first calls: a function that fingerprints the forward's output and compares the
+        recomputation's with it (the remedy's exactness, measured)."""
+        if self.checkpointed_calls > CHECKED_CALLS:
+            return _unchecked
+        seen: list[float] = []
+
+        def check(output: Any) -> Any:
+            tensor = output if isinstance(output, torch.Tensor) else next(
+                (o for o in (output if isinstance(output, (tuple, list)) else ()) if isinstance(o, torch.Tensor)), None)
+            if tensor is None:
+                return output
+            value = float(tensor.detach().to(torch.float64).sum())
+            if seen:
+                self.recomputed_checked += 1
+                self.recomputed_differed += value != seen[0] and not (value != value and seen[0] != seen[0])
+            else:
+                seen.append(value)
+            return output
+
+        return check
 
     def _segmented_forward(self, sequential: nn.Sequential, ranges: list[tuple[int, int]], value: Any) -> Any:
         children = list(sequential)
@@ -145,14 +175,15 @@ class ActivationCheckpointing:
             part = children[start:end]
             self.checkpointed_calls += 1
             calls = [0]
+            check = self._check()
 
-            def run(x: Any, part: list[nn.Module] = part, calls: list[int] = calls) -> Any:
+            def run(x: Any, part: list[nn.Module] = part, calls: list[int] = calls, check: Any = check) -> Any:
                 calls[0] += 1
                 keep = _running_stats_kept(part) if calls[0] > 1 else contextlib.nullcontext()
                 with keep:
                     for child in part:
                         x = child(x) if calls[0] == 1 else child.forward(x)
-                return x
+                return check(x)
 
-            value = checkpoint(run, value, use_reentrant=False)
+            value = checkpoint(run, value, use_reentrant=False, early_stop=check is _unchecked)
         return value

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 import sys
 from typing import Any
 
@@ -21,8 +22,16 @@ from torchdoctor.agent.locations import is_user_file, shown_path
 MAX_FILE_BYTES = 2_000_000
 
 
-@functools.lru_cache(maxsize=16)
 def _tree(filename: str) -> tuple[ast.Module, str] | None:
+    try:
+        stat = os.stat(filename)
+    except OSError:
+        return None
+    return _parsed(filename, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(filename: str, mtime_ns: int, size: int) -> tuple[ast.Module, str] | None:
     try:
         with open(filename, encoding="utf-8", errors="replace") as handle:
             source = handle.read(MAX_FILE_BYTES + 1)

@@ -169,6 +169,8 @@ class RecoveryHooks:
                   "offloaded_forwards": self.remedies.offloaded_forwards,
                   "checkpointed_blocks": checkpointing.block_count if checkpointing else 0,
                   "checkpointed_calls": checkpointing.checkpointed_calls if checkpointing else 0,
+                  "recomputed_checked": checkpointing.recomputed_checked if checkpointing else 0,
+                  "recomputed_differed": checkpointing.recomputed_differed if checkpointing else 0,
                   "deferred_steps": self.loaders.accumulator.skipped_steps}
         return {k: v for k, v in counts.items() if v}
 

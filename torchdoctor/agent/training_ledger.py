@@ -177,6 +177,8 @@ class TrainingLedger:
         self.bn_largest: int | None = None
         self.bn_forwards = 0
         self._bn_handles: list[Any] = []
+        self._bn_tracked: list[tuple[weakref.ref[Any], int]] = []  # (layer, num_batches_tracked when first seen)
+        self.in_backward: Any = lambda: False  # the session tells whether backward is running
         self._bn_seen: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self.blocks = 0  # repeated blocks in the models that trained (what checkpointing would wrap)
         self.device: str | None = None
@@ -280,8 +282,12 @@ class TrainingLedger:
                 self._bn_seen.add(module)
                 self.bn_layers += 1
                 self._bn_handles.append(module.register_forward_pre_hook(self._bn_pre))
+                if module.num_batches_tracked is not None:
+                    self._bn_tracked.append((weakref.ref(module), int(module.num_batches_tracked)))
 
     def _bn_pre(self, module: torch.nn.Module, args: Any) -> None:
+        if self.in_backward():  # a checkpointed block's recomputation, not a training forward
+            return
         if module.training and args and isinstance(args[0], torch.Tensor) and args[0].dim() > 1:
             self.bn_forwards += 1
             n = int(args[0].shape[0])
@@ -289,6 +295,20 @@ class TrainingLedger:
             self.bn_largest = n if self.bn_largest is None else max(self.bn_largest, n)
 
     # -- the end -------------------------------------------------------------------------------------------
+    def _fold_unconsumed(self) -> None:
+        """The batch the script had drawn (or was running forward) when it ended, no backward pass yet: an OOM in
+        the forward leaves the step it began with that batch."""
+        drawn: list[tuple[int, float | None]] = [(n, p) for _, n, p in self._drawn]
+        if not drawn and self._forward is not None:
+            drawn = [self._forward]
+        if drawn:
+            self.now.samples += sum(n for n, _ in drawn)
+            self.now.drew += 1
+            if all(p is not None for _, p in drawn):
+                self.now.print_sum += sum(p for _, p in drawn)  # type: ignore[misc]
+                self.now.print_read += 1
+        self._drawn, self._forward = [], None
+
     def finish(self, passes: list[dict[str, Any]], step_calls: int, settings: dict[str, Any],
                remedies: dict[str, int], optimizers: list[torch.optim.Optimizer]) -> TrainingFigures:
         for handle in self._bn_handles:
@@ -296,14 +316,18 @@ class TrainingLedger:
         self._bn_handles = []
         if not self._order and self._probe.changed(None):
             self._manual_update()
+        self._fold_unconsumed()
         updaters = self._order or ([self._manual] if self._manual else [])
-        if not updaters and self.now.backwards:  # no step yet: what the first one had gathered when it ended
+        if not updaters and self.now.samples:  # no step yet: what the first one had gathered when it ended
             name = f"{type(optimizers[0]).__name__} #0" if optimizers else MANUAL
             updaters = [Updater(name)]
         batchnorm = None
         if self.bn_layers:
             batchnorm = {"layers": self.bn_layers, "forwards": self.bn_forwards, "smallest_batch": self.bn_smallest,
                          "largest_batch": self.bn_largest}
+            layers = [(m, n) for ref, n in self._bn_tracked if (m := ref()) is not None]
+            if layers and len(layers) == len(self._bn_tracked):
+                batchnorm["updates"] = sum(int(m.num_batches_tracked) - n for m, n in layers)
         return TrainingFigures(
             updates=[u.to_dict(self.now) for u in updaters],
             step_calls=step_calls, backwards=self.now.backwards, iterations=self.now.iterations,
