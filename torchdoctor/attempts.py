@@ -138,15 +138,20 @@ def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failur
     return record
 
 
-def suggestions(breakdown: dict[str, int] | None) -> list[str]:
+def suggestions(breakdown: dict[str, int] | None, held: list[dict[str, Any]] | None = None) -> list[str]:
     """Concrete ways out when no remedy is left, largest estimated saving first."""
     if not breakdown:
         return ["measure where the memory goes: torchdoctor run --accounting exact"]
+    loose = [t for t in held or [] if t.get("phase") == "other" and t.get("category") == "activations_other"]
+    data = sum(t["bytes"] for t in loose)
     act = breakdown.get("activations_other", 0)
     opt = breakdown.get("optimizer_state", 0)
     grads = breakdown.get("gradients", 0)
     params = breakdown.get("parameters", 0)
     ideas = [
+        (data, f"keep data off the device: {len(loose)} tensor(s) made outside training forwards hold "
+               f"{format_bytes(data)} (the largest {'×'.join(str(n) for n in loose[0]['shape'])} "
+               f"{loose[0]['dtype']}); move each batch instead") if loose else (0, ""),
         (act // 2, f"halve the batch or checkpoint activations (torch.utils.checkpoint): activations and other "
                    f"tensors held {format_bytes(act)}; about {format_bytes(act // 2)} saved"),
         (opt // 2, f"keep optimizer state in bfloat16 or use an optimizer with less state: it held "

@@ -110,6 +110,7 @@ class OutOfMemory(Event):
     breakdown: dict[str, int] | None = None  # what the device held when it failed
     loader: int | None = None  # the DataLoader (creation index) that delivered the batch last before it failed
     grad_enabled: bool | None = None  # whether the forward running then had autograd on (None: not tracked)
+    top_tensors: list[dict[str, Any]] | None = None  # the largest tensors alive then (exact accounting only)
 
 
 @dataclass(frozen=True)

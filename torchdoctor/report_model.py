@@ -80,8 +80,10 @@ def recovery_summary(attempts: list[dict[str, Any]], outcome: str) -> dict[str, 
         "invariants": invariants,
         "training_changed": changes(invariants),
         "gave_up": attempts[-1].get("decision") if outcome != "success" else None,
-        "suggestions": (suggestions((attempts[-1].get("oom") or {}).get("breakdown"))
+        "suggestions": (suggestions((attempts[-1].get("oom") or {}).get("breakdown"),
+                                    (attempts[-1].get("oom") or {}).get("top_tensors"))
                         if outcome != "success" and attempts[-1].get("oom") else []),
+        "held_at_oom": ((attempts[-1].get("oom") or {}).get("top_tensors") or []) if outcome != "success" else [],
     }
 
 

@@ -178,9 +178,12 @@ class TensorAccountant(TorchDispatchMode):
                    f"total capacity of {_size(capacity)} (torchdoctor memory budget) of which {_size(free)} is "
                    f"free. Of the allocated memory {_size(ledger.current)} is allocated by tensors.")
         if self.on_budget_exceeded is not None:
+            alive = heapq.nlargest(5, (e for e in self._live.values() if e.ledger is ledger), key=lambda e: e.nbytes)
+            names = self.namer() if self.namer is not None and alive else {}
             self.on_budget_exceeded({"device": device, "requested_bytes": nbytes, "in_use_bytes": ledger.current,
                                      "capacity_bytes": capacity, "phase": self.phase, "message": message,
-                                     "breakdown": dict(zip(CATEGORIES, ledger.cats))})
+                                     "breakdown": dict(zip(CATEGORIES, ledger.cats)),
+                                     "top_tensors": [e.describe(names.get(e.ptr)) for e in alive]})
         raise torch.OutOfMemoryError(message)
 
     def _release(self, ptr: int, entry: _Entry) -> None:

@@ -2,8 +2,9 @@
 
 The script still calls ``zero_grad``, ``backward``, ``optimizer.step``, ``scheduler.step``, ``scaler.step`` and
 ``clip_grad_norm_`` once per micro-batch; the gates below let them act once per batch: each micro-batch's
-gradient is scaled by its share of the batch, gradients are kept until the batch's last micro-batch, and only
-then are they clipped, stepped and reset.
+gradient counts for its share of the batch, by how its loss reduces (read from its graph: a mean by micro size /
+batch size, a sum as it is, a mean over the targets that counted by their number), gradients are kept until the
+batch's last micro-batch, and only then are they clipped, stepped and reset.
 """
 
 from __future__ import annotations
@@ -36,14 +37,39 @@ class Accumulator:
         self.current: MicroInfo | None = None  # the micro-batch the script is working on
         self.pending_grads = False  # a micro-batch's gradients wait for the batch's optimizer step
         self.skipped_steps = 0
+        self.window_tokens = 0  # token-mean losses: the targets counted in this batch's micro-batches so far
+        self.on_normalise: Any = None  # told the divisor when a window's gradients are divided by its tokens
+
+    def scale_for(self, kind: str, tokens: int | None) -> float:
+        """How much a micro-batch's loss counts, by how the loss reduces (read from its graph): a mean over samples
+        counts for its share of the batch's samples; a sum as it is; a mean over the targets that counted (padding
+        ignored) as a sum over them, divided by the whole batch's count before the step (``normalise``)."""
+        if self.current is None:
+            return 1.0
+        if kind == "sum":
+            return 1.0
+        if kind == "token-mean" and tokens:
+            if self.current.index == 0:
+                self.window_tokens = 0
+            self.window_tokens += tokens
+            return float(tokens)
+        return self.current.weight  # a mean (or unknown: counted as a mean, and the report says so)
+
+    def normalise(self, params: Any) -> None:
+        """Before the batch's clipping, unscaling or step: divide token-mean gradients by the batch's target count."""
+        if not self.window_tokens:
+            return
+        divisor, self.window_tokens = self.window_tokens, 0
+        with torch.no_grad():
+            for param in params():
+                if param.grad is not None:
+                    param.grad.div_(divisor)
+        if self.on_normalise is not None:
+            self.on_normalise(divisor)
 
     @property
     def at_boundary(self) -> bool:
         return self.current is None or self.current.last
-
-    @property
-    def loss_scale(self) -> float:
-        return 1.0 if self.current is None else self.current.weight
 
     def after_backward(self) -> None:
         if self.current is not None:
@@ -96,11 +122,17 @@ class AccumulationGates:
     def install(self, constructions: Any, zero_grad: Any, clips: Any) -> None:
         acc = self.acc
 
+        def every_param() -> list[torch.Tensor]:
+            return [p for o in constructions.optimizers.alive() for g in o.param_groups for p in g["params"]]
+
         def gate_step(opt: torch.optim.Optimizer) -> None:
             step = opt.step  # the hooked, bound step; wrapped per instance so every caller is gated
 
             def gated_step(self: Any, *a: Any, **k: Any) -> Any:
-                return step(*a, **k) if acc.allow_step() else None
+                if not acc.allow_step():
+                    return None
+                acc.normalise(every_param)
+                return step(*a, **k)
 
             # A bound method, as LR schedulers expect when they wrap optimizer.step in turn.
             opt.step = types.MethodType(functools.wraps(step.__func__)(gated_step), opt)
@@ -112,6 +144,7 @@ class AccumulationGates:
             @functools.wraps(original)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 if allow():
+                    acc.normalise(every_param)
                     return original(*args, **kwargs)
                 return default(*args, **kwargs) if callable(default) else default
             return wrapper
@@ -121,6 +154,13 @@ class AccumulationGates:
             return torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0)
 
         at_boundary = lambda: acc.at_boundary  # noqa: E731
+
+        def clip_at_boundary() -> bool:
+            if acc.at_boundary:
+                acc.normalise(every_param)
+                return True
+            return False
+
         zero_grad.gates.append(acc.allow_zero_grad)
         self._zero_grad = zero_grad
         scheduler_classes = [torch.optim.lr_scheduler.LRScheduler]
@@ -131,9 +171,9 @@ class AccumulationGates:
             self._patches.wrap(cls, "step", lambda f: gate(f, at_boundary))
         for name in ("unscale_", "step", "update"):
             self._patches.wrap(torch.amp.GradScaler, name, lambda f: gate(f, at_boundary))
-        clips.gates.append(at_boundary)
+        clips.gates.append(clip_at_boundary)
         clips.norm_when_gated = unclipped_norm
-        self._clips = (clips, at_boundary)
+        self._clips = (clips, clip_at_boundary)
 
     def remove(self) -> None:
         self._patches.restore()

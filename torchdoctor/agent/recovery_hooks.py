@@ -64,6 +64,7 @@ class RecoveryHooks:
             self.session.constructions.on_optimizer.append(_single_tensor_path)
         if self.gates is not None:
             self.gates.install(self.session.constructions, self.session.zero_grad_hooks, self.session.clip_hooks)
+            self.loaders.accumulator.on_normalise = self.session.ledger.normalise_loss
         self.remedies.install()
         self._apply_budget()
         self._announce_plan()
@@ -141,8 +142,10 @@ class RecoveryHooks:
         if self._backwards == 1:  # the first backward pass: read the training loop around it
             self.session.ledger.loop = self._read_loop()
         self.session.backward_seen(tensors, bool(retain or create))
-        scale = acc.loss_scale if self.gates is not None else 1.0
-        self.session.ledger.backward(first_tensor(tensors), scale)
+        loss = first_tensor(tensors)
+        reduction = self.session.ledger.reduction_of(loss)
+        scale = acc.scale_for(reduction.kind, reduction.tokens) if self.gates is not None else 1.0
+        self.session.ledger.backward(loss, scale, reduction)
         if scale != 1.0:
             args, kwargs = scale_backward_args(args, kwargs, scale)
         return args, kwargs

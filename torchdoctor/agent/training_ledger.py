@@ -40,7 +40,7 @@ def batch_samples(data: Any) -> tuple[int | None, Any]:
 
 def fingerprint(tensor: Any) -> float | None:
     try:
-        return float(tensor.detach().to(torch.float64).sum())
+        return float(tensor.detach().sum(dtype=torch.float64))  # no float64 copy of the batch
     except (RuntimeError, TypeError):
         return None
 
@@ -217,7 +217,23 @@ class TrainingLedger:
                     self._forward = (samples, fingerprint(tensor) if self._reading() else None)
             self._watch_model(module)
 
-    def backward(self, loss: torch.Tensor | None, scale: float) -> None:
+    def reduction_of(self, loss: torch.Tensor | None) -> Reduction:
+        """How ``loss`` reduces over the batch that feeds it (read before its backward pass)."""
+        if loss is None or loss.grad_fn is None:
+            return Reduction("unknown")
+        if self._drawn:
+            samples = self._drawn[-1][1]
+        else:
+            samples = self._forward[0] if self._forward is not None else None
+        return loss_reduction(loss, samples)
+
+    def normalise_loss(self, divisor: float) -> None:
+        """The window's gradients were divided by ``divisor`` (token-mean accumulation): so is its loss."""
+        first = self._first_updater()
+        base = first.since.loss if first is not None else 0.0
+        self.now.loss = base + (self.now.loss - base) / divisor
+
+    def backward(self, loss: torch.Tensor | None, scale: float, reduction: Reduction | None = None) -> None:
         """A backward pass from ``loss`` whose gradient torchdoctor scales by ``scale``."""
         now = self.now
         if not self._order and self._probe.changed(loss):
@@ -231,7 +247,6 @@ class TrainingLedger:
             drawn = [self._forward]
         if not self.loader_fed:
             now.iterations += 1  # no training DataLoader: each backward pass is a loop iteration
-        batch = drawn[-1][0] if drawn else None
         if drawn:
             now.samples += sum(n for n, _ in drawn)
             now.drew += 1
@@ -245,7 +260,8 @@ class TrainingLedger:
         if loss is None or loss.grad_fn is None:
             self.reductions["unknown"] += 1
             return
-        reduction = loss_reduction(loss, batch)
+        if reduction is None:
+            reduction = loss_reduction(loss, drawn[-1][0] if drawn else None)
         self.last_reduction = reduction
         self.reductions[reduction.kind] += 1
         if reduction.tokens is not None:
