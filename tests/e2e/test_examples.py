@@ -48,3 +48,28 @@ def test_the_github_workflow_runs_its_memory_gate_and_memory_tests_as_written(tm
         assert (tmp_path / name).stat().st_size > 0, name
         if name.endswith(".xml"):
             schema.validate(tmp_path / name)
+
+
+def test_the_readme_main_command_shows_an_oom_caught_and_the_training_kept(tmp_path):
+    """The README's first command, as written there (after the install): the example runs out of memory, recovers,
+    and its report says, measured, that it trained as asked; the script's own output agrees with a bare run."""
+    import re
+    import shlex
+
+    from tests.conftest import read_report, run_torchdoctor
+
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"&& (torchdoctor run [^\n`]*examples/\S+)", readme).group(1)
+    args = shlex.split(command)[1:]
+    script = REPO / args[-1]
+    result = run_torchdoctor([args[0], "--run-dir", str(tmp_path / "run"), *args[1:-1], str(script)], cwd=tmp_path,
+                             timeout=300, env_extra={"COLUMNS": "100"})
+    bare = run_python([str(script)], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "ran out of memory" in result.stderr and "recovered with" in result.stderr
+    assert "TRAINING CHANGED" not in result.stderr
+    report = read_report(tmp_path / "run")
+    assert report["attempts"][0]["outcome"] == "oom" and report["recovery"]["recovered"]
+    assert {i["key"]: i["status"] for i in report["recovery"]["invariants"]} == {
+        "optimizer_steps": "kept", "samples_per_step": "kept", "data_order": "kept", "numerics": "kept"}
+    assert result.stdout == bare.stdout  # the same losses, printed by the script itself
