@@ -29,6 +29,7 @@ class Plan:
     #   command line, or `framework` "hf"/"lightning": TrainingArguments / Trainer settings) while its batch size
     #   is divided (`batch_arg`, the framework's setting, or these DataLoaders split without torchdoctor's gates).
     micro_batches: int = 1
+    micro_size: int | None = None  # DataLoader splits: micro-batches of this many samples, the rest last
     train_loaders: tuple[int, ...] = ()
     batch_arg: str | None = None
     batch_arg_size: int | None = None  # the batch size the script was given (or defaulted to) in attempt 1

@@ -67,6 +67,51 @@ def next_parts(current: int) -> int:
 
 
 SPLITTABLE_PHASES = ("forward", "backward", None)  # None: the phase was not tracked when it failed
+MARGIN = 0.95  # of the estimated largest micro-batch that fits: the estimate rests on the OOM's figures
+# Optimizer state per parameter byte, for the state an optimizer makes at its first step (if the OOM came first).
+STATE_PER_PARAM = {"Adam": 2, "AdamW": 2, "NAdam": 2, "RAdam": 2, "Adamax": 2, "Adadelta": 2, "Rprop": 2,
+                   "SparseAdam": 2, "ASGD": 2, "Adagrad": 1, "RMSprop": 1, "SGD": 1}
+
+
+def fitting_micro(current: int, failure: Failure, facts: Any) -> int | None:
+    """The largest micro-batch (samples) that should fit, from what the OOM at micro-batch size ``current`` measured:
+    the memory a step holds whatever its size (parameters, their gradients, the optimizer's state, the one extra
+    gradient accumulation needs) and, per sample, the activations (and other tensors) the failed step held when it
+    ran out (a lower bound of its need when it ran out mid-forward: the estimate then errs large, and the next OOM
+    measures closer). None when the OOM did not say enough (no capacity, no breakdown)."""
+    oom = failure.oom or {}
+    capacity, in_use, asked = oom.get("capacity_bytes"), oom.get("in_use_bytes"), oom.get("requested_bytes")
+    breakdown = oom.get("breakdown") or {}
+    if not capacity or in_use is None or not asked or not breakdown or current < 1:
+        return None
+    params = breakdown.get("parameters", 0)
+    optimizers = (failure.training or {}).get("optimizers") or []
+    state = sum(STATE_PER_PARAM.get(o.get("name", ""), 2) for o in optimizers[:1]) * params
+    largest = max((t["bytes"] for t in oom.get("top_tensors") or [] if t.get("category") == "parameters"),
+                  default=params // 4)
+    fixed = params + max(breakdown.get("gradients", 0), params) + max(breakdown.get("optimizer_state", 0), state)
+    fixed += largest  # accumulating: a micro-batch's gradient is made before it is added to .grad
+    # what scales with the batch: activations (and other tensors) held at the OOM, plus the one asked for when
+    # the forward asked (in backward it may be a parameter's gradient, which does not scale)
+    scaled = breakdown.get("activations_other", 0) + (asked if failure.phase == "forward" else 0)
+    per_sample = scaled / current
+    if per_sample <= 0 or capacity <= fixed:
+        return None
+    return max(1, int((capacity - fixed) / per_sample * MARGIN))
+
+
+def _next_micro(batch: int, current: int, failure: Failure, facts: Any, divisor: bool) -> tuple[int, str]:
+    """The next micro-batch size below ``current`` for batches of ``batch``: the estimate from the OOM's figures
+    when it has one, else the next of 2, 3, 5, 8... parts; a divisor of ``batch`` when the micro-batches must be
+    equal (the script's own scaling, or a batch option that takes one number)."""
+    estimate = fitting_micro(current, failure, facts)
+    how = "estimated from the OOM's figures"
+    if estimate is None or estimate >= current:
+        estimate = -(-batch // next_parts(-(-batch // current)))
+        how = "the next split"
+    if divisor:
+        estimate = max((d for d in range(1, estimate + 1) if batch % d == 0), default=1)
+    return estimate, how
 
 
 class _Facts:
@@ -216,11 +261,11 @@ def _script_knob(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryO
     blocked = _split_blockers(facts, options, own_accumulation=True)
     if blocked:
         return blocked
-    parts = next_parts(plan.micro_batches)
-    while parts <= size and size % parts:  # equal micro-batches: the script's own scaling stays exact
-        parts += 1
-    if parts > size or size // parts < options.min_batch_size:
+    current = size // plan.micro_batches
+    micro, _ = _next_micro(size, current, failure, facts, divisor=True)  # equal: the script's scaling stays exact
+    if micro >= current or micro < options.min_batch_size:
         return f"the batch of {size} cannot be divided further (--min-batch-size {options.min_batch_size})"
+    parts = size // micro
     framework = via if via in ("hf", "lightning") else None
     loaders = plan.train_loaders
     if framework == "lightning":  # Lightning's batches come from the script's DataLoader: split it, ungated
@@ -246,16 +291,19 @@ def _split_loaders(plan: Plan, failure: Failure, facts: _Facts, options: Recover
         endless = facts.endless(loader.index)
         if endless:
             return endless
-    parts = next_parts(plan.micro_batches)
     smallest = min(lo.batch_size for lo in training)  # type: ignore[type-var]
-    micro = -(-smallest // parts)
-    if micro < options.min_batch_size or parts > smallest:
+    current = plan.micro_size or -(-smallest // plan.micro_batches)
+    micro, chosen = _next_micro(smallest, current, failure, facts, divisor=False)
+    if micro < options.min_batch_size or current <= 1:
         return f"batches cannot be split further (--min-batch-size {options.min_batch_size})"
-    new = _ready(plan, options, "micro-batch", micro_batches=parts, train_loaders=tuple(lo.index for lo in training),
-                 keep_effective_batch=options.keep_effective_batch)
+    parts = -(-smallest // micro)
+    new = _ready(plan, options, "micro-batch", micro_batches=parts, micro_size=micro,
+                 train_loaders=tuple(lo.index for lo in training), keep_effective_batch=options.keep_effective_batch)
     how = ("with gradient accumulation, so each optimizer step still sees the whole batch"
            if options.keep_effective_batch else "without accumulation (--no-keep-effective-batch)")
-    return Decision(new, "micro-batch", f"split each batch of {smallest} into {parts} micro-batches of ~{micro} {how}")
+    rest = smallest - (parts - 1) * micro
+    shape = f"{parts} micro-batches of {micro}" + (f" (the last {rest})" if rest != micro else "")
+    return Decision(new, "micro-batch", f"split each batch of {smallest} into {shape} ({chosen}) {how}")
 
 
 def _split_argument(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions) -> Decision | str:
@@ -268,15 +316,17 @@ def _split_argument(plan: Plan, failure: Failure, facts: _Facts, options: Recove
         return (f"the training loop ({facts.loop.get('header')}, {facts.loop.get('where')}) stops by its own count, "
                 f"which would count micro-batches")
     option, size = failure.argument
-    parts = next_parts(plan.micro_batches)
-    while parts <= size and size % parts:  # the option takes a whole number: a divisor of the batch
-        parts += 1
-    if parts > size or size // parts < options.min_batch_size:
+    if plan.batch_arg_size:
+        size = plan.batch_arg_size
+    current = size // plan.micro_batches
+    micro, chosen = _next_micro(size, current, failure, facts, divisor=True)
+    if micro >= current or micro < options.min_batch_size:
         return f"the batch of {size} cannot be divided further (--min-batch-size {options.min_batch_size})"
+    parts = size // micro
     new = _ready(plan, options, "micro-batch", micro_batches=parts, batch_arg=option, batch_arg_size=size,
                  keep_effective_batch=options.keep_effective_batch)
-    return Decision(new, "micro-batch", f"pass {option} {size // parts} and accumulate {parts} micro-batches per "
-                                        f"optimizer step (effective batch {size})")
+    return Decision(new, "micro-batch", f"pass {option} {micro} and accumulate {parts} micro-batches per optimizer "
+                                        f"step (effective batch {size}; {chosen})")
 
 
 def _offload(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions) -> Decision | str:

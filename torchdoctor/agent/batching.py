@@ -29,8 +29,12 @@ from torchdoctor.agent.patching import ClassPatches
 from torchdoctor.events import BatchSource
 
 
-def split_sizes(n: int, parts: int) -> list[int]:
-    """Sizes of ``parts`` (at most ``n``) contiguous chunks of ``n`` items, as even as possible."""
+def split_sizes(n: int, parts: int, size: int | None = None) -> list[int]:
+    """Sizes of contiguous chunks of ``n`` items: ``parts`` (at most ``n``) as even as possible, or, with ``size``,
+    chunks of ``size`` items and the rest last (the largest micro-batch that fits, as often as it fits)."""
+    if size:
+        full, rest = divmod(n, size)
+        return [size] * full + ([rest] if rest else []) or [0]
     parts = max(1, min(parts, n))
     base, extra = divmod(n, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
@@ -50,9 +54,10 @@ def whole_batches(loader: DataLoader) -> int | None:
 class MicroBatchSampler:
     """Yields each batch of ``inner`` as consecutive micro-batches; records their order for the Accumulator."""
 
-    def __init__(self, inner: Any, parts: int, gated: bool = True) -> None:
+    def __init__(self, inner: Any, parts: int, gated: bool = True, size: int | None = None) -> None:
         self.inner = inner
         self.parts = parts
+        self.size = size
         self.gated = gated  # torchdoctor accumulates its micro-batches (else the script or nobody does)
         self.pending: deque[MicroInfo] = deque()
 
@@ -61,7 +66,7 @@ class MicroBatchSampler:
         for batch in self.inner:
             batch = list(batch)
             start = 0
-            sizes = split_sizes(len(batch), self.parts) if batch else [0]
+            sizes = split_sizes(len(batch), self.parts, self.size) if batch else [0]
             for i, size in enumerate(sizes):
                 self.pending.append(MicroInfo(i, len(sizes), size / max(1, len(batch))))
                 yield batch[start:start + size]
@@ -78,18 +83,20 @@ class MicroBatchSampler:
         except TypeError:
             return inner_len * self.parts
         full, last = divmod(n, batch_size)
-        tail = 0 if getattr(self.inner, "drop_last", False) or not last else min(self.parts, last)
-        return full * min(self.parts, batch_size) + tail
+        tail = 0 if getattr(self.inner, "drop_last", False) or not last else len(split_sizes(last, self.parts,
+                                                                                              self.size))
+        return full * len(split_sizes(batch_size, self.parts, self.size)) + tail
 
 
 class LoaderWatch:
     """Numbers DataLoaders, reports batch sources, and splits the ones the plan names."""
 
     def __init__(self, emit: Callable[[Any], None], split: dict[int, int], worker_cap: int | None,
-                 keep_rng: bool = False, gated: set[int] | None = None) -> None:
+                 keep_rng: bool = False, gated: set[int] | None = None, sizes: dict[int, int] | None = None) -> None:
         self._emit = emit
         self._split = split  # loader index -> micro-batches per batch
         self._gated = gated if gated is not None else set(split)  # ... whose micro-batches torchdoctor accumulates
+        self._micro_sizes = sizes or {}  # ... split into micro-batches of this size (else evenly)
         self._worker_cap = worker_cap
         self._count = 0
         self._sizes: dict[int, int | None] = {}
@@ -193,10 +200,12 @@ class LoaderWatch:
             if loader.batch_sampler is None:
                 detail = "no batch sampler (batch_size=None): cannot split"
             else:
-                object.__setattr__(loader, "batch_sampler", MicroBatchSampler(loader.batch_sampler, parts,
-                                                                               gated=index in self._gated))
+                size = self._micro_sizes.get(index)
+                object.__setattr__(loader, "batch_sampler", MicroBatchSampler(
+                    loader.batch_sampler, parts, gated=index in self._gated, size=size))
                 self.split_loaders.append(index)
-                detail = f"split into {parts} micro-batches per batch"
+                detail = (f"split into micro-batches of {size}" if size else
+                          f"split into {parts} micro-batches per batch")
         self._emit(BatchSource(index=index, source="dataloader", batch_size=loader.batch_size, training=False,
                                detail=detail, workers=loader.num_workers))
 

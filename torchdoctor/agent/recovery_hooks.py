@@ -41,7 +41,9 @@ class RecoveryHooks:
         split.update({index: plan.eval_parts for index in plan.eval_loaders if plan.eval_parts > 1})
         gated = set(plan.train_loaders) if ours and plan.keep_effective_batch else set()
         keep_rng = bool(session.settings.checkpoint_dir and session.settings.checkpoint_every)
-        self.loaders = LoaderWatch(session.emit, split, plan.host_workers_cap, keep_rng=keep_rng, gated=gated)
+        sizes = {index: plan.micro_size for index in plan.train_loaders} if plan.micro_size else {}
+        self.loaders = LoaderWatch(session.emit, split, plan.host_workers_cap, keep_rng=keep_rng, gated=gated,
+                                   sizes=sizes)
         self.batch_args = BatchArgumentWatch(session.emit, plan.batch_arg)
         self.frameworks = FrameworkSettings(plan, session.emit)
         self._argv_parts = plan.micro_batches if ours and plan.batch_arg and plan.micro_batches > 1 else 1
@@ -111,7 +113,8 @@ class RecoveryHooks:
         if plan.micro_batches > 1:
             who = (" with the script's own gradient accumulation" if plan.accumulation == "script"
                    else " with gradient accumulation" if plan.keep_effective_batch else " (no accumulation)")
-            parts.append(f"{plan.micro_batches} micro-batches per batch{who}")
+            parts.append((f"micro-batches of {plan.micro_size}" if plan.micro_size else
+                          f"{plan.micro_batches} micro-batches per batch") + who)
         if plan.eval_no_grad:
             parts.append("evaluation under no_grad")
         if plan.eval_parts > 1:

@@ -129,6 +129,8 @@ class AgentSession:
         self._resume_from = plan.resume_from
         self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+        self._grad_watched: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
+        self._grad_hooks: list[Any] = []
         self._handles: list[Any] = []
         self._measuring = False
         self._span_measured = False
@@ -147,6 +149,8 @@ class AgentSession:
         ]
         self.phases.install_autograd_wrappers()
         self.constructions.install()
+        if self.schedule.mode != "off":
+            self.constructions.on_optimizer.append(self._watch_gradients)
         self.zero_grad_hooks.install()
         self.clip_hooks.install()
         self.recovery.install()
@@ -176,9 +180,11 @@ class AgentSession:
         if self._measuring or self.step == 0:
             self.emit(self._sample(span="tail"))
         self._stop_measuring()
-        for handle in self._handles:
+        for handle in self._handles + self._grad_hooks:
             handle.remove()
-        self._handles = []
+        self._handles, self._grad_hooks = [], []
+        if self._watch_gradients in self.constructions.on_optimizer:
+            self.constructions.on_optimizer.remove(self._watch_gradients)
         self.phases.remove_autograd_wrappers()
         if self.doctor is not None:
             self.doctor.remove()
@@ -272,6 +278,19 @@ class AgentSession:
         self._span_start = time.perf_counter()
         if self.settings.max_steps and self.step >= self.settings.max_steps:
             raise StepsDone(f"{self.step} optimizer steps taken, as asked")
+
+    def _watch_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """A gradient is a gradient as soon as autograd puts it in ``.grad`` (mid-backward peaks, accumulation),
+        not only when the optimizer steps: one hook per parameter, which counts only on measured steps."""
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.requires_grad and param not in self._grad_watched:
+                    self._grad_watched.add(param)
+                    self._grad_hooks.append(param.register_post_accumulate_grad_hook(self._gradient_made))
+
+    def _gradient_made(self, param: torch.Tensor) -> None:
+        if self._measuring and param.grad is not None:
+            self.accountant.classify((param.grad,), GRADIENTS)
 
     def _phase_changed(self, phase: str) -> None:
         self.accountant.set_phase(phase)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.optim as optim
 
 
-def generate_sine_waves(N=200, L=40, T=20, seed=2):
+def generate_sine_waves(N=256, L=32, T=20, seed=2):
     g = torch.Generator().manual_seed(seed)
     x = torch.arange(L, dtype=torch.float64).unsqueeze(0) + torch.randint(-4 * T, 4 * T, (N, 1), generator=g)
     return torch.sin(x / 1.0 / T)
