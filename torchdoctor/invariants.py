@@ -130,6 +130,12 @@ def samples_per_step(asked: dict[str, Any], done: dict[str, Any], plan: dict[str
         accumulation = (asked.get("settings") or {}).get("accumulation")
         if accumulation and reference.get("backwards", 0) < accumulation["value"]:
             reference = None  # only part of an accumulated step ran before the OOM
+    settings = asked.get("settings") or {}
+    batch, accumulation = settings.get("batch"), settings.get("accumulation")
+    if (reference is None or not reference.get("samples")) and batch and accumulation:
+        reference = {"samples": int(batch["value"]) * int(accumulation["value"])}
+        source = (f"the script's settings ({batch['name']} {batch['value']} x {accumulation['name']} "
+                  f"{accumulation['value']})")
     if reference is None or not reference.get("samples"):
         return _invariant("samples_per_step", UNKNOWN, f"{_histogram(counts)}; attempt 1 measured no whole step "
                                                        f"to compare with", None, mode)
@@ -143,25 +149,50 @@ def samples_per_step(asked: dict[str, Any], done: dict[str, Any], plan: dict[str
                                                    f"({source})", wanted, mode)
 
 
+def _stream(steps: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """The batches of these steps in order, as (samples, fingerprint), as far as they were fingerprinted."""
+    out: list[tuple[int, float]] = []
+    for step in steps:
+        parts = step.get("parts")
+        if parts is None:
+            if step.get("fingerprint") is None:
+                break
+            parts = [[step.get("samples", 0), step["fingerprint"]]]
+        out.extend((int(n), float(f)) for n, f in parts)
+    return out
+
+
+def _cumulative(stream: list[tuple[int, float]]) -> dict[int, float]:
+    totals: dict[int, float] = {}
+    samples, prints = 0, 0.0
+    for n, f in stream:
+        samples, prints = samples + n, prints + f
+        totals[samples] = prints
+    return totals
+
+
 def data_order(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    """The data, sample for sample: wherever both attempts had taken the same number of samples since the start,
+    the fingerprints (float64 sums) of what they had taken must be equal."""
     updates = done.get("updates") or []
-    done_steps = updates[0].get("first") or [] if updates else []
-    compared = 0
-    for index, (a, d) in enumerate(zip(_asked_steps(asked), done_steps)):
-        if a.get("fingerprint") is None or d.get("fingerprint") is None or a.get("samples") != d.get("samples"):
-            break
-        if _relative(a["fingerprint"], d["fingerprint"]) > PRINT_TOLERANCE:
+    theirs = _cumulative(_stream(_asked_steps(asked)))
+    ours = _cumulative(_stream((updates[0].get("first") or []) if updates else []))
+    common = sorted(set(theirs) & set(ours))
+    agreed = 0
+    for samples in common:
+        if _relative(theirs[samples], ours[samples]) > PRINT_TOLERANCE:
+            same = f"the first {agreed} samples are attempt 1's, " if agreed else ""
             return _invariant("data_order", CHANGED, (
-                f"step {index + 1} trained on other data than in attempt 1 (a fingerprint of its inputs differs: "
-                f"{d['fingerprint']:.6g} vs {a['fingerprint']:.6g})"))
-        compared += 1
-    if not compared:
-        return _invariant("data_order", UNKNOWN, "attempt 1 measured no batch to compare with")
+                f"{same}the first {samples} differ from attempt 1's (a fingerprint of the inputs: "
+                f"{ours[samples]:.6g} vs {theirs[samples]:.6g}): the batches are drawn differently"))
+        agreed = samples
+    if not agreed:
+        return _invariant("data_order", UNKNOWN, "attempt 1 took no batch this run can be compared with")
     how = ""
     if _splits_loop(plan) == "dataloader":
         how = "; the DataLoader's own sampler is split after it draws, so its shuffle and RNG use are untouched"
-    return _invariant("data_order", KEPT, f"the inputs of the first {compared} step{'s' if compared != 1 else ''} "
-                                          f"equal attempt 1's{how}")
+    return _invariant("data_order", KEPT, f"the first {agreed} samples equal attempt 1's, in order (as far as "
+                                          f"attempt 1 got){how}")
 
 
 def numerics(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:

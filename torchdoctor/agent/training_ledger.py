@@ -27,6 +27,7 @@ from torchdoctor.agent.doctor_evidence import Reduction, first_tensor, graph_nod
 from torchdoctor.events import TrainingFigures
 
 FIRST_STEPS = 8  # steps whose loss and data fingerprint are read (each a device sync on a GPU)
+MAX_PARTS = 256  # batches of those steps listed one by one (data order compared sample for sample)
 MANUAL = "manual updates"
 
 
@@ -76,6 +77,7 @@ class Counts:
     drew: int = 0  # backward passes that consumed a batch (delivered, or seen in a forward)
     print_sum: float = 0.0
     print_read: int = 0  # ... whose data's fingerprint was read
+    parts: int = 0  # batches (or micro-batches) listed with their samples and fingerprint, in the first steps
 
     def copy(self) -> Counts:
         return Counts(**self.__dict__)
@@ -92,7 +94,7 @@ class Updater:
     tokens: Counter = field(default_factory=Counter)
     first: list[dict[str, Any]] = field(default_factory=list)
 
-    def tally(self, now: Counts) -> dict[str, Any]:
+    def tally(self, now: Counts, parts: list[list[float]] | None = None) -> dict[str, Any]:
         """The figures of the step in progress (since this updater's previous step)."""
         before = self.since
         tally: dict[str, Any] = {
@@ -108,10 +110,12 @@ class Updater:
         drew = now.drew - before.drew
         if drew and now.print_read - before.print_read == drew:
             tally["fingerprint"] = now.print_sum - before.print_sum
+            if parts is not None and now.parts > before.parts:
+                tally["parts"] = parts[before.parts:now.parts]  # [samples, fingerprint] of each batch, in order
         return tally
 
-    def stepped(self, now: Counts) -> None:
-        tally = self.tally(now)
+    def stepped(self, now: Counts, parts: list[list[float]] | None = None) -> None:
+        tally = self.tally(now, parts)
         self.steps += 1
         self.samples[tally["samples"]] += 1
         if "tokens" in tally:
@@ -120,8 +124,8 @@ class Updater:
             self.first.append(tally)
         self.since = now.copy()
 
-    def to_dict(self, now: Counts) -> dict[str, Any]:
-        pending = self.tally(now)
+    def to_dict(self, now: Counts, parts: list[list[float]] | None = None) -> dict[str, Any]:
+        pending = self.tally(now, parts)
         return {"name": self.name, "steps": self.steps, "samples": {str(k): v for k, v in self.samples.items()},
                 "tokens": {str(k): v for k, v in self.tokens.items()}, "first": self.first,
                 "pending": pending if pending["backwards"] or pending["samples"] else None}
@@ -168,6 +172,7 @@ class TrainingLedger:
         # batches delivered since the last backward, all by one loader: (loader, samples, fingerprint or None)
         self._drawn: list[tuple[int | None, int, float | None]] = []
         self._forward: tuple[int, float | None] | None = None  # the first training root forward's batch since
+        self.parts: list[list[float]] = []  # [samples, fingerprint] of each batch of the first steps, in order
         self.loader_fed = False  # a DataLoader fed a backward pass: loop iterations are its batches
         self.reductions: Counter = Counter()
         self.last_reduction: Reduction | None = None
@@ -254,6 +259,7 @@ class TrainingLedger:
             if reading and all(p is not None for p in prints):
                 now.print_sum += sum(prints)  # type: ignore[arg-type]
                 now.print_read += 1
+                self._list_parts(drawn)
         self._drawn = []
         self._forward = None
         now.backwards += 1
@@ -271,17 +277,22 @@ class TrainingLedger:
             now.loss += float(loss.detach()) * scale
             now.loss_read += 1
 
+    def _list_parts(self, drawn: list[tuple[int, float | None]]) -> None:
+        if len(self.parts) < MAX_PARTS:
+            self.parts.extend([n, p] for n, p in drawn)
+            self.now.parts = len(self.parts)
+
     def stepped(self, optimizer: torch.optim.Optimizer) -> None:
         updater = self._updaters.get(optimizer)
         if updater is None:
             updater = self._updaters[optimizer] = Updater(f"{type(optimizer).__name__} #{len(self._order)}")
             self._order.append(updater)
-        updater.stepped(self.now)
+        updater.stepped(self.now, self.parts)
 
     def _manual_update(self) -> None:
         if self._manual is None:
             self._manual = Updater(MANUAL)
-        self._manual.stepped(self.now)
+        self._manual.stepped(self.now, self.parts)
 
     # -- BatchNorm ---------------------------------------------------------------------------------------
     def _watch_model(self, root: torch.nn.Module) -> None:
@@ -323,6 +334,7 @@ class TrainingLedger:
             if all(p is not None for _, p in drawn):
                 self.now.print_sum += sum(p for _, p in drawn)  # type: ignore[misc]
                 self.now.print_read += 1
+                self._list_parts(drawn)
         self._drawn, self._forward = [], None
 
     def finish(self, passes: list[dict[str, Any]], step_calls: int, settings: dict[str, Any],
@@ -345,7 +357,7 @@ class TrainingLedger:
             if layers and len(layers) == len(self._bn_tracked):
                 batchnorm["updates"] = sum(int(m.num_batches_tracked) - n for m, n in layers)
         return TrainingFigures(
-            updates=[u.to_dict(self.now) for u in updaters],
+            updates=[u.to_dict(self.now, self.parts) for u in updaters],
             step_calls=step_calls, backwards=self.now.backwards, iterations=self.now.iterations,
             reductions=dict(self.reductions), passes=passes, batchnorm=batchnorm, closure=self.closure,
             settings=settings, remedies=remedies, optimizers=[describe_optimizer(o) for o in optimizers],
