@@ -173,6 +173,7 @@ class TrainingFigures(Event):
     blocks: int = 0  # repeated blocks found in the training models (what activation checkpointing would wrap)
     device: str | None = None  # the device type of the training model's parameters
     loop: dict[str, Any] | None = None  # the training loop read from the source: header, where, bound
+    resumed: dict[str, Any] | None = None  # resumed from a run checkpoint: the step, what its first step verified
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,10 @@ def optimizer_steps(asked: dict[str, Any], done: dict[str, Any], plan: dict[str,
         return _invariant("optimizer_steps", UNKNOWN, "no optimizer step and no parameter update was seen")
     manual = updates[0]["name"] == "manual updates"
     split = _splits_loop(plan)
+    resumed = (done.get("resumed") or {}).get("step")
+    if resumed:
+        steps += resumed
+        shown = f"{resumed} before the checkpoint it resumed from + {shown} after it"
     if split is None:
         remedies = ", ".join(plan.get("applied") or []) or "none"
         return _invariant("optimizer_steps", KEPT, f"{shown} steps; the remedies ({remedies}) leave the script's "
@@ -244,7 +248,7 @@ def batchnorm(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any])
     wanted, got = before.get("largest_batch"), norm.get("largest_batch")
     if wanted is None:
         return _invariant("batchnorm", UNKNOWN, f"{norm['layers']} BatchNorm layers normalised over batches of up "
-                                                f"to {got}; attempt 1 ran none before its OOM", None, got)
+                                                f"to {got}; attempt 1 measured none to compare with", None, got)
     if got is not None and got < wanted:
         return _invariant("batchnorm", CHANGED, f"{norm['layers']} BatchNorm layers normalised over micro-batches "
                                                 f"of up to {got} samples instead of batches of {wanted}", wanted, got)
@@ -258,6 +262,22 @@ LABELS = {"optimizer_steps": "optimizer steps", "samples_per_step": "samples per
           "numerics": "numerics", "batchnorm": "BatchNorm statistics"}
 
 
+def _resumed(done: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A resumed attempt's first steps are not attempt 1's first steps: its data and numerics stand on the resume's
+    own check of its first step against the run it resumes."""
+    resumed = done.get("resumed")
+    if not resumed:
+        return None
+    step, checked = resumed.get("step"), resumed.get("checked")
+    if checked and "losses" in checked:
+        evidence = (f"the first step after resuming at step {step} had the first run's {checked} at that step: the "
+                    f"same data on the same weights")
+        return [_invariant("data_order", KEPT, evidence), _invariant("numerics", KEPT, evidence)]
+    why = (f"resumed at step {step}; its first step was checked for {checked} only (another plan)" if checked
+           else f"resumed at step {step}; the first run died before its next step was recorded")
+    return [_invariant("data_order", UNKNOWN, why), _invariant("numerics", UNKNOWN, why)]
+
+
 def training_invariants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """The invariants of a recovered run (None when the last attempt measured nothing)."""
     if not attempts:
@@ -267,8 +287,11 @@ def training_invariants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]] 
         return None
     asked = attempts[0].get("training") or {}
     plan = attempts[-1].get("plan") or {}
-    found = [check(asked, done, plan) for check in CHECKS]
-    return [item for item in found if item is not None]
+    resumed = _resumed(done)
+    checks = [c for c in CHECKS if resumed is None or c not in (data_order, numerics)]
+    found = [check(asked, done, plan) for check in checks] + (resumed or [])
+    order = [c.__name__ for c in CHECKS]
+    return sorted((item for item in found if item is not None), key=lambda i: order.index(i["key"]))
 
 
 def changes(invariants: list[dict[str, Any]] | None) -> list[str]:

@@ -37,11 +37,15 @@ IMPORT_TIME_PREFIXES = (
     "KMP_", "GOMP_", "OPENBLAS_", "NUMPY_",  # the other thread pools and numpy (imported by torch)
     "MALLOC_", "GLIBC_TUNABLES",  # the C allocator reads its settings once, at process start
     "LANG", "LC_",  # Python picks the encoding of stdin/stdout/stderr from the locale at start-up
+    "TORCHDYNAMO_", "TORCHINDUCTOR_", "TRITON_",  # torch._dynamo's and inductor's configs (preloaded by default)
 )
 IMPORT_TIME_NAMES = frozenset({"NVIDIA_VISIBLE_DEVICES"})
 
 _SERVER_BOOT = ("import sys; sys.path.insert(0, {root!r}); from torchdoctor.agent.zygote_server import serve; "
-                "sys.path.pop(0); serve({fd})")
+                "sys.path.pop(0); serve({fd}, {preload!r})")
+# What the server imports before it is ready: torch, the agent, and torch._dynamo, which the agent's hooks import
+# on the script's first tensor (1.4 s of the first step here). None of them initialises CUDA (checked).
+DEFAULT_PRELOAD = ("torch", "torchdoctor.agent.session", "torch._dynamo")
 _MAX_FDS = 16  # file descriptors taken from one read; a request carries 3, a reply none
 
 
@@ -171,7 +175,8 @@ class ZygoteProcess:
             left = 0.5 if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise subprocess.TimeoutExpired(self.args, timeout)  # type: ignore[arg-type]
-            self._zygote._pump(min(left, 0.5) if not self._zygote._gone else min(left, 0.02))
+            if not self._zygote._pump(min(left, 0.5)):
+                time.sleep(min(left, 0.02))  # the server is gone (or another thread reads): watch the pid
         return self.returncode  # type: ignore[return-value]
 
     def send_signal(self, sig: int) -> None:
@@ -236,7 +241,8 @@ class Zygote:
         self._failure: str | None = None
         self._gone = False  # the socket reached its end: the server has exited or is exiting
         self._closed = False
-        self._children: dict[int, ZygoteProcess] = {}
+        self._children: dict[int, ZygoteProcess] = {}  # running, by pid
+        self._spawned: dict[int, ZygoteProcess] = {}  # answered spawns not yet handed to the caller
         self._replies: dict[int, dict[str, Any]] = {}
         self._next_id = 1
         self._pumping = threading.Lock()  # taken without blocking: a signal handler's poll() may come in mid-read
@@ -245,12 +251,13 @@ class Zygote:
     # -- life ----------------------------------------------------------------------------------------
     @classmethod
     def start(cls, boot_root: str, python: str = sys.executable, *, env: Mapping[str, str] | None = None,
-              cwd: str | None = None) -> Zygote:
+              cwd: str | None = None, preload: Sequence[str] = DEFAULT_PRELOAD) -> Zygote:
         """Start a server with ``python``, torchdoctor imported from ``boot_root``; returns without waiting.
 
         ``env`` is the environment it imports torch under (default: ours without the TORCHDOCTOR_* settings,
-        which change with every attempt and are read only when an attempt starts). Its stdout goes to
-        /dev/null and its stderr to a temporary file whose end is quoted when it fails.
+        which change with every attempt and are read only when an attempt starts). ``preload`` names the modules
+        it imports before it reports ready. Its stdout goes to /dev/null and its stderr to a temporary file
+        whose end is quoted when it fails.
         """
         if env is None:
             env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHDOCTOR_")}
@@ -258,7 +265,7 @@ class Zygote:
         log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         try:
             process = subprocess.Popen(
-                [python, "-c", _SERVER_BOOT.format(root=boot_root, fd=theirs.fileno())],
+                [python, "-c", _SERVER_BOOT.format(root=boot_root, fd=theirs.fileno(), preload=tuple(preload))],
                 env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                 pass_fds=[theirs.fileno()])
         except BaseException:
@@ -283,7 +290,9 @@ class Zygote:
         (``failure`` says why)."""
         deadline = time.monotonic() + timeout
         while True:
-            self._pump(max(0.0, deadline - time.monotonic()))
+            left = max(0.0, deadline - time.monotonic())
+            if not self._pump(left) and left > 0:
+                time.sleep(min(left, 0.01))  # another thread is reading, or the server is gone
             if self._ready or self._failure is not None or time.monotonic() >= deadline:
                 return self._ready and self._failure is None
 
@@ -335,7 +344,9 @@ class Zygote:
         reply = self._replies.pop(request_id)
         if reply["type"] == "error":
             raise ZygoteError(f"the zygote could not start the attempt: {reply.get('message')}")
-        return self._children[reply["pid"]] if reply["pid"] in self._children else self._adopted(reply["pid"])
+        child = self._spawned.pop(reply["pid"])
+        child.args = request["argv"]
+        return child
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the server: its children still running get SIGTERM, then SIGKILL after ``timeout`` / 2 seconds;
@@ -369,24 +380,26 @@ class Zygote:
         self.close()
 
     # -- messages ------------------------------------------------------------------------------------
-    def _pump(self, timeout: float) -> None:
+    def _pump(self, timeout: float) -> bool:
         """Read and apply what the server sent, waiting up to ``timeout`` seconds for something to arrive.
+        False when it could not look: the server is gone, or someone else is reading.
 
         Re-entry (a signal handler's ``poll()`` while the main thread is in here) and a second thread return at
         once: whoever holds the lock applies what arrives.
         """
         if self._gone or not self._pumping.acquire(blocking=False):
-            return
+            return False
         try:
             if not self._channel.wait(timeout):
-                return
+                return True
             try:
                 messages = self._channel.receive()
             except (ChannelClosed, ValueError) as exc:
                 self._server_gone(exc)
-                return
+                return True
             for message in messages:
                 self._apply(message)
+            return True
         finally:
             self._pumping.release()
 
@@ -399,8 +412,8 @@ class Zygote:
             self.info = {k: v for k, v in message.items() if k not in ("type", "_fds")}
         elif kind == "failed":
             self._fail(f"the zygote could not start: {message.get('message', '').strip()}")
-        elif kind == "spawned":
-            self._adopted(message["pid"])
+        elif kind == "spawned":  # registered now: its exit may be in the same read
+            self._spawned[message["pid"]] = self._children[message["pid"]] = ZygoteProcess(self, message["pid"], [])
             self._replies[message["id"]] = message
         elif kind == "error":
             self._replies[message["id"]] = message
@@ -408,12 +421,6 @@ class Zygote:
             child = self._children.pop(message["pid"], None)
             if child is not None:
                 child._ended(message["status"])
-
-    def _adopted(self, pid: int) -> ZygoteProcess:
-        child = self._children.get(pid)
-        if child is None:
-            child = self._children[pid] = ZygoteProcess(self, pid, [])
-        return child
 
     def _server_gone(self, why: BaseException) -> None:
         self._gone = True

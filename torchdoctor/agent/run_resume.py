@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from torchdoctor.agent.doctor_evidence import first_tensor, graph_nodes
 from torchdoctor.agent.loop_position import restore_generators
 from torchdoctor.agent.run_checkpoints import MAX_LOSSES, learning_rates, loss_value
 from torchdoctor.agent.training_state import TrainingObjects
@@ -150,30 +151,52 @@ class RunResume:
 
     # -- checks after the resume -------------------------------------------------------------------------
     def before_backward(self, tensors: Any) -> None:
-        if not self._resumed or self._first_step_checked:
+        if not self._resumed:
             return
-        self._seen["backwards"] += 1
-        if len(self._seen["losses"]) < MAX_LOSSES:
-            self._seen["losses"].append(loss_value(tensors))
-        if not self._poisoned:
-            return
-        poisoned, self._poisoned = self._poisoned, []
-        for param, grad in poisoned:
-            if param.grad is grad and bool(torch.isnan(grad).any()):
-                self._abandon("the script adds the next gradients to ones it did not reset at the top of its loop, "
-                              "and the checkpoint does not hold those")
+        if not self._first_step_checked:
+            self._seen["backwards"] += 1
+            if len(self._seen["losses"]) < MAX_LOSSES:
+                self._seen["losses"].append(loss_value(tensors))
+        if self._poisoned:
+            self._check_poisoned(first_tensor(tensors))
 
-    def before_step(self, optimizers: list[Any]) -> None:
+    def _still_poisoned(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The gradients the checkpoint did not hold that the script has not reset yet."""
+        return [(p, g) for p, g in self._poisoned if p.grad is g and bool(torch.isnan(g).any())]
+
+    def _check_poisoned(self, loss: torch.Tensor | None) -> None:
+        """A backward pass that would add to a gradient the checkpoint did not hold abandons the resume; one that
+        does not reach it (a GAN's discriminator pass, before the generator's gradients are reset) does not."""
+        reached = None
+        if loss is not None and loss.grad_fn is not None:
+            reached = {id(v) for node in graph_nodes(loss.grad_fn)
+                       if isinstance(v := getattr(node, "variable", None), torch.Tensor)}
+        self._poisoned = self._still_poisoned()
+        if any(reached is None or id(param) in reached for param, _ in self._poisoned):
+            self._abandon("the script adds the next gradients to ones it did not reset at the top of its loop, "
+                          "and the checkpoint does not hold those")
+
+    def before_step(self, optimizers: list[Any], stepping: Any = None) -> None:
+        """Before an optimizer step (``stepping``; ``optimizers``: all of them, for the first step's checks)."""
         if self.replaying:
             self._abandon("the script took an optimizer step before it reached the checkpoint's position (pass "
                           f"{self._info['passes']} of DataLoader #{self._info['loader']}): it trains outside the "
                           "loop torchdoctor can position")
-        if not self._resumed or self._first_step_checked:
+        if not self._resumed:
+            return
+        if self._poisoned:
+            self._poisoned = self._still_poisoned()
+            stepped = {id(p) for opt in ([stepping] if stepping is not None else optimizers)
+                       for group in opt.param_groups for p in group["params"]}
+            if any(id(param) in stepped for param, _ in self._poisoned):
+                self._abandon("the script steps with gradients it did not reset at the top of its loop, and the "
+                              "checkpoint does not hold those")
+        if self._first_step_checked:
             return
         self._first_step_checked = True
-        self._poisoned = []
         expected = self._verify
         if expected is None:
+            self.session.ledger.resumed = {"step": self.session.step, "checked": None}
             self.session.emit(Note(level="info", message="resumed step not verified: the first run died before "
                                                          "its next step was recorded"))
             return
@@ -193,9 +216,9 @@ class RunResume:
                         mine is not None and not math.isclose(mine, theirs, rel_tol=LOSS_TOLERANCE)):
                     self._abandon(f"the first resumed step's loss is {mine} where the first run had {theirs}: "
                                   f"the data or the state differs")
-        self.session.emit(Note(level="info", message="resumed step verified against the first run "
-                                                     "(learning rates" + (", backward passes and losses)"
-                                                                          if same_plan else ")")))
+        checked = "learning rates" + (", backward passes and losses" if same_plan else "")
+        self.session.ledger.resumed = {"step": self.session.step, "checked": checked}
+        self.session.emit(Note(level="info", message=f"resumed step verified against the first run ({checked})"))
 
     def _give_up(self, why: str) -> None:
         """Abandon before anything was skipped: this run just goes on from the beginning."""

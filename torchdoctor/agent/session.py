@@ -235,7 +235,7 @@ class AgentSession:
 
     def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.resume is not None:
-            self.resume.before_step(self.constructions.optimizers.alive() or [optimizer])
+            self.resume.before_step(self.constructions.optimizers.alive() or [optimizer], optimizer)
         if self.checkpoints is not None:
             self.checkpoints.before_step()
         if self.doctor is not None:

@@ -188,6 +188,7 @@ class TrainingLedger:
         self.blocks = 0  # repeated blocks in the models that trained (what checkpointing would wrap)
         self.device: str | None = None
         self.loop: dict[str, Any] | None = None  # the training loop as read from the source (loop_reading)
+        self.resumed: dict[str, Any] | None = None  # resumed from a checkpoint: its step, what was verified
 
     @property
     def steps_read(self) -> int:
@@ -248,7 +249,7 @@ class TrainingLedger:
         if drawn:
             self.loader_fed = True
             now.iterations += len(drawn)
-        elif self._forward is not None:
+        elif self._forward is not None and not self.loader_fed:  # with a training DataLoader, only its batches
             drawn = [self._forward]
         if not self.loader_fed:
             now.iterations += 1  # no training DataLoader: each backward pass is a loop iteration
@@ -326,7 +327,7 @@ class TrainingLedger:
         """The batch the script had drawn (or was running forward) when it ended, no backward pass yet: an OOM in
         the forward leaves the step it began with that batch."""
         drawn: list[tuple[int, float | None]] = [(n, p) for _, n, p in self._drawn]
-        if not drawn and self._forward is not None:
+        if not drawn and self._forward is not None and not self.loader_fed:
             drawn = [self._forward]
         if drawn:
             self.now.samples += sum(n for n, _ in drawn)
@@ -361,4 +362,4 @@ class TrainingLedger:
             step_calls=step_calls, backwards=self.now.backwards, iterations=self.now.iterations,
             reductions=dict(self.reductions), passes=passes, batchnorm=batchnorm, closure=self.closure,
             settings=settings, remedies=remedies, optimizers=[describe_optimizer(o) for o in optimizers],
-            blocks=self.blocks, device=self.device, loop=self.loop)
+            blocks=self.blocks, device=self.device, loop=self.loop, resumed=self.resumed)

@@ -15,25 +15,28 @@ from torch.utils.data import DataLoader, TensorDataset
 import lightning.pytorch as pl
 
 
-def make_images(n, seed, n_classes=6, size=24):
+def make_images(n, seed, n_classes=6, size=16):
     """Colour-coded textures: each class has a dominant channel and a stripe orientation/frequency."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, n_classes, (n,), generator=g)
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
                             indexing="ij")
-    freq = 0.3 + 0.15 * (labels % 3).float()
-    angle = (labels // 3).float() * 1.2
-    phase = torch.rand(n, generator=g) * 6.28
-    stripes = torch.sin(freq.view(-1, 1, 1) * (torch.cos(angle).view(-1, 1, 1) * xx
-                                               + torch.sin(angle).view(-1, 1, 1) * yy) + phase.view(-1, 1, 1))
-    images = 0.5 * torch.randn(n, 3, size, size, generator=g)
-    channel = labels % 3
-    images[torch.arange(n), channel] += stripes
+    images = torch.empty(n, 3, size, size)
+    for start in range(0, n, 256):
+        lab = labels[start:start + 256]
+        k = lab.numel()
+        freq = (0.3 + 0.15 * (lab % 3).float()).view(-1, 1, 1)
+        angle = ((lab // 3).float() * 1.2).view(-1, 1, 1)
+        phase = (torch.rand(k, generator=g) * 6.28).view(-1, 1, 1)
+        stripes = torch.sin(freq * (torch.cos(angle) * xx + torch.sin(angle) * yy) + phase)
+        chunk = 0.5 * torch.randn(k, 3, size, size, generator=g)
+        chunk[torch.arange(k), lab % 3] += stripes
+        images[start:start + k] = chunk
     return TensorDataset(images, labels)
 
 
 class LitCNN(pl.LightningModule):
-    def __init__(self, lr=2e-3, n_classes=6, width=32):
+    def __init__(self, lr=2e-3, n_classes=6, width=24):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(

@@ -1,0 +1,466 @@
+"""The zygote's server: imports torch once, then forks one fresh child per attempt (see torchdoctor/zygote.py).
+
+Started as ``python -c "...; serve(FD)"`` with one end of a socket pair. It imports torch and the agent (so a
+child pays nothing for them), reports ready, and serves spawn requests until its socket closes or it is asked to
+stop. It ignores SIGINT, SIGTERM and SIGHUP (a Ctrl-C in the terminal reaches the whole process group; only the
+attempt should see it), reaps its children and sends each one's exit status back.
+
+Each child becomes what the supervisor's own ``python -c <boot> ARGS`` child would be when the bootstrap starts:
+the request's environment, working directory and stdin/stdout/stderr, the default signal handlers, Python-level
+stdio built afresh for the new descriptors, and a ``sys.modules`` without what the zygote loaded beyond the
+bootstrap. Torch comes back (the same objects, in microseconds) when the script imports it, so the agent starts
+at that moment, as under plain python, and a script that never imports torch does not see it. The child leaves
+with ``os._exit`` after doing what Python's own shutdown does (joining threads, atexit, flushing stdio).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from torchdoctor.agent import bootstrap
+
+# What a fresh `python -c <boot>` child has loaded when its script starts: the interpreter's start-up and the
+# bootstrap with its imports. Everything loaded after this line is hidden from each child until imported.
+_BASELINE_MODULES = frozenset(sys.modules) - {__name__}
+_BASELINE_FILTERS = list(warnings.filters)
+
+import atexit  # noqa: E402 - after the baseline on purpose
+import copy  # noqa: E402
+import importlib  # noqa: E402
+import importlib.abc  # noqa: E402
+import importlib.machinery  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import select  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+from torchdoctor.zygote import Channel, ChannelClosed  # noqa: E402
+
+_SHIELDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # ignored by the server, default again in children
+_RESTORE_ALL = frozenset({"torch"})  # importing one of these brings back everything the zygote loaded
+_MISSING = object()
+_IMPORT_ATTRS = ("__spec__", "__loader__", "__package__", "__path__", "__file__", "__cached__")
+
+
+# -- the child's modules --------------------------------------------------------------------------------
+class _Restore(importlib.abc.Loader):
+    """Loader of one hidden module: puts the zygote's module object back instead of executing anything."""
+
+    def __init__(self, hidden: HiddenModules, name: str) -> None:
+        self._hidden = hidden
+        self._name = name
+        self._attrs: dict[str, Any] = {}
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        module = self._hidden.restore(self._name)
+        namespace = getattr(module, "__dict__", {})
+        self._attrs = {name: namespace.get(name, _MISSING) for name in _IMPORT_ATTRS}
+        return module
+
+    def exec_module(self, module: Any) -> None:
+        # The import system stamped our spec (and maybe our loader) on the module: give it back its own.
+        namespace = getattr(module, "__dict__", None)
+        if namespace is None:
+            return
+        for name, value in self._attrs.items():
+            if value is _MISSING:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = value
+
+
+class HiddenModules(importlib.abc.MetaPathFinder):
+    """The modules the zygote loaded that a fresh process would not have yet, kept out of ``sys.modules``.
+
+    Importing one puts it back with its submodules (the very objects: nothing runs again); importing torch puts
+    everything back, as ``import torch`` in a fresh process loads nearly all of it, and re-adds the warning
+    filters torch's import installed. It sits first in ``sys.meta_path`` so that no finder loads a second copy.
+    """
+
+    def __init__(self, stash: dict[str, Any], torch_filters: list[Any]) -> None:
+        self._stash = stash
+        self._torch_filters = torch_filters
+
+    @classmethod
+    def install(cls, baseline: frozenset[str], torch_filters: list[Any]) -> HiddenModules:
+        stash = {name: sys.modules.pop(name) for name in list(sys.modules)
+                 if name not in baseline and sys.modules[name] is not None}
+        stash.pop("__mp_main__", None)  # multiprocessing's alias of __main__: made afresh when it comes back
+        hidden = cls(stash, torch_filters)
+        sys.meta_path.insert(0, hidden)
+        return hidden
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._stash
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self._stash:
+            return None
+        original = getattr(self._stash[fullname], "__spec__", None)
+        if isinstance(original, importlib.machinery.ModuleSpec):
+            spec = copy.copy(original)  # origin, search locations and all, for whoever only looks (find_spec)
+        else:
+            spec = importlib.machinery.ModuleSpec(fullname, None)
+        spec.loader = _Restore(self, fullname)  # a fresh one each time: the torch watcher wraps its exec_module
+        return spec
+
+    def restore(self, name: str) -> Any:
+        """Put ``name`` back in sys.modules (with its submodules, or everything for torch); returns it."""
+        everything = name.partition(".")[0] in _RESTORE_ALL
+        names = list(self._stash) if everything else [n for n in self._stash if n == name or n.startswith(name + ".")]
+        for restored in names:
+            sys.modules.setdefault(restored, self._stash.pop(restored))
+        if "multiprocessing" in names and "__main__" in sys.modules:
+            sys.modules["__mp_main__"] = sys.modules["__main__"]  # what `import multiprocessing` does
+        if everything and self._torch_filters:
+            warnings.filters[:0] = self._torch_filters
+            warnings._filters_mutated()  # type: ignore[attr-defined]
+            self._torch_filters = []
+        if not self._stash and self in sys.meta_path:
+            sys.meta_path.remove(self)
+        return sys.modules[name]
+
+
+# -- what a child is made from ----------------------------------------------------------------------------
+@dataclass
+class _Template:
+    """What the server captured for its children: how a fresh interpreter's state looked, and what to close."""
+
+    path: list[str]
+    stdio: list[tuple[str, str]]  # (encoding, errors) of stdin, stdout, stderr
+    unbuffered: bool  # python -u / PYTHONUNBUFFERED
+    torch_filters: list[Any]
+    server_pid: int
+    server_fds: list[int] = field(default_factory=list)
+    parent_death: Callable[[], None] | None = None
+    mask: set[int] = field(default_factory=set)
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A function that makes the calling process get SIGKILL when its parent dies (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+              ctypes.c_ulong(0))
+
+    return arm
+
+
+def _stdio_stream(fd: int, write: bool, name: str, encoding: str, errors: str, unbuffered: bool) -> io.TextIOWrapper:
+    """sys.stdin/stdout/stderr as CPython's start-up builds them (Python/pylifecycle.c, create_stdio)."""
+    buffering = 0 if (unbuffered and write) else -1
+    buffer: Any = io.open(fd, "wb" if write else "rb", buffering, closefd=False)  # noqa: SIM115
+    raw = buffer if buffering == 0 else buffer.raw
+    raw.name = name
+    line_buffering = not unbuffered and (raw.isatty() or fd == 2)
+    stream = io.TextIOWrapper(buffer, encoding, errors, "\n", line_buffering, unbuffered)
+    stream.mode = "w" if write else "r"  # type: ignore[misc]
+    return stream
+
+
+def _fresh_stdio(template: _Template) -> None:
+    old = {id(sys.stdout): 1, id(sys.stderr): 2}
+    streams = [_stdio_stream(fd, fd > 0, name, encoding, errors, template.unbuffered)
+               for fd, name, (encoding, errors) in zip((0, 1, 2), ("<stdin>", "<stdout>", "<stderr>"), template.stdio)]
+    sys.stdin = sys.__stdin__ = streams[0]
+    sys.stdout = sys.__stdout__ = streams[1]
+    sys.stderr = sys.__stderr__ = streams[2]
+    # Logging handlers made while the zygote imported torch hold its streams: point them at the new ones.
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        for logger in [logging.root, *logging.Logger.manager.loggerDict.values()]:
+            for handler in getattr(logger, "handlers", ()):
+                fd = old.get(id(getattr(handler, "stream", None)))
+                if fd is not None:
+                    handler.stream = streams[fd]
+
+
+def _fresh_process_state() -> None:
+    """Per-process state a fresh interpreter would have made on its own (the zygote made it once for all)."""
+    mp_process = sys.modules.get("multiprocessing.process")
+    if mp_process is not None:
+        mp_process.current_process().authkey = os.urandom(32)
+        mp_process.ORIGINAL_DIR = os.path.abspath(os.getcwd())
+
+
+def _become(request: dict[str, Any], fds: list[int], template: _Template) -> None:
+    """Turn this fresh fork of the server into the attempt's process, up to the call of the bootstrap."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    if template.parent_death is not None:
+        template.parent_death()
+    if os.getppid() != template.server_pid:  # the server died before the line above: follow it
+        os.kill(os.getpid(), signal.SIGKILL)
+    for fd in template.server_fds:
+        os.close(fd)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in fds:
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.path[:] = template.path
+    sys.argv = ["-c", *request["argv"]]
+    sys.orig_argv = [sys.orig_argv[0], *request["argv"]]  # as `python ARGS` would show them
+    _fresh_stdio(template)
+    _fresh_process_state()
+    warnings.filters[:] = _BASELINE_FILTERS
+    warnings._filters_mutated()  # type: ignore[attr-defined]
+    HiddenModules.install(_BASELINE_MODULES, template.torch_filters)
+    importlib.invalidate_caches()  # the script's folder may have changed since the zygote looked
+    signal.pthread_sigmask(signal.SIG_SETMASK, template.mask)  # a signal sent meanwhile arrives now
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """The process exit code for ``exc``, as Python's own handling of an uncaught SystemExit gives it."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _shutdown(code: int) -> int:
+    """What the interpreter does on its way out before the process ends: wait for non-daemon threads, run the
+    atexit callbacks, flush stdout and stderr (a flush that fails makes the exit code 120, as in Python)."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None and not stream.closed:
+                stream.flush()
+        except Exception:  # noqa: BLE001 - e.g. a closed pipe
+            code = 120
+    return code
+
+
+def _die_by(signum: int) -> NoReturn:
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)
+
+
+def _child(request: dict[str, Any], fds: list[int], template: _Template) -> NoReturn:
+    """The forked child: become the attempt, run the bootstrap, leave with its exit code. Never returns."""
+    code = 1
+    try:
+        _become(request, fds, template)
+        try:
+            bootstrap.main()
+            code = 0
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        code = _shutdown(code)
+    except KeyboardInterrupt:  # outside the script (the bootstrap handles the script's own): die as python does
+        traceback.print_exc()
+        _flush_quietly()
+        _die_by(signal.SIGINT)
+    except BaseException:  # noqa: BLE001 - the child must end here, never return into the server's loop
+        try:
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+        _flush_quietly()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _flush_quietly() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+
+
+# -- the server ---------------------------------------------------------------------------------------------
+class _Server:
+    """The request loop: spawn, reap, report; stop on request or when the socket closes."""
+
+    def __init__(self, channel: Channel, template: _Template, wake: int) -> None:
+        self.channel = channel
+        self.template = template
+        self.wake = wake
+        self.children: set[int] = set()
+        self.connected = True
+
+    def run(self) -> None:
+        while True:
+            select.select([self.channel.sock, self.wake], [], [], 5.0)
+            self._drain_wake()
+            self._reap()
+            try:
+                messages = self.channel.receive()
+            except (ChannelClosed, ValueError):
+                self._stop(grace=2.0, notify=False)  # the supervisor is gone: leave nothing behind
+                return
+            for message in messages:
+                if message.get("type") == "spawn":
+                    self._spawn(message)
+                elif message.get("type") == "stop":
+                    self._stop(grace=float(message.get("grace", 2.0)), notify=True)
+                    return
+                else:
+                    self._close_fds(message)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if not self.connected:
+            return
+        try:
+            self.channel.send(message, timeout=10.0)
+        except (OSError, ChannelClosed):
+            self.connected = False  # the supervisor is gone; the next receive() sees the end of the stream
+
+    @staticmethod
+    def _close_fds(message: dict[str, Any]) -> None:
+        for fd in message.get("_fds", ()):
+            os.close(fd)
+
+    def _spawn(self, request: dict[str, Any]) -> None:
+        fds = request.get("_fds", [])
+        try:
+            argv, env, cwd = request.get("argv"), request.get("env"), request.get("cwd")
+            if len(fds) != 3:
+                raise ValueError(f"a spawn request carries stdin, stdout and stderr, not {len(fds)} descriptors")
+            if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+                raise ValueError("argv must be a non-empty list of strings")
+            if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+                raise ValueError("env must map names to strings")
+            if not (isinstance(cwd, str) and os.path.isdir(cwd)):
+                raise ValueError(f"no such directory: {cwd!r}")
+            pid = self._fork(request, fds)
+        except Exception as exc:  # noqa: BLE001 - answered, not fatal: the next request may work
+            self._send({"type": "error", "id": request.get("id"), "message": f"{type(exc).__name__}: {exc}"})
+        else:
+            self.children.add(pid)
+            self._send({"type": "spawned", "id": request.get("id"), "pid": pid})
+        finally:
+            self._close_fds(request)
+
+    def _fork(self, request: dict[str, Any], fds: list[int]) -> int:
+        # Block the shielded signals across the fork: one sent to the new child before it has restored the
+        # default handlers stays pending (a blocked signal is never discarded as ignored) and arrives after.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SHIELDED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child(request, fds, self.template)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return pid
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self.wake, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _reap(self, block: bool = False) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            if pid in self.children:
+                self.children.discard(pid)
+                self._send({"type": "exit", "pid": pid, "status": status})
+
+    def _stop(self, grace: float, notify: bool) -> None:
+        """End the children still running (SIGTERM, SIGKILL after ``grace`` seconds) and reap them all."""
+        self.connected = self.connected and notify
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            for pid in list(self.children):
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + (grace if signum == signal.SIGTERM else 10.0)
+            while self.children and time.monotonic() < deadline:
+                select.select([self.wake], [], [], min(0.05, max(0.0, deadline - time.monotonic())))
+                self._drain_wake()
+                self._reap()
+        self._reap(block=True)
+
+
+def _preload(modules: tuple[str, ...]) -> Any:
+    """Import ``modules`` (torch first); returns torch. Refuses a preload that initialised CUDA: a forked child
+    cannot use a CUDA context made by its parent."""
+    import torch
+
+    for name in modules:
+        importlib.import_module(name)
+    if torch.cuda.is_initialized():  # reads a flag; initialises nothing
+        raise RuntimeError(f"preloading {', '.join(modules)} initialised CUDA; a fork could not use it")
+    return torch
+
+
+def serve(fd: int, preload: tuple[str, ...] = ("torch", "torchdoctor.agent.session")) -> NoReturn:
+    """The zygote server's main function: import torch, report ready, serve until stopped; exits the process."""
+    for signum in _SHIELDED:
+        signal.signal(signum, signal.SIG_IGN)
+    channel = Channel(socket.socket(fileno=fd))
+    path = list(sys.path)
+    began = time.perf_counter()
+    try:
+        torch = _preload(tuple(preload))
+    except BaseException:  # noqa: BLE001 - reported to the supervisor, which then starts attempts itself
+        message = traceback.format_exc()
+        print(message, file=sys.stderr, flush=True)
+        try:
+            channel.send({"type": "failed", "message": message[-2000:]}, timeout=5.0)
+        except (OSError, ChannelClosed):
+            pass
+        os._exit(1)
+    imported = time.perf_counter() - began
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # a Python handler, so that the wake-up fd fires
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    template = _Template(
+        path=path,
+        stdio=[(stream.encoding, stream.errors) for stream in (sys.stdin, sys.stdout, sys.stderr)],
+        unbuffered=bool(getattr(sys.stdout, "write_through", False)),
+        torch_filters=[f for f in warnings.filters if f not in _BASELINE_FILTERS],
+        server_pid=os.getpid(),
+        server_fds=[channel.fileno(), wake_read, wake_write],
+        parent_death=_parent_death_signal(),
+        mask=signal.pthread_sigmask(signal.SIG_BLOCK, []),
+    )
+    server = _Server(channel, template, wake_read)
+    server._send({"type": "ready", "pid": os.getpid(), "torch": torch.__version__,
+                  "python": sys.version.split()[0], "import_seconds": round(imported, 3)})
+    try:
+        server.run()
+    finally:
+        os._exit(0)
