@@ -272,7 +272,10 @@ def _resumed(done: dict[str, Any]) -> list[dict[str, Any]] | None:
     if checked and "losses" in checked:
         evidence = (f"the first step after resuming at step {step} had the first run's {checked} at that step: the "
                     f"same data on the same weights")
-        return [_invariant("data_order", KEPT, evidence), _invariant("numerics", KEPT, evidence)]
+        found = [_invariant(key, KEPT, evidence) for key in ("samples_per_step", "data_order", "numerics")]
+        if (done.get("batchnorm") or {}).get("forwards"):
+            found.append(_invariant("batchnorm", KEPT, evidence))
+        return found
     why = (f"resumed at step {step}; its first step was checked for {checked} only (another plan)" if checked
            else f"resumed at step {step}; the first run died before its next step was recorded")
     return [_invariant("data_order", UNKNOWN, why), _invariant("numerics", UNKNOWN, why)]
@@ -288,7 +291,8 @@ def training_invariants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]] 
     asked = attempts[0].get("training") or {}
     plan = attempts[-1].get("plan") or {}
     resumed = _resumed(done)
-    checks = [c for c in CHECKS if resumed is None or c not in (data_order, numerics)]
+    overridden = {i["key"] for i in resumed or []}
+    checks = [c for c in CHECKS if c.__name__ not in overridden]
     found = [check(asked, done, plan) for check in checks] + (resumed or [])
     order = [c.__name__ for c in CHECKS]
     return sorted((item for item in found if item is not None), key=lambda i: order.index(i["key"]))
