@@ -61,6 +61,9 @@ def cli() -> None:
               help="Let the micro-batch remedy shrink the batch without gradient accumulation.")
 @click.option("--batch-arg", metavar="NAME", default=None,
               help="The script's batch-size option (e.g. --batch_size), when torchdoctor cannot find it.")
+@click.option("--allow-batchnorm-split", is_flag=True,
+              help="Let micro-batches reach BatchNorm layers (their statistics then see micro-batches; the report "
+                   "says so). By default a model with BatchNorm gets the remedies that leave its batches whole.")
 @click.option("--fail-on", type=click.Choice(("error", "warning")), default=None,
               help="Exit 1 when the doctor reports findings of this severity or worse (for CI); the script's own "
                    "non-zero exit code still wins.")
@@ -75,7 +78,8 @@ def cli() -> None:
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
         log_interval: float, memory_budget: str | None, host_memory_limit: str | None, no_atomic_save: bool,
         checkpoint_every: int, max_retries: int, min_batch_size: int, remedies: str, no_amp: bool,
-        no_keep_effective_batch: bool, batch_arg: str | None, fail_on: str | None, no_doctor: bool,
+        no_keep_effective_batch: bool, batch_arg: str | None, allow_batchnorm_split: bool, fail_on: str | None,
+        no_doctor: bool,
         tensorboard_dir: str | None, use_wandb: bool, script: str, script_args: tuple[str, ...]) -> int:
     """Run a training script, unmodified, under torchdoctor.
 
@@ -94,7 +98,8 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     if no_amp:
         chosen = tuple(r for r in chosen if r != "amp")
     recovery = RecoveryOptions(max_retries=max_retries, min_batch_size=min_batch_size, remedies=chosen,
-                               keep_effective_batch=not no_keep_effective_batch, batch_arg=batch_arg)
+                               keep_effective_batch=not no_keep_effective_batch, batch_arg=batch_arg,
+                               allow_batchnorm_split=allow_batchnorm_split)
     budget = parse_size(memory_budget) if memory_budget is not None else None
     host_limit = parse_size(host_memory_limit) if host_memory_limit is not None else None
     config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=quiet,
