@@ -174,6 +174,7 @@ class TrainingFigures(Event):
     device: str | None = None  # the device type of the training model's parameters
     loop: dict[str, Any] | None = None  # the training loop read from the source: header, where, bound
     resumed: dict[str, Any] | None = None  # resumed from a run checkpoint: the step, what its first step verified
+    broken: str | None = None  # the measurement failed (and stopped): why; the figures are then empty
 
 
 @dataclass(frozen=True)

@@ -229,10 +229,14 @@ def numerics(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) 
     if differed:
         return _invariant("numerics", CHANGED, f"activation checkpointing: {differed} of {checked} recomputed "
                                                f"blocks did not reproduce their forward output bit for bit")
-    if checked:
+    if checked and plan.get("micro_batches", 1) <= 1:
         return _invariant("numerics", KEPT, (
             f"activation checkpointing recomputed {checked} blocks' outputs bit for bit as their forwards made "
             f"them (checked on the first calls); attempt 1 computed no loss to compare with"))
+    if checked:
+        return _invariant("numerics", UNKNOWN, (
+            f"activation checkpointing recomputed {checked} blocks' outputs bit for bit, but micro-batches sum "
+            f"their gradients in another order and attempt 1 computed no loss to compare the rounding with"))
     return _invariant("numerics", UNKNOWN, "attempt 1 computed no loss to compare with")
 
 
@@ -288,6 +292,9 @@ def training_invariants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]] 
     done = attempts[-1].get("training")
     if not done:
         return None
+    if done.get("broken"):
+        return [_invariant(key, UNKNOWN, f"the training figures could not be measured ({done['broken']})")
+                for key in ("optimizer_steps", "samples_per_step", "data_order", "numerics")]
     asked = attempts[0].get("training") or {}
     plan = attempts[-1].get("plan") or {}
     resumed = _resumed(done)

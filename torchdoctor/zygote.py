@@ -97,8 +97,6 @@ class Channel:
 
     def wait(self, timeout: float) -> bool:
         """True when there is something to read (or the other end closed) within ``timeout`` seconds."""
-        if self._buffer.count(b"\n"):
-            return True
         try:
             readable, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
         except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for signal handlers that raise
@@ -394,7 +392,7 @@ class Zygote:
                 return True
             try:
                 messages = self._channel.receive()
-            except (ChannelClosed, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # ChannelClosed is an OSError; ValueError: not JSON
                 self._server_gone(exc)
                 return True
             for message in messages:
@@ -425,7 +423,10 @@ class Zygote:
     def _server_gone(self, why: BaseException) -> None:
         self._gone = True
         if self._failure is None and not self._closed:
-            code = self._process.poll()
+            try:  # the socket closes a moment before the process is gone: give it that moment
+                code: int | None = self._process.wait(1.0)
+            except subprocess.TimeoutExpired:
+                code = None
             how = "is exiting" if code is None else (
                 f"was killed by signal {-code}" if code < 0 else f"exited with code {code}")
             self._fail(f"the zygote server {how} ({why}){self._log_tail()}")

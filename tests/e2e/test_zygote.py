@@ -98,6 +98,22 @@ def test_a_training_script_runs_under_the_agent_with_its_events(zygote, tmp_path
     assert recorded[-1]["kind"] == "run_finished" and recorded[-1]["exit_code"] == 0 and recorded[-1]["steps"] == 5
 
 
+def test_the_child_ends_through_the_interpreters_own_shutdown(zygote, tmp_path):
+    # a file left open, a non-daemon thread still running and an atexit callback: python finishes all three
+    script = tmp_path / "ending.py"
+    script.write_text(
+        "import atexit, sys, threading, time\n"
+        "log = open(sys.argv[1], 'w'); log.write('never closed\\n')\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done', flush=True))).start()\n"
+        "atexit.register(print, 'atexit ran')\n"
+        "sys.exit(5)\n")
+    bare = run_python([str(script), str(tmp_path / "bare.log")], cwd=tmp_path)
+    child, _ = spawn(zygote, [str(script), str(tmp_path / "zygote.log")], tmp_path)
+    assert child.wait(30) == bare.returncode == 5
+    assert (tmp_path / "stdout").read_text() == bare.stdout == "thread done\natexit ran\n"
+    assert (tmp_path / "zygote.log").read_text() == (tmp_path / "bare.log").read_text() == "never closed\n"
+
+
 def test_nothing_from_one_attempt_leaks_into_the_next(zygote, tmp_path):
     script = tmp_path / "leaky.py"
     script.write_text(
@@ -186,6 +202,10 @@ def test_an_environment_that_changes_what_import_torch_read_is_refused(zygote, t
     assert not ok and "OMP_NUM_THREADS" in why
     with pytest.raises(ZygoteError, match="OMP_NUM_THREADS"):
         zygote.spawn([str(SCRIPTS / "semantics.py")], {**env, "OMP_NUM_THREADS": threads}, str(tmp_path))
+    # a request the server refuses is answered with an error, and the zygote stays usable
+    with pytest.raises(ZygoteError, match="no such directory"):
+        zygote.spawn([str(SCRIPTS / "semantics.py")], env, str(tmp_path / "missing"))
+    assert zygote.can_spawn(env) == (True, "")
 
 
 def test_a_dead_zygote_fails_cleanly_and_its_child_is_reported_killed(tmp_path):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from torchdoctor.agent.locations import is_user_file
 from torchdoctor.agent.training_state import root_modules
@@ -133,13 +134,18 @@ def loss_reduction(tensor: torch.Tensor, samples: int | None = None) -> Reductio
 
 
 def _constant(node: Any, attr: str) -> float | None:
+    """A scalar a graph node saved (a divisor, a total weight), read on the host; None if it is not one."""
     try:
         value = getattr(node, attr)
-    except (AttributeError, RuntimeError):
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1 or value.device.type != "cpu":
+                return None
+            # a saved Python number cannot be read under a dispatch mode (the accounting): read it outside
+            with _disable_current_modes():
+                return float(value)
+        return float(value) if isinstance(value, (int, float)) else None
+    except Exception:  # noqa: BLE001 - an unreadable constant: the reduction stays unknown
         return None
-    if isinstance(value, torch.Tensor):
-        return float(value) if value.numel() == 1 and value.device.type == "cpu" else None
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _reduction(node: Any, samples: int | None, depth: int) -> Reduction:

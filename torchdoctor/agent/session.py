@@ -151,6 +151,7 @@ class AgentSession:
         self.constructions.install()
         if self.schedule.mode != "off":
             self.constructions.on_optimizer.append(self._watch_gradients)
+        self.constructions.on_optimizer.append(self.ledger.optimizer_made)
         self.zero_grad_hooks.install()
         self.clip_hooks.install()
         self.recovery.install()
@@ -183,8 +184,9 @@ class AgentSession:
         for handle in self._handles + self._grad_hooks:
             handle.remove()
         self._handles, self._grad_hooks = [], []
-        if self._watch_gradients in self.constructions.on_optimizer:
-            self.constructions.on_optimizer.remove(self._watch_gradients)
+        for listener in (self._watch_gradients, self.ledger.optimizer_made):
+            if listener in self.constructions.on_optimizer:
+                self.constructions.on_optimizer.remove(listener)
         self.phases.remove_autograd_wrappers()
         if self.doctor is not None:
             self.doctor.remove()

@@ -15,8 +15,9 @@ first training forward of a root module since then (seen on measured steps, wher
 
 from __future__ import annotations
 
+import functools
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 
 from torchdoctor.agent.checkpointing import find_blocks
 from torchdoctor.agent.doctor_evidence import Reduction, first_tensor, graph_nodes, loss_reduction
+from torchdoctor.agent.training_state import root_modules
 from torchdoctor.events import TrainingFigures
 
 FIRST_STEPS = 8  # steps whose loss and data fingerprint are read (each a device sync on a GPU)
@@ -39,11 +41,32 @@ def batch_samples(data: Any) -> tuple[int | None, Any]:
     return int(tensor.shape[0]), tensor
 
 
+def _storage(tensor: Any) -> int | None:
+    try:
+        return int(tensor.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+        return None
+
+
 def fingerprint(tensor: Any) -> float | None:
     try:
         return float(tensor.detach().sum(dtype=torch.float64))  # no float64 copy of the batch
     except (RuntimeError, TypeError):
         return None
+
+
+def _guarded(method: Any) -> Any:
+    """The ledger measures; it must never break the script: the first error switches it off and is reported."""
+    @functools.wraps(method)
+    def guarded(self: TrainingLedger, *args: Any, **kwargs: Any) -> Any:
+        if self.broken is not None:
+            return None  # nothing more is measured
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a measurement error is reported, not raised into the script
+            self.broken = f"{method.__name__}: {type(exc).__name__}: {exc}"[:300]
+            return None
+    return guarded
 
 
 def describe_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -169,11 +192,15 @@ class TrainingLedger:
         self._order: list[Updater] = []  # every optimizer's record, in the order of their first steps
         self._manual: Updater | None = None
         self._probe = ManualUpdates()
-        # batches delivered since the last backward, all by one loader: (loader, samples, fingerprint or None)
+        # batches delivered and not yet seen fed to a training forward: (loader, samples, fingerprint, storage)
+        self._queue: deque[tuple[int | None, int, float | None, int | None]] = deque(maxlen=64)
+        self._matched = False  # a training forward's input was found among the delivered batches
+        # batches consumed since the last backward: (loader, samples, fingerprint or None)
         self._drawn: list[tuple[int | None, int, float | None]] = []
         self._forward: tuple[int, float | None] | None = None  # the first training root forward's batch since
         self.parts: list[list[float]] = []  # [samples, fingerprint] of each batch of the first steps, in order
         self.loader_fed = False  # a DataLoader fed a backward pass: loop iterations are its batches
+        self.broken: str | None = None  # why the ledger stopped measuring (an error in it), if it did
         self.reductions: Counter = Counter()
         self.last_reduction: Reduction | None = None
         self.closure = False
@@ -204,16 +231,36 @@ class TrainingLedger:
         return first is None or first.steps < FIRST_STEPS
 
     # -- what the loop does ------------------------------------------------------------------------------
+    @_guarded
     def delivered(self, loader: int | None, data: Any) -> None:
-        """A DataLoader handed the script a batch (or micro-batch). Only the batches of the loader that feeds the
-        next backward pass count: the list restarts when another loader delivers (an evaluation pass)."""
+        """A DataLoader handed the script a batch (or micro-batch). It counts for the backward pass that follows the
+        training forward it is fed to, found by its storage (a loader wrapper that fetches ahead, as accelerate's
+        and Lightning's do, delivers before the batch is used); until one such match is seen, the batches of the
+        loader that delivered last before a backward pass count for it."""
         samples, tensor = batch_samples(data)
         if samples is None:
             return
-        if self._drawn and self._drawn[-1][0] != loader:
-            self._drawn = []
-        self._drawn.append((loader, samples, fingerprint(tensor) if self._reading() else None))
+        if not self._matched and self._queue and self._queue[-1][0] != loader:
+            self._queue.clear()  # an evaluation pass in between: its batches feed no backward
+        self._queue.append((loader, samples, fingerprint(tensor) if self._reading() else None, _storage(tensor)))
 
+    def _consume(self, value: Any) -> None:
+        """A training forward's input: the delivered batch it is (or is a view of) is consumed."""
+        if not self._queue:
+            return
+        _, tensor = batch_samples(value)
+        ptr = _storage(tensor) if tensor is not None else None
+        if ptr is None:
+            return
+        for index, entry in enumerate(self._queue):
+            if entry[3] == ptr:
+                self._matched = True
+                self._drawn.append(entry[:3])
+                for _ in range(index + 1):
+                    self._queue.popleft()
+                return
+
+    @_guarded
     def root_forward(self, module: torch.nn.Module, args: Any) -> None:
         """The outermost module call (measured steps only); a training one may say what the batch was."""
         if module.training and torch.is_grad_enabled():
@@ -221,30 +268,50 @@ class TrainingLedger:
                 samples, tensor = batch_samples(args)
                 if samples is not None:
                     self._forward = (samples, fingerprint(tensor) if self._reading() else None)
+            self._consume(args)
             self._watch_model(module)
+            self.device = next((p.device.type for p in module.parameters()), self.device)
+
+    @_guarded
+    def _root_pre(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+        """Every call of a model that trained (a hook on the model itself: keyword inputs, unmeasured steps)."""
+        if module.training and torch.is_grad_enabled() and not self.in_backward():
+            self._consume(args if first_tensor(args) is not None else kwargs)
 
     def reduction_of(self, loss: torch.Tensor | None) -> Reduction:
         """How ``loss`` reduces over the batch that feeds it (read before its backward pass)."""
+        try:
+            return self._reduction_of(loss)
+        except Exception:  # noqa: BLE001 - unreadable: counted as unknown
+            return Reduction("unknown")
+
+    def _reduction_of(self, loss: torch.Tensor | None) -> Reduction:
         if loss is None or loss.grad_fn is None:
             return Reduction("unknown")
-        if self._drawn:
-            samples = self._drawn[-1][1]
+        pending = self._drawn or ([] if self._matched else list(self._queue))
+        if pending:
+            samples = pending[-1][1]
         else:
             samples = self._forward[0] if self._forward is not None else None
         return loss_reduction(loss, samples)
 
+    @_guarded
     def normalise_loss(self, divisor: float) -> None:
         """The window's gradients were divided by ``divisor`` (token-mean accumulation): so is its loss."""
         first = self._first_updater()
         base = first.since.loss if first is not None else 0.0
         self.now.loss = base + (self.now.loss - base) / divisor
 
+    @_guarded
     def backward(self, loss: torch.Tensor | None, scale: float, reduction: Reduction | None = None) -> None:
         """A backward pass from ``loss`` whose gradient torchdoctor scales by ``scale``."""
         now = self.now
         if not self._order and self._probe.changed(loss):
             self._manual_update()
         reading = self._reading()
+        if not self._matched:  # no batch seen fed to a forward yet: those the loader delivered since count
+            self._drawn = [e[:3] for e in self._queue]
+            self._queue.clear()
         drawn: list[tuple[int, float | None]] = [(n, p) for _, n, p in self._drawn]
         if drawn:
             self.loader_fed = True
@@ -283,6 +350,7 @@ class TrainingLedger:
             self.parts.extend([n, p] for n, p in drawn)
             self.now.parts = len(self.parts)
 
+    @_guarded
     def stepped(self, optimizer: torch.optim.Optimizer) -> None:
         updater = self._updaters.get(optimizer)
         if updater is None:
@@ -295,12 +363,22 @@ class TrainingLedger:
             self._manual = Updater(MANUAL)
         self._manual.stepped(self.now, self.parts)
 
+    @_guarded
+    def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None:
+        """The models an optimizer trains are watched from now on, before their first forward (a scan of live
+        modules, once per optimizer)."""
+        params = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for root in root_modules():
+            if any(id(p) in params for p in root.parameters()):
+                self._watch_model(root)
+
     # -- BatchNorm ---------------------------------------------------------------------------------------
     def _watch_model(self, root: torch.nn.Module) -> None:
         """A model seen training for the first time: its blocks, its device, its BatchNorm layers."""
         if root in self._bn_seen:
             return
         self._bn_seen.add(root)
+        self._bn_handles.append(root.register_forward_pre_hook(self._root_pre, with_kwargs=True))
         blocks, segmented = find_blocks(root)
         self.blocks += len(blocks) + sum(len(ranges) for _, ranges in segmented)
         if self.device is None:
@@ -313,6 +391,7 @@ class TrainingLedger:
                 if module.num_batches_tracked is not None:
                     self._bn_tracked.append((weakref.ref(module), int(module.num_batches_tracked)))
 
+    @_guarded
     def _bn_pre(self, module: torch.nn.Module, args: Any) -> None:
         if self.in_backward():  # a checkpointed block's recomputation, not a training forward
             return
@@ -326,7 +405,8 @@ class TrainingLedger:
     def _fold_unconsumed(self) -> None:
         """The batch the script had drawn (or was running forward) when it ended, no backward pass yet: an OOM in
         the forward leaves the step it began with that batch."""
-        drawn: list[tuple[int, float | None]] = [(n, p) for _, n, p in self._drawn]
+        pending = self._drawn or ([e[:3] for e in self._queue] if not self._matched else [])
+        drawn: list[tuple[int, float | None]] = [(n, p) for _, n, p in pending]
         if not drawn and self._forward is not None and not self.loader_fed:
             drawn = [self._forward]
         if drawn:
@@ -337,6 +417,7 @@ class TrainingLedger:
                 self.now.print_read += 1
                 self._list_parts(drawn)
         self._drawn, self._forward = [], None
+        self._queue.clear()
 
     def finish(self, passes: list[dict[str, Any]], step_calls: int, settings: dict[str, Any],
                remedies: dict[str, int], optimizers: list[torch.optim.Optimizer]) -> TrainingFigures:
@@ -357,6 +438,10 @@ class TrainingLedger:
             layers = [(m, n) for ref, n in self._bn_tracked if (m := ref()) is not None]
             if layers and len(layers) == len(self._bn_tracked):
                 batchnorm["updates"] = sum(int(m.num_batches_tracked) - n for m, n in layers)
+        if self.broken is not None:
+            return TrainingFigures(updates=[], step_calls=step_calls, backwards=0, iterations=0, reductions={},
+                                   passes=[], batchnorm=None, closure=False, settings=settings, remedies=remedies,
+                                   broken=self.broken)
         return TrainingFigures(
             updates=[u.to_dict(self.now, self.parts) for u in updaters],
             step_calls=step_calls, backwards=self.now.backwards, iterations=self.now.iterations,

@@ -72,7 +72,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         return self.images[i], 0
 
 
-dataset = ShapesDataset(1536, seed=5)
+dataset = ShapesDataset(1024, seed=5)
 nc = 1
 dataloader = torch.utils.data.DataLoader(dataset, batch_size=opt.batchSize,
                                          shuffle=True, num_workers=int(opt.workers))
@@ -206,7 +206,7 @@ for epoch in range(opt.niter):
         D_G_z2 = output.mean().item()
         optimizerG.step()
 
-        if i % 3 == 0:
+        if i % 2 == 0:
             print('[%d/%d][%d/%d] Loss_D: %.4f Loss_G: %.4f D(x): %.4f D(G(z)): %.4f / %.4f'
                   % (epoch, opt.niter, i, len(dataloader),
                      errD.item(), errG.item(), D_x, D_G_z1, D_G_z2))

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.optim as optim
 
 
-def generate_sine_waves(N=256, L=32, T=20, seed=2):
+def generate_sine_waves(N=320, L=24, T=20, seed=2):
     g = torch.Generator().manual_seed(seed)
     x = torch.arange(L, dtype=torch.float64).unsqueeze(0) + torch.randint(-4 * T, 4 * T, (N, 1), generator=g)
     return torch.sin(x / 1.0 / T)
@@ -81,12 +81,12 @@ if __name__ == '__main__':
         optimizer.step(closure)
         # begin to predict, no need to track gradient here
         with torch.no_grad():
-            future = 20
+            future = 16
             pred = seq(test_input, future=future)
             loss = criterion(pred[:, :-future], test_target)
             print('test loss:', '%.8f' % loss.item())
             y = pred.detach()
-        print('predicted continuation of wave 0:', ' '.join('%.3f' % v for v in y[0, -future::5].tolist()))
+        print('predicted continuation of wave 0:', ' '.join('%.3f' % v for v in y[0, -future::4].tolist()))
 
     seq.eval()
     with torch.no_grad():
