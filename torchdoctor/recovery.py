@@ -147,9 +147,9 @@ class _Facts:
 
 def _split_blockers(facts: _Facts, options: RecoveryOptions, own_accumulation: bool) -> str | None:
     """Why splitting the script's batches would change its training (None: it would not)."""
-    if facts.closure:
-        return ("an optimizer step takes a closure (LBFGS) that computes the loss on its whole batch: micro-batches "
-                "cannot be accumulated there")
+    if facts.closure and not own_accumulation:
+        return ("an optimizer step takes a closure (LBFGS, or a framework's automatic optimization) that runs the "
+                "forward and backward passes inside the step: torchdoctor cannot accumulate micro-batches across it")
     if facts.batchnorm and not options.allow_batchnorm_split:
         return ("the model has BatchNorm layers, which would normalise over micro-batches "
                 "(--allow-batchnorm-split accepts that)")
@@ -239,7 +239,7 @@ def _micro_batch(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryO
         if isinstance(decision, Decision):
             return decision
         why.append(decision)
-    return "; ".join(w for w in why if w)
+    return "; ".join(dict.fromkeys(w for w in why if w))
 
 
 def _knob(facts: _Facts) -> tuple[str, int] | None:

@@ -132,7 +132,7 @@ def test_the_scripts_own_accumulation_setting_is_used_before_splitting_its_loop(
 
 def test_splitting_is_refused_where_it_would_change_the_training_and_says_why():
     cases = {
-        "closure": (measured(closure=True), "closure (LBFGS)"),
+        "closure": (measured(closure=True), "takes a closure (LBFGS"),
         "batchnorm": (measured(batchnorm={"layers": 2}), "--allow-batchnorm-split"),
         "manual": (measured(optimizers=[]), "updates its parameters itself"),
         "endless": (measured(passes=[{"loader": 0, "number": 0, "batches": 3, "exhausted": False,

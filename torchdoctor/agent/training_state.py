@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,8 @@ def root_modules() -> list[nn.Module]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # some objects warn when their class is looked at
         for obj in gc.get_objects():
-            if isinstance(obj, nn.Module):
+            # weakref proxies pass isinstance (Lightning holds its module through one): only real modules
+            if isinstance(obj, nn.Module) and not isinstance(obj, weakref.ProxyTypes):
                 modules.append(obj)
     children = {id(child) for module in modules for child in module.children()}
     return [m for m in modules if id(m) not in children]

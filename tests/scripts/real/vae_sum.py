@@ -3,7 +3,7 @@
 The loss is summed over the batch (reduction='sum' BCE plus the KL term), and the script reports the average loss
 per sample: train_loss / len(train_loader.dataset).
 
-    python vae_sum.py --batch-size 512 --epochs 4 --out vae.pt
+    python vae_sum.py --batch-size 512 --epochs 5 --out vae.pt
 """
 import argparse
 
@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 parser = argparse.ArgumentParser(description='VAE on synthetic binary images')
 parser.add_argument('--batch-size', type=int, default=512, metavar='N',
                     help='input batch size for training (default: 512)')
-parser.add_argument('--epochs', type=int, default=4, metavar='N',
-                    help='number of epochs to train (default: 4)')
+parser.add_argument('--epochs', type=int, default=5, metavar='N',
+                    help='number of epochs to train (default: 5)')
 parser.add_argument('--seed', type=int, default=1, metavar='S',
                     help='random seed (default: 1)')
 parser.add_argument('--log-interval', type=int, default=2, metavar='N',
@@ -56,8 +56,8 @@ class BinaryImages(Dataset):
         return self.images[i].unsqueeze(0).float(), int(self.labels[i])
 
 
-train_loader = DataLoader(make_images(4096, seed=1), batch_size=args.batch_size, shuffle=True)
-test_loader = DataLoader(make_images(1024, seed=2), batch_size=args.batch_size, shuffle=False)
+train_loader = DataLoader(make_images(3072, seed=1), batch_size=args.batch_size, shuffle=True)
+test_loader = DataLoader(make_images(512, seed=2), batch_size=args.batch_size, shuffle=False)
 
 
 class VAE(nn.Module):
