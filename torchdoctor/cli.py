@@ -61,6 +61,10 @@ def cli() -> None:
               help="Let the micro-batch remedy shrink the batch without gradient accumulation.")
 @click.option("--batch-arg", metavar="NAME", default=None,
               help="The script's batch-size option (e.g. --batch_size), when torchdoctor cannot find it.")
+@click.option("--relaunch", type=click.Choice(("auto", "fork", "fresh")), default="auto", show_default=True,
+              help="How attempts after an OOM start: forked from a process that has imported torch already (tens "
+                   "of milliseconds instead of seconds; 'auto' starts it once the run has gone 10 s or at the "
+                   "first relaunch, 'fork' at once) or as fresh processes ('fresh').")
 @click.option("--allow-batchnorm-split", is_flag=True,
               help="Let micro-batches reach BatchNorm layers (their statistics then see micro-batches; the report "
                    "says so). By default a model with BatchNorm gets the remedies that leave its batches whole.")
@@ -78,7 +82,8 @@ def cli() -> None:
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
         log_interval: float, memory_budget: str | None, host_memory_limit: str | None, no_atomic_save: bool,
         checkpoint_every: int, max_retries: int, min_batch_size: int, remedies: str, no_amp: bool,
-        no_keep_effective_batch: bool, batch_arg: str | None, allow_batchnorm_split: bool, fail_on: str | None,
+        no_keep_effective_batch: bool, batch_arg: str | None, relaunch: str, allow_batchnorm_split: bool,
+        fail_on: str | None,
         no_doctor: bool,
         tensorboard_dir: str | None, use_wandb: bool, script: str, script_args: tuple[str, ...]) -> int:
     """Run a training script, unmodified, under torchdoctor.
@@ -106,7 +111,7 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
                        live=live, log_interval=log_interval, accounting=accounting, sample_every=sample_every,
                        memory_budget=budget, host_memory_limit=host_limit, atomic_save=not no_atomic_save,
                        checkpoint_every=checkpoint_every, recovery=recovery, doctor=not no_doctor, fail_on=fail_on,
-                       tensorboard_dir=tensorboard_dir, wandb=use_wandb)
+                       tensorboard_dir=tensorboard_dir, wandb=use_wandb, relaunch=relaunch)
     return Supervisor(config).run()
 
 

@@ -30,12 +30,17 @@ from torchdoctor.rundir import create_run_dir
 from torchdoctor.state import RunState
 from torchdoctor.target import check_module, check_script
 from torchdoctor.terminal import PtyForwarder, open_pty, resize_pty
+from torchdoctor.zygote import Zygote, ZygoteError, ZygoteProcess
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchdoctor.__file__)))
 # Run the agent with torchdoctor importable wherever it lives, without leaving its folder on the
 # script's sys.path (the bootstrap then sets sys.path[0] as python would for the script).
 _BOOT = ("import sys; sys.path.insert(0, {root!r}); from torchdoctor.agent.bootstrap import main; "
          "sys.path.pop(0); main()")
+# --relaunch auto: a torch-preloaded zygote is started once attempt 1 has run this long (a run that ends sooner pays
+# nothing for it), or at the first failure that is relaunched; relaunches fork from it when it is ready.
+ZYGOTE_AFTER_S = 10.0
+ZYGOTE_WAIT_S = 60.0  # a relaunch waits this long at most for a zygote still importing (a fresh start would too)
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class RunConfig:
     tensorboard_dir: str | None = None  # also write the memory figures and OOMs there (SummaryWriter)
     wandb: bool = False  # also log them to Weights & Biases (wandb's own settings: WANDB_MODE, WANDB_PROJECT, ...)
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
+    relaunch: str = "auto"  # "auto" | "fork": relaunches fork from a torch-preloaded zygote; "fresh": new processes
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -127,7 +133,10 @@ class Supervisor:
         self.run_dir = ""
         self._signalled: int | None = None
         self._resume_blocked: str | None = None  # why a resume was abandoned: later attempts do not try again
-        self._child: subprocess.Popen[bytes] | None = None
+        self._child: subprocess.Popen[bytes] | ZygoteProcess | None = None
+        self._zygote: Zygote | None = None
+        self._launched = ""  # how the current attempt's process was started, for its record
+        self._env_for_zygote: dict[str, str] = {}
         self._monitors: list[Any] = []  # monitoring tools fed every event (TensorBoard, W&B)
 
     # -- set-up ---------------------------------------------------------------------------------------
@@ -189,6 +198,8 @@ class Supervisor:
         attempts: list[dict[str, Any]] = []
         answered = None
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        if self.config.relaunch == "fork" and options.max_retries > 0:
+            self._start_zygote(env)
         try:
             for sig in previous:
                 signal.signal(sig, self._on_signal)
@@ -196,12 +207,14 @@ class Supervisor:
                 self.state = RunState()
                 began = time.time()
                 kills_before = oom_kill_count()
+                self._env_for_zygote = env
                 returncode = self._attempt(command, env, tail, nvml, capacity, live)
                 kills_after = oom_kill_count()
                 oom_killer = None if kills_before is None or kills_after is None else kills_after > kills_before
                 failure = describe_failure(self.state, returncode, self.config.script_args, options, oom_killer)
                 record = attempt_record(plan, self.state, returncode, failure, time.time() - began,
                                         oom_killer=oom_killer)
+                record["launched"] = self._launched
                 if self.state.resume is not None:
                     record["resume"] = self.state.resume.to_dict()
                     if self.state.resume.status == "abandoned":
@@ -221,6 +234,8 @@ class Supervisor:
                           f"{decision.reason} ({where})")
                 if failure.kind in ("oom", "host-kill"):
                     answered = failure  # the failure this remedy answers (undone if the script fails with it)
+                if self.config.relaunch != "fresh":
+                    self._start_zygote(env)
                 plan = replace(decision.plan, resume_from=resume_from)
                 if "remedies" in decision.changes:
                     options = replace(options, remedies=decision.changes["remedies"])  # type: ignore[arg-type]
@@ -230,6 +245,8 @@ class Supervisor:
                 signal.signal(sig, handler)
             if nvml is not None:
                 nvml.close()
+            if self._zygote is not None:
+                self._zygote.close()
         return self._finish(returncode, host, gpus, nvml_why, live, attempts)
 
     def _resume_source(self) -> tuple[str | None, str]:
@@ -274,7 +291,7 @@ class Supervisor:
 
                 console = Console(file=self.stdout)
                 master, slave = open_pty(console.width, console.height)
-                self._child = subprocess.Popen(command, env=env, stdout=slave, stderr=slave)
+                self._child = self._launch(command, env, stdout=slave, stderr=slave)
                 os.close(slave)
                 view = LiveView(console, self.config.target, capacity)
                 view.__enter__()
@@ -283,7 +300,7 @@ class Supervisor:
             else:
                 from torchdoctor.reporters.live import PlainProgress
 
-                self._child = subprocess.Popen(command, env=env)
+                self._child = self._launch(command, env)
                 if not self.config.quiet:
                     view = PlainProgress(self.stderr, self.config.log_interval)
             self._watch(tail, nvml, view)
@@ -297,6 +314,37 @@ class Supervisor:
         for event in tail.read():
             self._apply(event)
         return returncode
+
+    # -- processes ---------------------------------------------------------------------------------------
+    def _start_zygote(self, env: dict[str, str]) -> None:
+        """Start the torch-preloaded zygote relaunches fork from (once; a failure only means fresh processes)."""
+        if self._zygote is not None or self.config.relaunch == "fresh":
+            return
+        try:
+            self._zygote = Zygote.start(_PACKAGE_ROOT, env={k: v for k, v in env.items()
+                                                           if not k.startswith("TORCHDOCTOR_")})
+        except OSError:
+            self._zygote = None
+
+    def _launch(self, command: list[str], env: dict[str, str], stdout: int | None = None,
+                stderr: int | None = None) -> subprocess.Popen[bytes] | ZygoteProcess:
+        """A relaunch forks from the zygote when it can (tens of milliseconds instead of a new interpreter and
+        ``import torch``); attempt 1, and any attempt the zygote cannot serve, is a fresh process."""
+        zygote = self._zygote
+        why = "the first attempt" if env.get("TORCHDOCTOR_ATTEMPT", "1") == "1" else "no zygote"
+        if zygote is not None and why != "the first attempt":
+            zygote.ready(ZYGOTE_WAIT_S)
+            ok, why = zygote.can_spawn(env)
+            if ok:
+                try:
+                    child = zygote.spawn(command[3:], env, os.getcwd(), 0, 1 if stdout is None else stdout,
+                                         2 if stderr is None else stderr)
+                    self._launched = "forked from the torch-preloaded zygote"
+                    return child
+                except ZygoteError as exc:
+                    why = str(exc)
+        self._launched = f"a fresh process ({why})"
+        return subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
 
     def _resize(self, master: int) -> None:
         try:
@@ -327,11 +375,15 @@ class Supervisor:
         except psutil.Error:
             proc = None
         last_probe = 0.0
+        began = time.monotonic()
         while True:
             done = child.poll() is not None
             for event in tail.read():
                 self._apply(event)
             now = time.monotonic()
+            if (self.config.relaunch == "auto" and self._zygote is None and now - began >= ZYGOTE_AFTER_S
+                    and self.config.recovery.max_retries > 0):
+                self._start_zygote(self._env_for_zygote)
             if not done and now - last_probe >= 1.0:
                 last_probe = now
                 self._apply(self._probe(proc, nvml))

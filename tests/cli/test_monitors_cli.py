@@ -86,7 +86,8 @@ def test_an_oom_and_the_recovered_attempt_appear_in_tensorboard(tmp_path):
     assert points(second, "memory/cpu/tensor_peak_mib") == {s["step"]: mib(s["devices"]["cpu"]["tensor_peak"])
                                                            for s in steps}
     assert sorted(points(second, "memory/cpu/tensor_peak_mib")) == [1, 2, 3, 4]
-    assert any("2 micro-batches per batch" in words for _, words in text(second, "notes"))
+    assert any("micro-batches of" in words and "with gradient accumulation" in words
+               for _, words in text(second, "notes"))
     summary = text(first, "summary")[0][1]
     assert "2 attempt(s) · recovered (micro-batch)" in summary
 

@@ -104,12 +104,15 @@ def test_an_oom_mid_epoch_resumes_from_the_checkpoint_with_micro_batches_and_the
     result = run_torchdoctor(["run", "-q", "--memory-budget", "12MiB", "--checkpoint-every", "3", "--run-dir",
                               str(tmp_path / "run"), script, "--out", str(tmp_path / "resumed.pt")], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    first, second = read_report(tmp_path / "run")["attempts"]
-    # THEN attempt 1 died at step 10, and attempt 2 split the batches and resumed from step 9: nothing redone
+    report = read_report(tmp_path / "run")
+    first, *later = report["attempts"]
+    # THEN attempt 1 died at step 10, and every later attempt split the batches and resumed from step 9 (the
+    # micro-batch size estimated from an OOM in the forward errs large: it may take one more attempt to fit)
     assert first["oom"]["step"] == 10 and first["steps"] == 9
-    assert second["plan"]["micro_batches"] == 2 and second["resume"]["step"] == 9
-    assert "0 pass(es) and 9 batch(es) skipped" in second["resume"]["message"]
-    assert second["steps"] == 30
+    for attempt in later:
+        assert attempt["plan"]["micro_batches"] >= 2 and attempt["resume"]["step"] == 9
+        assert "0 pass(es) and 9 batch(es) skipped" in attempt["resume"]["message"]
+    assert later[-1]["steps"] == 30 and report["recovery"]["steps_redone"] == 0
     # AND the weights are those of the uninterrupted run without a budget (up to float summation order)
     reference, resumed = torch.load(tmp_path / "reference.pt"), torch.load(tmp_path / "resumed.pt")
     assert all(torch.allclose(reference[k], resumed[k], rtol=0, atol=1e-6) for k in reference)

@@ -106,7 +106,9 @@ class TensorAccountant(TorchDispatchMode):
         self.is_open = False
         self._on_stack = False  # stays True when another mode was pushed above ours and we could not pop
         self.module_stack: list[str] = []  # names of the modules running now, innermost last (the phase tracker's)
-        self.namer: Any = None  # () -> {storage pointer: name} for parameters, gradients and optimizer state
+        # () -> {(storage pointer, bytes): name} for parameters, gradients and optimizer state, as they are now: a
+        # storage listed at an earlier peak whose memory a named one reuses since has other bytes, or is not named
+        self.namer: Any = None
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -183,7 +185,7 @@ class TensorAccountant(TorchDispatchMode):
             self.on_budget_exceeded({"device": device, "requested_bytes": nbytes, "in_use_bytes": ledger.current,
                                      "capacity_bytes": capacity, "phase": self.phase, "message": message,
                                      "breakdown": dict(zip(CATEGORIES, ledger.cats)),
-                                     "top_tensors": [e.describe(names.get(e.ptr)) for e in alive]})
+                                     "top_tensors": [e.describe(names.get((e.ptr, e.nbytes))) for e in alive]})
         raise torch.OutOfMemoryError(message)
 
     def _release(self, ptr: int, entry: _Entry) -> None:
@@ -248,7 +250,7 @@ class TensorAccountant(TorchDispatchMode):
         alive = [e for e in self._live.values() if e.ledger is ledger and e.seq <= peak_seq]
         top = heapq.nlargest(count, alive + ledger.died_after_peak, key=lambda e: e.nbytes)
         names = self.namer() if self.namer is not None and top else {}
-        return [e.describe(names.get(e.ptr)) for e in top]
+        return [e.describe(names.get((e.ptr, e.nbytes)) if self._live.get(e.ptr) is e else None) for e in top]
 
     # -- entering and leaving ----------------------------------------------------------------------------
     def open(self) -> None:

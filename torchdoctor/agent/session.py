@@ -306,16 +306,17 @@ class AgentSession:
             self._modules.add(module)
             self.accountant.classify(list(module.parameters()) + list(module.buffers()), PARAMETERS)
 
-    def _storage_names(self) -> dict[int, str]:
+    def _storage_names(self) -> dict[tuple[int, int], str]:
         """What the model's storages are (``fc1.weight``, ``fc1.weight.grad``, ``fc1.weight exp_avg (AdamW)``),
-        by storage pointer: built only when the tensors at a new peak are listed."""
+        by storage (pointer, bytes): built only when the tensors at a new peak are listed."""
         names: dict[int, str] = {}
         by_param: dict[int, str] = {}
 
         def add(tensor: Any, name: str) -> None:
             if isinstance(tensor, torch.Tensor):
                 try:
-                    names.setdefault(tensor.untyped_storage().data_ptr(), name)
+                    storage = tensor.untyped_storage()
+                    names.setdefault((storage.data_ptr(), storage.nbytes()), name)
                 except (RuntimeError, NotImplementedError, TypeError):
                     pass
 

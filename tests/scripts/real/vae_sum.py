@@ -29,46 +29,40 @@ torch.manual_seed(args.seed)
 device = torch.device("cpu")
 
 
-def make_images(n, seed):
-    """Binary images drawn from 16 'styles': each style is a smooth map of pixel probabilities."""
-    g = torch.Generator().manual_seed(99)
-    coarse = torch.rand(16, 1, 7, 7, generator=g)
-    styles = F.interpolate(coarse, size=(28, 28), mode='bilinear', align_corners=False).squeeze(1)
-    styles = ((styles - 0.5) * 12).sigmoid()  # sharpen towards 0/1
-    g = torch.Generator().manual_seed(seed)
-    which = torch.randint(0, 16, (n,), generator=g)
-    images = torch.empty(n, 28, 28, dtype=torch.uint8)
-    for i in range(0, n, 256):  # in chunks, to keep the float probabilities small
-        images[i:i + 256] = torch.bernoulli(styles[which[i:i + 256]], generator=g).to(torch.uint8)
-    return BinaryImages(images, which)
+class BinaryStyles(Dataset):
+    """Binary 28x28 images from 16 'styles' (smooth maps of pixel probabilities), drawn on the fly: item i is always
+    the same image, sampled with its own seeded generator, so nothing but the labels is kept in memory."""
 
-
-class BinaryImages(Dataset):
-    """Stored as uint8 like the raw MNIST files; each item becomes a float image in [0, 1]."""
-
-    def __init__(self, images, labels):
-        self.images, self.labels = images, labels
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(99)
+        coarse = torch.rand(16, 1, 7, 7, generator=g)
+        styles = F.interpolate(coarse, size=(28, 28), mode='bilinear', align_corners=False).squeeze(1)
+        self.styles = ((styles - 0.5) * 12).sigmoid()  # sharpen towards 0/1
+        self.seed = seed
+        self.labels = torch.randint(0, 16, (n,), generator=torch.Generator().manual_seed(seed))
 
     def __len__(self):
-        return len(self.images)
+        return len(self.labels)
 
     def __getitem__(self, i):
-        return self.images[i].unsqueeze(0).float(), int(self.labels[i])
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        label = int(self.labels[i])
+        return torch.bernoulli(self.styles[label], generator=g).unsqueeze(0), label
 
 
-train_loader = DataLoader(make_images(3072, seed=1), batch_size=args.batch_size, shuffle=True)
-test_loader = DataLoader(make_images(512, seed=2), batch_size=args.batch_size, shuffle=False)
+train_loader = DataLoader(BinaryStyles(3072, seed=1), batch_size=args.batch_size, shuffle=True)
+test_loader = DataLoader(BinaryStyles(512, seed=2), batch_size=args.batch_size, shuffle=False)
 
 
 class VAE(nn.Module):
     def __init__(self):
         super(VAE, self).__init__()
 
-        self.fc1 = nn.Linear(784, 256)
-        self.fc21 = nn.Linear(256, 16)
-        self.fc22 = nn.Linear(256, 16)
-        self.fc3 = nn.Linear(16, 256)
-        self.fc4 = nn.Linear(256, 784)
+        self.fc1 = nn.Linear(784, 128)
+        self.fc21 = nn.Linear(128, 16)
+        self.fc22 = nn.Linear(128, 16)
+        self.fc3 = nn.Linear(16, 128)
+        self.fc4 = nn.Linear(128, 784)
 
     def encode(self, x):
         h1 = F.relu(self.fc1(x))
