@@ -2,7 +2,8 @@
 
 The blocks are found in each root model the first time it trains: the children of a ``ModuleList`` or
 ``Sequential`` that repeat a class and hold submodules of their own (transformer blocks, residual blocks, conv
-blocks), else, in a flat ``Sequential`` of single layers, consecutive segments of about √n layers. During a training
+blocks), else, in a flat ``Sequential`` of single layers, consecutive segments of about √n layers, else its
+recurrent layers (``nn.LSTM``, ``nn.LSTMCell``, ...: each call keeps its gates for backward). During a training
 forward each block runs under ``torch.utils.checkpoint`` (non-reentrant, RNG state preserved), so only its input is
 kept and its activations are computed again in backward: the same values, the gradients bit for bit.
 
@@ -65,6 +66,10 @@ def find_blocks(root: nn.Module) -> tuple[list[nn.Module], list[tuple[nn.Sequent
                 ranges = [(i, min(i + size, len(children))) for i in range(0, len(children), size)]
                 segmented.append((module, ranges))
                 taken.update(id(m) for m in module.modules())
+    if not blocks and not segmented:
+        # no repeated blocks: recurrent layers keep their gates for every time step; checkpointing each call keeps
+        # only its inputs (an LSTM over a sequence, an LSTMCell unrolled in the script's own loop)
+        blocks = [m for m in root.modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))]
     return blocks, segmented
 
 
