@@ -11,7 +11,7 @@ from torchdoctor.recovery import Failure, LoaderInfo, RecoveryOptions
 from torchdoctor.sizes import format_bytes
 from torchdoctor.state import RunState
 
-BATCH_KEYS = ("batch_size", "train_batch_size", "per_device_train_batch_size", "micro_batch_size", "bs")
+BATCH_KEYS = ("batch_size", "train_batch_size", "per_device_train_batch_size", "micro_batch_size", "bs", "batchsize")
 _KEY_VALUE = re.compile(r"^--([A-Za-z_][A-Za-z0-9_-]*)=(\d+)$")
 
 
@@ -24,10 +24,10 @@ def signal_name(signum: int) -> str:
 
 def command_line_batch(script_args: tuple[str, ...], wanted: str | None) -> tuple[str, int] | None:
     """A ``--batch_size=12`` style override on the script's command line (nanoGPT's configurator)."""
-    names = {wanted.lstrip("-").replace("-", "_")} if wanted else set(BATCH_KEYS)
+    names = {wanted.lstrip("-").replace("-", "_").lower()} if wanted else set(BATCH_KEYS)
     for arg in script_args:
         match = _KEY_VALUE.match(arg)
-        if match and match.group(1).replace("-", "_") in names:
+        if match and match.group(1).replace("-", "_").lower() in names:
             return f"--{match.group(1)}", int(match.group(2))
     return None
 

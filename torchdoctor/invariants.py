@@ -68,11 +68,10 @@ def optimizer_steps(asked: dict[str, Any], done: dict[str, Any], plan: dict[str,
         remedies = ", ".join(plan.get("applied") or []) or "none"
         return _invariant("optimizer_steps", KEPT, f"{shown} steps; the remedies ({remedies}) leave the script's "
                                                    f"loop iterations as they are", steps, steps)
-    if not plan.get("keep_effective_batch", True):
-        return _invariant("optimizer_steps", CHANGED, f"{shown} steps: batches were split without gradient "
-                                                      f"accumulation (--no-keep-effective-batch)", None, steps)
     parts = plan.get("micro_batches", 1)
     calls, iterations = done.get("step_calls", 0), done.get("iterations", 0)
+    if not plan.get("keep_effective_batch", True):
+        return _unaccumulated_steps(done, split, shown, steps, parts)
     if manual:
         return _invariant("optimizer_steps", CHANGED, (
             f"{steps} parameter updates: the script updates its parameters itself (no torch.optim optimizer), so "
@@ -120,6 +119,32 @@ def optimizer_steps(asked: dict[str, Any], done: dict[str, Any], plan: dict[str,
     return _invariant("optimizer_steps", UNKNOWN, f"{shown} steps for {batches} whole batches", None, steps)
 
 
+def _unaccumulated_steps(done: dict[str, Any], split: str, shown: str, steps: int, parts: int) -> dict[str, Any]:
+    """Smaller batches without accumulation: each loop iteration is a step; how many there are depends on what
+    bounds the loop (its data: more steps; its own count: as many)."""
+    passes = done.get("passes") or []
+    if split == "dataloader" and passes:
+        if any(not p.get("exhausted") for p in passes):
+            return _invariant("optimizer_steps", KEPT, (
+                f"{shown} steps: the loop stops by its own count (it left DataLoader #{passes[0]['loader']} before "
+                f"its data ran out), so as many iterations as asked, each now a step on a smaller batch"), steps, steps)
+        batches = sum(p["batches"] for p in passes)
+        return _invariant("optimizer_steps", CHANGED, (
+            f"{shown} steps instead of {batches}: batches were split without accumulation and the loop runs over "
+            f"its data, so each micro-batch is a step"), batches, steps)
+    loop = done.get("loop") or {}
+    where = f"`{loop.get('header')}` at {loop.get('where')}" if loop else "the training loop"
+    if loop.get("bound") == "count":
+        return _invariant("optimizer_steps", KEPT, f"{shown} steps: {where} stops by its own count, so as many "
+                                                   f"iterations as asked, each on a smaller batch", steps, steps)
+    if loop.get("bound") == "data":
+        return _invariant("optimizer_steps", CHANGED, (
+            f"{shown} steps instead of about {steps // parts}: the batch was divided by {parts} without accumulation "
+            f"and {where} runs over its data"), steps // parts, steps)
+    return _invariant("optimizer_steps", UNKNOWN, f"{shown} steps on batches divided by {parts} without accumulation; "
+                                                  f"what bounds {where} could not be read", None, steps)
+
+
 def samples_per_step(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     updates = done.get("updates") or []
     if not updates or not updates[0].get("samples"):
@@ -146,6 +171,10 @@ def samples_per_step(asked: dict[str, Any], done: dict[str, Any], plan: dict[str
     wanted = reference["samples"]
     tokens = _mode(updates[0].get("tokens") or {})
     per = f"{mode} samples" + (f" ({tokens} tokens)" if tokens and tokens != mode else "")
+    asked_tokens = reference.get("tokens")
+    if tokens and asked_tokens and tokens != asked_tokens:  # the leading dimension may be a sequence's (seq-first)
+        return _invariant("samples_per_step", CHANGED, f"{tokens} tokens per step instead of {asked_tokens} "
+                                                       f"({source})", asked_tokens, tokens)
     if mode == wanted and all(int(k) <= wanted for k in counts):
         extra = "" if len(counts) == 1 else f" (smaller ones end a pass: {_histogram(counts)})"
         return _invariant("samples_per_step", KEPT, f"{per} per step{extra}, as {source} ({wanted})", wanted, mode)

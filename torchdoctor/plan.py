@@ -14,8 +14,10 @@ from torchdoctor.errors import UsageError
 
 ENV_PLAN = "TORCHDOCTOR_PLAN"
 # The remedies, in their default order: exact ones first (the training as asked, up to float rounding), the
-# cheaper first among them; then those that change the numerics.
-REMEDIES = ("eval-no-grad", "eval-split", "optimizer-foreach", "checkpoint", "micro-batch", "offload", "amp")
+# cheaper first among them; then those that change the training: the numerics (amp), then, the last resort, smaller
+# batches where micro-batches would not keep the training (the report says what changed).
+REMEDIES = ("eval-no-grad", "eval-split", "optimizer-foreach", "checkpoint", "micro-batch", "offload", "amp",
+            "smaller-batch")
 
 
 @dataclass(frozen=True)

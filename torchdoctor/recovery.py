@@ -175,19 +175,24 @@ def _eval_no_grad(plan: Plan, failure: Failure, facts: _Facts, options: Recovery
 
 
 def _eval_split(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions) -> Decision | str:
-    if failure.phase != "evaluation":
-        return "the OOM was not in evaluation"
-    if facts.oom.get("grad_enabled") is not False and not plan.eval_no_grad and "eval-no-grad" in options.remedies:
-        return "evaluation ran with autograd on: eval-no-grad first"
     index = facts.oom.get("loader")
     loader = next((lo for lo in failure.loaders if lo.index == index and not lo.training), None)
+    making = failure.phase == "data" and loader is not None  # an evaluation DataLoader making its batch
+    if failure.phase != "evaluation" and not making:
+        return "the OOM was not in evaluation"
+    if (not making and facts.oom.get("grad_enabled") is not False and not plan.eval_no_grad
+            and "eval-no-grad" in options.remedies):
+        return "evaluation ran with autograd on: eval-no-grad first"
     if loader is None or not loader.batch_size:
         return "the evaluation's batches do not come from a DataLoader with a batch size"
     parts = next_parts(plan.eval_parts)
+    if plan.eval_loaders and index not in plan.eval_loaders:
+        parts = 2  # another evaluation loader than the one split so far
     if parts > loader.batch_size:
         return f"evaluation batches of {loader.batch_size} cannot be split further"
     micro = -(-loader.batch_size // parts)
-    return Decision(_ready(plan, options, "eval-split", eval_loaders=(index,), eval_parts=parts), "eval-split",
+    loaders = tuple(dict.fromkeys((*plan.eval_loaders, index)))
+    return Decision(_ready(plan, options, "eval-split", eval_loaders=loaders, eval_parts=parts), "eval-split",
                     f"split the evaluation batches of {loader.batch_size} (DataLoader #{index}) into {parts} of "
                     f"~{micro}: each sample's outputs are the same; a metric the script averages per batch now "
                     f"averages over {parts} times as many, smaller batches")
@@ -219,7 +224,7 @@ def _checkpoint(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOp
 
 
 def _micro_batch(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions) -> Decision | str:
-    if failure.phase not in SPLITTABLE_PHASES:
+    if failure.phase not in SPLITTABLE_PHASES and not _data_phase_of_training(failure):
         return f"the OOM was in the {failure.phase} phase, where smaller batches do not help"
     if plan.micro_batches > 1 and plan.accumulation == "script":
         return _script_knob(plan, failure, facts, options, plan.batch_arg or "", plan.batch_arg_size or 0)
@@ -280,41 +285,48 @@ def _script_knob(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryO
                                         f"{size * steps} samples and the loop is the script's own")
 
 
-def _split_loaders(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions) -> Decision | str:
+def _split_loaders(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions,
+                   smaller: bool = False) -> Decision | str:
     training = [lo for lo in failure.loaders if lo.training and lo.batch_size]
     if not training:
         return "no DataLoader with a batch size fed backward"
-    blocked = _split_blockers(facts, options, own_accumulation=False)
-    if blocked:
-        return blocked
-    for loader in training:
-        endless = facts.endless(loader.index)
-        if endless:
-            return endless
+    if not smaller:
+        blocked = _split_blockers(facts, options, own_accumulation=False)
+        if blocked:
+            return blocked
+        for loader in training:
+            endless = facts.endless(loader.index)
+            if endless:
+                return endless
     smallest = min(lo.batch_size for lo in training)  # type: ignore[type-var]
     current = plan.micro_size or -(-smallest // plan.micro_batches)
     micro, chosen = _next_micro(smallest, current, failure, facts, divisor=False)
     if micro < options.min_batch_size or current <= 1:
         return f"batches cannot be split further (--min-batch-size {options.min_batch_size})"
     parts = -(-smallest // micro)
-    new = _ready(plan, options, "micro-batch", micro_batches=parts, micro_size=micro,
-                 train_loaders=tuple(lo.index for lo in training), keep_effective_batch=options.keep_effective_batch)
-    how = ("with gradient accumulation, so each optimizer step still sees the whole batch"
-           if options.keep_effective_batch else "without accumulation (--no-keep-effective-batch)")
+    keep = options.keep_effective_batch and not smaller
+    new = _ready(plan, options, "smaller-batch" if smaller else "micro-batch", micro_batches=parts, micro_size=micro,
+                 train_loaders=tuple(lo.index for lo in training), keep_effective_batch=keep)
+    how = ("with gradient accumulation, so each optimizer step still sees the whole batch" if keep else
+           "without accumulation: each is a step of its own (the training changes; the report says how)" if smaller
+           else "without accumulation (--no-keep-effective-batch)")
     rest = smallest - (parts - 1) * micro
     shape = f"{parts} micro-batches of {micro}" + (f" (the last {rest})" if rest != micro else "")
-    return Decision(new, "micro-batch", f"split each batch of {smallest} into {shape} ({chosen}) {how}")
+    return Decision(new, "smaller-batch" if smaller else "micro-batch",
+                    f"split each batch of {smallest} into {shape} ({chosen}) {how}")
 
 
-def _split_argument(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions) -> Decision | str:
+def _split_argument(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions,
+                    smaller: bool = False) -> Decision | str:
     if failure.argument is None:
         return "no batch-size option was found (name it with --batch-arg)"
-    blocked = _split_blockers(facts, options, own_accumulation=False)
-    if blocked:
-        return blocked
-    if facts.loop.get("bound") == "count":
-        return (f"the training loop ({facts.loop.get('header')}, {facts.loop.get('where')}) stops by its own count, "
-                f"which would count micro-batches")
+    if not smaller:
+        blocked = _split_blockers(facts, options, own_accumulation=False)
+        if blocked:
+            return blocked
+        if facts.loop.get("bound") == "count":
+            return (f"the training loop ({facts.loop.get('header')}, {facts.loop.get('where')}) stops by its own "
+                    f"count, which would count micro-batches")
     option, size = failure.argument
     if plan.batch_arg_size:
         size = plan.batch_arg_size
@@ -323,10 +335,39 @@ def _split_argument(plan: Plan, failure: Failure, facts: _Facts, options: Recove
     if micro >= current or micro < options.min_batch_size:
         return f"the batch of {size} cannot be divided further (--min-batch-size {options.min_batch_size})"
     parts = size // micro
-    new = _ready(plan, options, "micro-batch", micro_batches=parts, batch_arg=option, batch_arg_size=size,
-                 keep_effective_batch=options.keep_effective_batch)
+    keep = options.keep_effective_batch and not smaller
+    new = _ready(plan, options, "smaller-batch" if smaller else "micro-batch", micro_batches=parts, batch_arg=option,
+                 batch_arg_size=size, keep_effective_batch=keep)
+    if smaller:
+        return Decision(new, "smaller-batch", f"pass {option} {micro} instead of {size}, without accumulation: the "
+                                              f"training changes (the report says how; {chosen})")
     return Decision(new, "micro-batch", f"pass {option} {micro} and accumulate {parts} micro-batches per optimizer "
                                         f"step (effective batch {size}; {chosen})")
+
+
+def _smaller_batch(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions) -> Decision | str:
+    """The last resort, after every remedy that keeps the training: smaller batches without accumulation, where
+    micro-batches were refused (manual updates, BatchNorm, a counted loop, a closure). It changes the training,
+    and the report says how (samples per step, steps, BatchNorm statistics), measured."""
+    if failure.phase not in SPLITTABLE_PHASES and not _data_phase_of_training(failure):
+        return f"the OOM was in the {failure.phase} phase, where smaller batches do not help"
+    if plan.micro_batches > 1 and plan.keep_effective_batch:
+        return "micro-batches with accumulation are on (they keep the training): more of them first"
+    why = []
+    for split in (_split_loaders, _split_argument):
+        if split is _split_loaders and plan.batch_arg or split is _split_argument and plan.train_loaders:
+            continue
+        decision = split(plan, failure, facts, options, smaller=True)
+        if isinstance(decision, Decision):
+            return decision
+        why.append(decision)
+    return "; ".join(dict.fromkeys(why))
+
+
+def _data_phase_of_training(failure: Failure) -> bool:
+    """An OOM while a training DataLoader made a batch: smaller batches help there."""
+    index = (failure.oom or {}).get("loader")
+    return failure.phase == "data" and any(lo.index == index and lo.training for lo in failure.loaders)
 
 
 def _offload(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions) -> Decision | str:
@@ -351,7 +392,8 @@ def _amp(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions) 
 
 
 TRIES = {"eval-no-grad": _eval_no_grad, "eval-split": _eval_split, "optimizer-foreach": _optimizer_foreach,
-         "checkpoint": _checkpoint, "micro-batch": _micro_batch, "offload": _offload, "amp": _amp}
+         "checkpoint": _checkpoint, "micro-batch": _micro_batch, "offload": _offload, "amp": _amp,
+         "smaller-batch": _smaller_batch}
 
 
 def next_plan(plan: Plan, failure: Failure, options: RecoveryOptions, previous: Failure | None = None) -> Decision:
@@ -395,9 +437,10 @@ def _broken_remedy(plan: Plan, failure: Failure, previous: Failure | None) -> st
 UNDO = {"eval-no-grad": {"eval_no_grad": False}, "eval-split": {"eval_loaders": (), "eval_parts": 1},
         "optimizer-foreach": {"foreach_off": False}, "checkpoint": {"checkpoint": False},
         "offload": {"offload": False}, "amp": {"amp": None},
-        "micro-batch": {"micro_batches": 1, "train_loaders": (), "batch_arg": None, "batch_arg_size": None,
-                        "accumulation": "torchdoctor", "accumulation_arg": None, "accumulation_size": None,
-                        "framework": None}}
+        "micro-batch": {"micro_batches": 1, "micro_size": None, "train_loaders": (), "batch_arg": None,
+                        "batch_arg_size": None, "accumulation": "torchdoctor", "accumulation_arg": None,
+                        "accumulation_size": None, "framework": None, "keep_effective_batch": True}}
+UNDO["smaller-batch"] = UNDO["micro-batch"]
 
 
 def _undo(plan: Plan, failure: Failure, previous: Failure, options: RecoveryOptions, remedy: str) -> Decision:

@@ -22,7 +22,8 @@ ACCUMULATION_DESTS = ("gradient_accumulation_steps", "grad_accum_steps", "grad_a
 
 
 def _names(action: argparse.Action) -> set[str]:
-    return {action.dest, *(o.lstrip("-").replace("-", "_") for o in action.option_strings)}
+    """An option's names as the lists above spell them (``--batchSize`` is ``batchsize``)."""
+    return {n.lower() for n in (action.dest, *(o.lstrip("-").replace("-", "_") for o in action.option_strings))}
 
 
 def find_option(parser: argparse.ArgumentParser, namespace: Any, dests: tuple[str, ...], wanted: str | None = None
@@ -30,7 +31,7 @@ def find_option(parser: argparse.ArgumentParser, namespace: Any, dests: tuple[st
     """(option string, value) of the parser's option named ``wanted`` or one of ``dests``, if its value is an int."""
     for action in parser._actions:  # argparse has no public list of actions
         names = _names(action)
-        matches = wanted.lstrip("-").replace("-", "_") in names if wanted else bool(names & set(dests))
+        matches = wanted.lstrip("-").replace("-", "_").lower() in names if wanted else bool(names & set(dests))
         if not matches or not action.option_strings:
             continue
         value = getattr(namespace, action.dest, None)

@@ -116,6 +116,8 @@ class LoaderWatch:
         self.on_batch: Callable[[int | None, Any], None] | None = None
         self.batches_delivered = 0  # every batch of every DataLoader
         self.last_micro: MicroInfo | None = None  # the micro-batch just delivered (None: a whole batch)
+        self.fetching: int | None = None  # the DataLoader making a batch now (its sampler, dataset, collate)
+        self.failed_fetch: int | None = None  # the DataLoader whose batch-making raised
         self._fetch: Callable[[Any], Any] = _BaseDataLoaderIter.__next__
         self._patches = ClassPatches()
 
@@ -167,6 +169,7 @@ class LoaderWatch:
             def __next__(it: Any) -> Any:
                 if watch.before_next is not None:
                     watch.before_next(it)
+                watch.fetching = getattr(it, "_torchdoctor_index", None)
                 try:
                     data = original(it)
                 except StopIteration:
@@ -174,6 +177,11 @@ class LoaderWatch:
                     if record is not None:
                         record.exhausted = True
                     raise
+                except BaseException:
+                    watch.failed_fetch = watch.fetching  # the script died making a batch (an OOM in collate)
+                    raise
+                finally:
+                    watch.fetching = None
                 watch._delivered(it)
                 if watch.on_batch is not None:
                     watch.on_batch(watch.last_loader, data)

@@ -46,12 +46,13 @@ def _parsed(filename: str, mtime_ns: int, size: int) -> tuple[ast.Module, str] |
 
 
 def _names(node: ast.AST) -> set[str]:
+    """The names and attribute names in ``node``, in lower case (``opt.batchSize`` is ``batchsize``)."""
     found: set[str] = set()
     for child in ast.walk(node):
         if isinstance(child, ast.Name):
-            found.add(child.id)
+            found.add(child.id.lower())
         elif isinstance(child, ast.Attribute):
-            found.add(child.attr)
+            found.add(child.attr.lower())
     return found
 
 
@@ -95,6 +96,8 @@ def read_loop(filename: str, line: int, batch_names: set[str], accumulation_name
     parsed = _tree(filename)
     if parsed is None:
         return None
+    batch_names = {n.lower() for n in batch_names}
+    accumulation_names = {n.lower() for n in accumulation_names}
     tree, source = parsed
     path = _enclosing(tree, line)
     loops = [n for n in path if isinstance(n, (ast.For, ast.AsyncFor, ast.While))]

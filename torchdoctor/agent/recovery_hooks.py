@@ -99,11 +99,17 @@ class RecoveryHooks:
 
     def _budget_exceeded(self, figures: dict[str, Any]) -> None:
         self._budget_oom = figures["message"]
-        if figures["phase"] != "evaluation":
+        loader = self.loaders.last_loader
+        if figures["phase"] == "other" and self.loaders.fetching is not None:
+            loader = self.loaders.fetching  # a DataLoader making its batch: the phase is data loading
+            figures = {**figures, "phase": "data"}
+            if not self.session.backwards_total:  # its first batch, before any backward: the training loader
+                self.loaders.last_loader = loader
+                self.loaders.note_backward()
+        elif figures["phase"] != "evaluation":
             self.loaders.note_backward()  # an OOM before the first backward still names the training loader
-        self.session.emit(OutOfMemory(step=self.session.step + 1, backend="torchdoctor-budget",
-                                      loader=self.loaders.last_loader, grad_enabled=self.session.phases.root_grad,
-                                      **figures))
+        self.session.emit(OutOfMemory(step=self.session.step + 1, backend="torchdoctor-budget", loader=loader,
+                                      grad_enabled=self.session.phases.root_grad, **figures))
 
     def _announce_plan(self) -> None:
         plan = self.plan
@@ -238,13 +244,15 @@ class RecoveryHooks:
         elif info.backend == "cpu":
             device = "cpu"
         phase = self.session.phases.failed_in or self.session.phases.phase
-        if phase != "evaluation":
+        loader = self.loaders.last_loader
+        if phase == "other" and self.loaders.failed_fetch is not None:
+            phase, loader = "data", self.loaders.failed_fetch
+        elif phase != "evaluation":
             self.loaders.note_backward()  # an OOM before the first backward still names the training loader
         if phase == "other" and not self.session.measuring:
             phase = None  # forward/evaluation are only told apart on measured steps: say we do not know
         self.session.emit(OutOfMemory(
             step=self.session.step + 1, phase=phase, device=device, backend=info.backend,
             requested_bytes=info.requested_bytes, in_use_bytes=in_use, capacity_bytes=capacity,
-            message=info.message[:1000], loader=self.loaders.last_loader,
-            grad_enabled=self.session.phases.root_grad))
+            message=info.message[:1000], loader=loader, grad_enabled=self.session.phases.root_grad))
         return True

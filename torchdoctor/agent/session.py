@@ -120,6 +120,7 @@ class AgentSession:
         self.ledger = TrainingLedger()
         self.phases.root_forward = self.ledger.root_forward
         self.ledger.in_backward = lambda: self.phases.phase == "backward"
+        self.ledger.in_step = lambda: self.phases.in_step
         self.recovery = RecoveryHooks(plan, settings.memory_budget, self)
         self.atomic_save = AtomicTorchSave() if settings.atomic_save else None
         self.checkpoints = (RunCheckpoints(settings.checkpoint_dir, settings.checkpoint_every, self)

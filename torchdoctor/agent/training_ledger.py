@@ -211,6 +211,8 @@ class TrainingLedger:
         self._bn_handles: list[Any] = []
         self._bn_tracked: list[tuple[weakref.ref[Any], int]] = []  # (layer, num_batches_tracked when first seen)
         self.in_backward: Any = lambda: False  # the session tells whether backward is running
+        self.in_step: Any = lambda: False  # ... and whether an optimizer step is (its closure runs the passes)
+        self._step_drew = False  # this optimizer step's closure has counted its batch
         self._bn_seen: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self.blocks = 0  # repeated blocks in the models that trained (what checkpointing would wrap)
         self.device: str | None = None
@@ -252,10 +254,11 @@ class TrainingLedger:
         ptr = _storage(tensor) if tensor is not None else None
         if ptr is None:
             return
-        for index, entry in enumerate(self._queue):
-            if entry[3] == ptr:
+        # newest first: a freed batch's memory is reused by later ones, so an older entry may share the address
+        for index in range(len(self._queue) - 1, -1, -1):
+            if self._queue[index][3] == ptr:
                 self._matched = True
-                self._drawn.append(entry[:3])
+                self._drawn.append(self._queue[index][:3])
                 for _ in range(index + 1):
                     self._queue.popleft()
                 return
@@ -318,7 +321,11 @@ class TrainingLedger:
             now.iterations += len(drawn)
         elif self._forward is not None and not self.loader_fed:  # with a training DataLoader, only its batches
             drawn = [self._forward]
-        if not self.loader_fed:
+        if self.in_step():  # an optimizer's closure (LBFGS) evaluates its step's batch again and again: once
+            if self._step_drew:
+                drawn = []
+            self._step_drew = self._step_drew or bool(drawn)
+        if not self.loader_fed and (drawn or not self.in_step()):
             now.iterations += 1  # no training DataLoader: each backward pass is a loop iteration
         if drawn:
             now.samples += sum(n for n, _ in drawn)
@@ -352,6 +359,7 @@ class TrainingLedger:
 
     @_guarded
     def stepped(self, optimizer: torch.optim.Optimizer) -> None:
+        self._step_drew = False
         updater = self._updaters.get(optimizer)
         if updater is None:
             updater = self._updaters[optimizer] = Updater(f"{type(optimizer).__name__} #{len(self._order)}")
