@@ -140,7 +140,7 @@ def _unaccumulated_steps(done: dict[str, Any], split: str, shown: str, steps: in
     if loop.get("bound") == "data":
         return _invariant("optimizer_steps", CHANGED, (
             f"{shown} steps instead of about {steps // parts}: the batch was divided by {parts} without accumulation "
-            f"and {where} runs over its data"), steps // parts, steps)
+            f"and {where} runs over its data"), None, steps)
     return _invariant("optimizer_steps", UNKNOWN, f"{shown} steps on batches divided by {parts} without accumulation; "
                                                   f"what bounds {where} could not be read", None, steps)
 
@@ -175,6 +175,13 @@ def samples_per_step(asked: dict[str, Any], done: dict[str, Any], plan: dict[str
     if tokens and asked_tokens and tokens != asked_tokens:  # the leading dimension may be a sequence's (seq-first)
         return _invariant("samples_per_step", CHANGED, f"{tokens} tokens per step instead of {asked_tokens} "
                                                        f"({source})", asked_tokens, tokens)
+    first = (updates[0].get("first") or [{}])[0]
+    items, asked_items = first.get("items"), reference.get("items")
+    if items and asked_items and items != asked_items and first.get("samples") == reference.get("samples"):
+        # the same leading dimension, other sizes: a seq-first batch (an LSTM's time steps first) got narrower
+        return _invariant("samples_per_step", CHANGED, (
+            f"{items} input elements in step 1 instead of {asked_items} ({source}); its leading dimension "
+            f"({mode}) is not the batch"), asked_items, items)
     if mode == wanted and all(int(k) <= wanted for k in counts):
         extra = "" if len(counts) == 1 else f" (smaller ones end a pass: {_histogram(counts)})"
         return _invariant("samples_per_step", KEPT, f"{per} per step{extra}, as {source} ({wanted})", wanted, mode)

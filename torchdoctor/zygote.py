@@ -286,6 +286,9 @@ class Zygote:
     def ready(self, timeout: float = 0.0) -> bool:
         """Wait up to ``timeout`` seconds for the server to have imported torch; False if it has not, or failed
         (``failure`` says why)."""
+        if self._ready or self._failure is not None:  # already known: nothing to wait for
+            self._pump(0.0)  # (but notice a server that died since)
+            return self._ready and self._failure is None
         deadline = time.monotonic() + timeout
         while True:
             left = max(0.0, deadline - time.monotonic())

@@ -77,6 +77,14 @@ def test_a_script_sees_what_it_sees_under_python_and_its_exit_code_passes_throug
     assert read_events(events)[-1]["exit_code"] == 7
 
 
+def test_asking_a_ready_zygote_whether_it_is_ready_does_not_wait(zygote):
+    import time
+
+    began = time.monotonic()
+    assert zygote.ready(60)  # a relaunch asks this with a long timeout: a ready zygote answers at once
+    assert time.monotonic() - began < 1.0
+
+
 def test_module_targets_run_like_python_dash_m(zygote, tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")

@@ -91,6 +91,7 @@ class Counts:
     """Running totals; a step's figures are the difference between two of these."""
 
     samples: int = 0
+    items: int = 0  # elements of the inputs (tokens of a seq-first batch, whose leading dimension is its length)
     tokens: int = 0
     token_backwards: int = 0  # backward passes whose loss showed its tokens
     backwards: int = 0
@@ -122,6 +123,7 @@ class Updater:
         before = self.since
         tally: dict[str, Any] = {
             "samples": now.samples - before.samples,
+            "items": now.items - before.items,
             "backwards": now.backwards - before.backwards,
             "iterations": now.iterations - before.iterations,
         }
@@ -192,12 +194,12 @@ class TrainingLedger:
         self._order: list[Updater] = []  # every optimizer's record, in the order of their first steps
         self._manual: Updater | None = None
         self._probe = ManualUpdates()
-        # batches delivered and not yet seen fed to a training forward: (loader, samples, fingerprint, storage)
-        self._queue: deque[tuple[int | None, int, float | None, int | None]] = deque(maxlen=64)
+        # batches delivered, not yet seen fed to a training forward: (loader, samples, fingerprint, storage, elements)
+        self._queue: deque[tuple[int | None, int, float | None, int | None, int]] = deque(maxlen=64)
         self._matched = False  # a training forward's input was found among the delivered batches
-        # batches consumed since the last backward: (loader, samples, fingerprint or None)
-        self._drawn: list[tuple[int | None, int, float | None]] = []
-        self._forward: tuple[int, float | None] | None = None  # the first training root forward's batch since
+        # batches consumed since the last backward: (loader, samples, fingerprint or None, elements)
+        self._drawn: list[tuple[int | None, int, float | None, int]] = []
+        self._forward: tuple[int, float | None, int] | None = None  # the first training root forward's batch since
         self.parts: list[list[float]] = []  # [samples, fingerprint] of each batch of the first steps, in order
         self.loader_fed = False  # a DataLoader fed a backward pass: loop iterations are its batches
         self.broken: str | None = None  # why the ledger stopped measuring (an error in it), if it did
@@ -244,7 +246,8 @@ class TrainingLedger:
             return
         if not self._matched and self._queue and self._queue[-1][0] != loader:
             self._queue.clear()  # an evaluation pass in between: its batches feed no backward
-        self._queue.append((loader, samples, fingerprint(tensor) if self._reading() else None, _storage(tensor)))
+        self._queue.append((loader, samples, fingerprint(tensor) if self._reading() else None, _storage(tensor),
+                            tensor.numel()))
 
     def _consume(self, value: Any) -> None:
         """A training forward's input: the delivered batch it is (or is a view of) is consumed."""
@@ -258,7 +261,8 @@ class TrainingLedger:
         for index in range(len(self._queue) - 1, -1, -1):
             if self._queue[index][3] == ptr:
                 self._matched = True
-                self._drawn.append(self._queue[index][:3])
+                entry = self._queue[index]
+                self._drawn.append((entry[0], entry[1], entry[2], entry[4]))
                 for _ in range(index + 1):
                     self._queue.popleft()
                 return
@@ -270,7 +274,7 @@ class TrainingLedger:
             if self._forward is None:
                 samples, tensor = batch_samples(args)
                 if samples is not None:
-                    self._forward = (samples, fingerprint(tensor) if self._reading() else None)
+                    self._forward = (samples, fingerprint(tensor) if self._reading() else None, tensor.numel())
             self._consume(args)
             self._watch_model(module)
             self.device = next((p.device.type for p in module.parameters()), self.device)
@@ -313,9 +317,9 @@ class TrainingLedger:
             self._manual_update()
         reading = self._reading()
         if not self._matched:  # no batch seen fed to a forward yet: those the loader delivered since count
-            self._drawn = [e[:3] for e in self._queue]
+            self._drawn = [(e[0], e[1], e[2], e[4]) for e in self._queue]
             self._queue.clear()
-        drawn: list[tuple[int, float | None]] = [(n, p) for _, n, p in self._drawn]
+        drawn: list[tuple[int, float | None, int]] = [(n, p, k) for _, n, p, k in self._drawn]
         if drawn:
             self.loader_fed = True
             now.iterations += len(drawn)
@@ -328,9 +332,10 @@ class TrainingLedger:
         if not self.loader_fed and (drawn or not self.in_step()):
             now.iterations += 1  # no training DataLoader: each backward pass is a loop iteration
         if drawn:
-            now.samples += sum(n for n, _ in drawn)
+            now.samples += sum(n for n, _, _ in drawn)
+            now.items += sum(k for _, _, k in drawn)
             now.drew += 1
-            prints = [p for _, p in drawn]
+            prints = [p for _, p, _ in drawn]
             if reading and all(p is not None for p in prints):
                 now.print_sum += sum(prints)  # type: ignore[arg-type]
                 now.print_read += 1
@@ -352,9 +357,9 @@ class TrainingLedger:
             now.loss += float(loss.detach()) * scale
             now.loss_read += 1
 
-    def _list_parts(self, drawn: list[tuple[int, float | None]]) -> None:
+    def _list_parts(self, drawn: list[tuple[int, float | None, int]]) -> None:
         if len(self.parts) < MAX_PARTS:
-            self.parts.extend([n, p] for n, p in drawn)
+            self.parts.extend([n, p] for n, p, _ in drawn)
             self.now.parts = len(self.parts)
 
     @_guarded
@@ -413,15 +418,16 @@ class TrainingLedger:
     def _fold_unconsumed(self) -> None:
         """The batch the script had drawn (or was running forward) when it ended, no backward pass yet: an OOM in
         the forward leaves the step it began with that batch."""
-        pending = self._drawn or ([e[:3] for e in self._queue] if not self._matched else [])
-        drawn: list[tuple[int, float | None]] = [(n, p) for _, n, p in pending]
+        pending = self._drawn or ([(e[0], e[1], e[2], e[4]) for e in self._queue] if not self._matched else [])
+        drawn: list[tuple[int, float | None, int]] = [(n, p, k) for _, n, p, k in pending]
         if not drawn and self._forward is not None and not self.loader_fed:
             drawn = [self._forward]
         if drawn:
-            self.now.samples += sum(n for n, _ in drawn)
+            self.now.samples += sum(n for n, _, _ in drawn)
+            self.now.items += sum(k for _, _, k in drawn)
             self.now.drew += 1
-            if all(p is not None for _, p in drawn):
-                self.now.print_sum += sum(p for _, p in drawn)  # type: ignore[misc]
+            if all(p is not None for _, p, _ in drawn):
+                self.now.print_sum += sum(p for _, p, _ in drawn)  # type: ignore[misc]
                 self.now.print_read += 1
                 self._list_parts(drawn)
         self._drawn, self._forward = [], None
