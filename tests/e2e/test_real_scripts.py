@@ -170,3 +170,28 @@ def test_lightning_trainer_uses_accumulate_grad_batches_and_reports_batchnorm_ov
     assert plan["framework"] == "lightning" and plan["micro_batches"] == 2
     assert found["optimizer_steps"]["status"] == "kept" and report["steps"] == plain["steps"] == 24
     assert found["batchnorm"]["status"] == "changed"  # allowed, and said
+
+
+def test_a_gan_killed_mid_epoch_resumes_its_two_models_bit_for_bit(tmp_path):
+    """netD.zero_grad() at the top of its loop, netG.zero_grad() only before the generator's backward: the
+    generator's gradients the checkpoint does not hold are reset before anything adds to them, so the resume holds."""
+    import torch
+
+    from tests.conftest import run_torchdoctor_and_kill
+
+    script = str(REAL / "dcgan.py")
+    for sub in ("ref", "got"):
+        (tmp_path / sub).mkdir()
+    assert run_python([script, "--outf", "out", "--niter", "1"], cwd=tmp_path / "ref").returncode == 0
+    (tmp_path / "got" / "out").mkdir()
+    result, seen = run_torchdoctor_and_kill(["run", "-q", "--checkpoint-every", "4", "--run-dir",
+                                             str(tmp_path / "got" / "run"), script, "--outf", "out", "--niter", "1"],
+                                            cwd=tmp_path / "got", run_dir=tmp_path / "got" / "run", at_step=14)
+    assert result.returncode == 0, result.stderr
+    report = read_report(tmp_path / "got" / "run")
+    resume = report["attempts"][-1]["resume"]
+    assert resume["status"] == "resumed" and resume["step"] == 12, resume
+    for name in ("netG_epoch_0.pth", "netD_epoch_0.pth"):
+        ref, got = torch.load(tmp_path / "ref" / "out" / name), torch.load(tmp_path / "got" / "out" / name)
+        assert all(torch.equal(ref[k], got[k]) for k in ref), name
+    assert {i["key"]: i["status"] for i in report["recovery"]["invariants"]}["data_order"] == "kept"
