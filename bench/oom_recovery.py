@@ -122,6 +122,8 @@ def torchdoctor_metrics(run_dir: str) -> dict[str, Any]:
     final = report["attempts"][-1]
     out: dict[str, Any] = {
         "attempts": len(report["attempts"]), "micro_batches": final["plan"].get("micro_batches") or 1,
+        "micro_size": final["plan"].get("micro_size"),
+        "launched": [a.get("launched") for a in report["attempts"]],
         "steps": report["steps"], "outcome": report["outcome"], "recovery": report["recovery"],
         "wall_s": sum(a["seconds"] for a in report["attempts"]),
         "steps_redone": sum(a["steps"] for a in report["attempts"][:-1]),
@@ -158,6 +160,9 @@ def run_case(scenario: str, budget: str, work: str, say: Any) -> dict[str, Any]:
     say(f"[{scenario} @ {budget}] true largest batch (bisection)")
     bis, _ = inproc("bisect", scenario, work, "bisect", budget)
     largest = bis["largest"]
+    say(f"[{scenario} @ {budget}] true largest micro-batch with gradient accumulation (bisection)")
+    bis_acc, _ = inproc("bisect", scenario, work, "bisect-accumulate", budget, ("--accumulate",))
+    largest_accumulated = bis_acc["largest"]
 
     def diff(pt: str | None) -> float | None:
         return w.max_relative_difference(ref_w, torch.load(pt)) if pt else None
@@ -211,8 +216,9 @@ def run_case(scenario: str, budget: str, work: str, say: Any) -> dict[str, Any]:
             error = (f"gave up ({(m['recovery'] or {}).get('gave_up')}) at {m['micro_batches']} micro-batches of "
                      f"~{math.ceil(start / m['micro_batches'])}: OOM at step {last.get('step')} ({last.get('phase')})")
         retries = f" --max-retries {max_retries}" if max_retries else ""
+        size = (m["micro_size"] or math.ceil(start / m["micro_batches"])) if ok else None
         rows.append({"tool": f"torchdoctor run --memory-budget{retries}",
-                     "attempts": m["attempts"], "size": math.ceil(start / m["micro_batches"]) if ok else None,
+                     "attempts": m["attempts"], "size": size, "launched": m["launched"],
                      "micro_batches": m["micro_batches"], "error": error,
                      "steps": m["steps"], "effective_batch_kept": (m["recovery"] or {}).get("effective_batch_kept"),
                      "diff": diff(td_pt if ok else None), "wall_s": m["wall_s"], "no_oom_s": td_fits_s,
@@ -232,8 +238,12 @@ def run_case(scenario: str, budget: str, work: str, say: Any) -> dict[str, Any]:
             break
     for row in rows:
         row["fraction"] = row["size"] / largest if row.get("size") and largest else None
+        accumulates = row["tool"].startswith("torchdoctor") and (row.get("micro_batches") or 1) > 1
+        row["fraction_accumulated"] = (row["size"] / largest_accumulated
+                                       if accumulates and row.get("size") and largest_accumulated else None)
     return {"scenario": scenario, "budget": budget, "start_batch": start, "reference": ref,
             "bare_script_vs_reference": bare_diff, "largest": largest, "bisection": bis, "rows": rows,
+            "largest_accumulated": largest_accumulated, "bisection_accumulated": bis_acc,
             "accumulation_check": accumulation_check}
 
 
@@ -247,18 +257,19 @@ def fmt(v: Any, spec: str = "") -> str:
 
 
 def table(cases: list[dict[str, Any]]) -> str:
-    head = ("| case | tool | attempts | (micro-)batch found | / true largest | steps redone | s: OOM → next step "
-            "| s: OOM → progress regained | effective batch kept | optimizer steps (ref) | max rel. diff vs ref "
-            "| run s (no OOM) |")
+    head = ("| case | tool | attempts | (micro-)batch found | / true largest | / largest with accumulation "
+            "| steps redone | s: OOM → next step | s: OOM → progress regained | effective batch kept "
+            "| optimizer steps (ref) | max rel. diff vs ref | run s (no OOM) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in cases:
-        label = f"{c['scenario']} @ {c['budget']}: batch {c['start_batch']}, true largest {c['largest']}"
+        label = (f"{c['scenario']} @ {c['budget']}: batch {c['start_batch']}, true largest {c['largest']} "
+                 f"({c.get('largest_accumulated')} with accumulation)")
         ref = c["reference"]
         for i, r in enumerate(c["rows"]):
             case = label if i == 0 else ""
             if r["error"] and r["size"] is None:
                 error = r["error"] if len(r["error"]) <= 130 else r["error"][:130] + "…"
-                lines.append(f"| {case} | {r['tool']} | {r['attempts']} | failed: {error} | – | "
+                lines.append(f"| {case} | {r['tool']} | {r['attempts']} | failed: {error} | – | – | "
                              f"{r['steps_redone']} | – | – | – | – | – | {fmt(r['wall_s'], '.1f')} "
                              f"({r['no_oom_s']:.1f}) |")
                 continue
@@ -267,7 +278,7 @@ def table(cases: list[dict[str, Any]]) -> str:
                 size = f"{r['size']} ({r['micro_batches']} × micro)" if r["micro_batches"] > 1 else f"{r['size']}"
             lines.append(
                 f"| {case} | {r['tool']} | {r['attempts']} | {size} | {fmt(r['fraction'], '.2f')} | "
-                f"{r['steps_redone']} | {fmt(r.get('to_next_step_s'), '.2f')} | {fmt(r.get('to_regained_s'), '.2f')} "
+                f"{fmt(r.get('fraction_accumulated'), '.2f')} | {r['steps_redone']} | {fmt(r.get('to_next_step_s'), '.2f')} | {fmt(r.get('to_regained_s'), '.2f')} "
                 f"| {fmt(r['effective_batch_kept'])} | {r['steps']} ({ref['steps']}) | {fmt(r['diff'], '.1e')} | "
                 f"{fmt(r['wall_s'], '.1f')} ({r['no_oom_s']:.1f}) |")
     return "\n".join(lines)

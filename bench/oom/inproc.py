@@ -2,7 +2,7 @@
 variant left alive counts against the next one's budget). Writes a JSON result and the final weights.
 
     python bench/oom/inproc.py reference  --scenario a --json R.json --out W.pt [--budget 1TiB]
-    python bench/oom/inproc.py bisect     --scenario a --budget 10MiB --json R.json
+    python bench/oom/inproc.py bisect     --scenario a --budget 10MiB --json R.json [--accumulate]
     python bench/oom/inproc.py accelerate --scenario a --budget 10MiB --json R.json --out W.pt [--as-is]
     python bench/oom/inproc.py resilient  --scenario a --budget 10MiB --json R.json --out W.pt [--no-undo]
                                           [--micro-batches K]
@@ -131,6 +131,30 @@ def probe(scenario: str, batch_size: int, log: Log) -> None:
     raise AssertionError("the largest batch was not found")
 
 
+def probe_accumulated(scenario: str, batch_size: int, micro: int, log: Log) -> None:
+    """The memory of micro-batches of ``micro`` samples (the rest last) with gradient accumulation over each batch of
+    ``batch_size``, as ``torchdoctor run`` makes them: the DataLoader collates the micro-batches themselves
+    (torchdoctor's MicroBatchSampler); steps 1-3 (scenario a) or the whole epoch (late: the long bag's batch)."""
+    from torchdoctor.agent.batching import MicroBatchSampler, split_sizes
+
+    model, opt, loader = w.setup(scenario, batch_size)
+    sampler = MicroBatchSampler(loader.batch_sampler, len(split_sizes(batch_size, 1, micro)), size=micro)
+    object.__setattr__(loader, "batch_sampler", sampler)
+    loss_fn = w.SCENARIOS[scenario]["loss"]
+    steps = 0
+    for chunk in loader:
+        info = sampler.pending.popleft()
+        if info.index == 0:
+            opt.zero_grad()
+        (loss_fn(model, chunk) * info.weight).backward()
+        if info.last:
+            opt.step()
+            steps += 1
+            log.step(steps, batch_len(chunk))
+            if scenario == "a" and steps >= 3:
+                return
+
+
 def bisect(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """The largest batch size with which the plain loop fits the budget: bisection over [1, start] (fitting is
     monotonic in the batch size here), each size probed in a fresh budget (``probe``)."""
@@ -145,7 +169,10 @@ def bisect(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         ok = True
         try:
             with with_budget(args.budget, log):
-                probe(args.scenario, b, log)
+                if args.accumulate:
+                    probe_accumulated(args.scenario, start, b, log)
+                else:
+                    probe(args.scenario, b, log)
         except torch.OutOfMemoryError:
             ok = False
         gc.collect()
@@ -162,7 +189,7 @@ def bisect(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         else:
             hi = mid
     verified = None
-    if lo:  # the whole run at the size found, as a check of the probes
+    if lo and not args.accumulate:  # the whole run at the size found, as a check of the probes
         log = Log()
         log.new_attempt()
         gc.collect()
@@ -262,6 +289,8 @@ def main() -> None:
     p.add_argument("--as-is", action="store_true", help="accelerate without the message adaptation")
     p.add_argument("--no-undo", action="store_true", help="ResilientStep(undo_partial_step=False)")
     p.add_argument("--micro-batches", type=int, help="ResilientStep(micro_batches=N) from the first step")
+    p.add_argument("--accumulate", action="store_true",
+                   help="bisect: the largest micro-batch with gradient accumulation over the whole batch")
     p.add_argument("--json", required=True)
     p.add_argument("--out")
     args = p.parse_args()
