@@ -64,6 +64,7 @@ def main() -> None:
                         os.path.join(work, "plain"))
             got = run([sys.executable, "-m", "torchdoctor", "run", "-q", "--memory-budget", budget, *options,
                        "--run-dir", "run", script, *args], os.path.join(work, "got"))
+            assert plain.returncode == 0 and plain.stdout == bare.stdout, plain.stderr[-500:]
             asked = json.load(open(os.path.join(work, "plain", "run", "report.json")))
             report = json.load(open(os.path.join(work, "got", "run", "report.json")))
         recovery = report.get("recovery") or {}

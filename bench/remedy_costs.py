@@ -17,7 +17,6 @@ relative difference). Offloading saved activations (`offload`) needs a GPU and i
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import os
 import statistics

@@ -160,6 +160,7 @@ def _split_blockers(facts: _Facts, options: RecoveryOptions, own_accumulation: b
 
 
 def _ready(plan: Plan, options: RecoveryOptions, remedy: str, **changes: Any) -> Plan:
+    """The next attempt's plan: ``plan`` with ``changes`` and ``remedy`` noted as applied."""
     return plan.next_attempt(applied=plan.applied + (remedy,), **changes)
 
 

@@ -188,6 +188,11 @@ def _recovery(report: dict[str, Any]) -> Group | None:
         rows.append(Text(f"  attempt {attempt['attempt']}: {attempt.get('summary', attempt.get('outcome'))}"))
         if attempt.get("next_remedy"):
             rows.append(Text(f"    → {attempt['decision']}", style="cyan"))
+            passed = [p for p in attempt.get("passed_over") or [] if "not in evaluation" not in p
+                      and "not in optimizer.step" not in p]
+            if passed:
+                rows.append(Text("      not used: " + "; ".join(p if len(p) <= 90 else p[:89] + "…" for p in passed),
+                                 style="dim"))
     if recovery.get("recovered"):
         rows.append(Text("  " + " · ".join(recovery_facts(recovery)), style="green"))
         rows += _invariants(recovery)
