@@ -63,8 +63,8 @@ def cli() -> None:
               help="The script's batch-size option (e.g. --batch_size), when torchdoctor cannot find it.")
 @click.option("--relaunch", type=click.Choice(("auto", "fork", "fresh")), default="auto", show_default=True,
               help="How attempts after an OOM start: forked from a process that has imported torch already (tens "
-                   "of milliseconds instead of seconds; 'auto' starts it once the run has gone 10 s or at the "
-                   "first relaunch, 'fork' at once) or as fresh processes ('fresh').")
+                   "of milliseconds instead of seconds; 'auto' starts it once the run has gone 10 s, at once under "
+                   "--memory-budget, or at the first relaunch; 'fork' at once) or as fresh processes ('fresh').")
 @click.option("--allow-batchnorm-split", is_flag=True,
               help="Let micro-batches reach BatchNorm layers (their statistics then see micro-batches; the report "
                    "says so). By default a model with BatchNorm gets the remedies that leave its batches whole.")

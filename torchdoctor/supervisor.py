@@ -38,7 +38,7 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchdoctor.__fi
 _BOOT = ("import sys; sys.path.insert(0, {root!r}); from torchdoctor.agent.bootstrap import main; "
          "sys.path.pop(0); main()")
 # --relaunch auto: a torch-preloaded zygote is started once attempt 1 has run this long (a run that ends sooner pays
-# nothing for it), or at the first failure that is relaunched; relaunches fork from it when it is ready.
+# nothing for it), at once under --memory-budget, or at the first failure that is relaunched; relaunches fork from it.
 ZYGOTE_AFTER_S = 10.0
 ZYGOTE_WAIT_S = 60.0  # a relaunch waits this long at most for a zygote still importing (a fresh start would too)
 
@@ -198,7 +198,10 @@ class Supervisor:
         attempts: list[dict[str, Any]] = []
         answered = None
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        if self.config.relaunch == "fork" and options.max_retries > 0:
+        # A memory budget is a run that expects OOMs: the zygote imports while attempt 1 runs, so the first
+        # relaunch forks at once (--relaunch auto otherwise waits 10 s, so short runs pay nothing for it).
+        eager = self.config.relaunch == "fork" or (self.config.relaunch == "auto" and self.config.memory_budget)
+        if eager and options.max_retries > 0:
             self._start_zygote(env)
         try:
             for sig in previous:

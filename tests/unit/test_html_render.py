@@ -80,3 +80,15 @@ def test_cuda_allocator_peaks_are_drawn_beside_the_tensor_peaks_when_a_gpu_was_u
     for label in ("tensor peak (cuda:0)", "CUDA allocated peak (cuda:0)", "CUDA reserved peak (cuda:0)",
                   "tensor peak (cpu)"):
         assert label in chart  # legend entries (SVG text)
+
+
+def test_the_page_states_each_invariant_and_says_what_changed():
+    data = with_details(report())
+    data["recovery"]["invariants"] = [
+        {"key": "optimizer_steps", "status": "kept", "as_asked": 8, "as_done": 8, "evidence": "8 steps, one per batch"},
+        {"key": "batchnorm", "status": "changed", "as_asked": 128, "as_done": 64,
+         "evidence": "BatchNorm layers normalised over micro-batches of up to 64 samples instead of batches of 128"}]
+    page = render_html(data)
+    assert "<td>optimizer steps</td><td>kept</td><td>8 steps, one per batch</td>" in page
+    assert "kept, measured: optimizer steps" in page  # only what was measured kept is called kept
+    assert re.search(r'<p class="error">training BatchNorm statistics changed: BatchNorm layers normalised', page)
