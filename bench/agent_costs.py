@@ -52,6 +52,10 @@ PIECES = [
     ("doctor: after a zero_grad", "doctor", "zero_grad"),
     ("doctor: a DataLoader pass starts", "doctor", "pass_opened"),
     ("doctor: gradient clipping", "doctor.params", "clipping"),
+    ("before a backward (training figures, loss reduction, scaling)", "phases", "transform_backward"),
+    ("  training figures: the backward", "ledger", "backward"),
+    ("a batch delivered (training figures)", "recovery.loaders", "on_batch"),
+    ("training figures: a step", "ledger", "stepped"),
 ]
 DOCTOR = [label for label, path, _ in PIECES if path.startswith("doctor")]
 
