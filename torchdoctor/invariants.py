@@ -71,7 +71,7 @@ def optimizer_steps(asked: dict[str, Any], done: dict[str, Any], plan: dict[str,
     parts = plan.get("micro_batches", 1)
     calls, iterations = done.get("step_calls", 0), done.get("iterations", 0)
     if not plan.get("keep_effective_batch", True):
-        return _unaccumulated_steps(done, split, shown, steps, parts)
+        return _unaccumulated_steps(done, split, shown, steps, parts, "parameter updates" if manual else "steps")
     if manual:
         return _invariant("optimizer_steps", CHANGED, (
             f"{steps} parameter updates: the script updates its parameters itself (no torch.optim optimizer), so "
@@ -119,29 +119,30 @@ def optimizer_steps(asked: dict[str, Any], done: dict[str, Any], plan: dict[str,
     return _invariant("optimizer_steps", UNKNOWN, f"{shown} steps for {batches} whole batches", None, steps)
 
 
-def _unaccumulated_steps(done: dict[str, Any], split: str, shown: str, steps: int, parts: int) -> dict[str, Any]:
+def _unaccumulated_steps(done: dict[str, Any], split: str, shown: str, steps: int, parts: int,
+                         unit: str = "steps") -> dict[str, Any]:
     """Smaller batches without accumulation: each loop iteration is a step; how many there are depends on what
     bounds the loop (its data: more steps; its own count: as many)."""
     passes = done.get("passes") or []
     if split == "dataloader" and passes:
         if any(not p.get("exhausted") for p in passes):
             return _invariant("optimizer_steps", KEPT, (
-                f"{shown} steps: the loop stops by its own count (it left DataLoader #{passes[0]['loader']} before "
+                f"{shown} {unit}: the loop stops by its own count (it left DataLoader #{passes[0]['loader']} before "
                 f"its data ran out), so as many iterations as asked, each now a step on a smaller batch"), steps, steps)
         batches = sum(p["batches"] for p in passes)
         return _invariant("optimizer_steps", CHANGED, (
-            f"{shown} steps instead of {batches}: batches were split without accumulation and the loop runs over "
+            f"{shown} {unit} instead of {batches}: batches were split without accumulation and the loop runs over "
             f"its data, so each micro-batch is a step"), batches, steps)
     loop = done.get("loop") or {}
     where = f"`{loop.get('header')}` at {loop.get('where')}" if loop else "the training loop"
     if loop.get("bound") == "count":
-        return _invariant("optimizer_steps", KEPT, f"{shown} steps: {where} stops by its own count, so as many "
+        return _invariant("optimizer_steps", KEPT, f"{shown} {unit}: {where} stops by its own count, so as many "
                                                    f"iterations as asked, each on a smaller batch", steps, steps)
     if loop.get("bound") == "data":
         return _invariant("optimizer_steps", CHANGED, (
-            f"{shown} steps instead of about {steps // parts}: the batch was divided by {parts} without accumulation "
+            f"{shown} {unit} instead of about {steps // parts}: the batch was divided by {parts} without accumulation "
             f"and {where} runs over its data"), None, steps)
-    return _invariant("optimizer_steps", UNKNOWN, f"{shown} steps on batches divided by {parts} without accumulation; "
+    return _invariant("optimizer_steps", UNKNOWN, f"{shown} {unit} on batches divided by {parts} without accumulation; "
                                                   f"what bounds {where} could not be read", None, steps)
 
 

@@ -218,10 +218,11 @@ def _checkpoint(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOp
         return "already on"
     if not facts.blocks:
         return "the model has no repeated blocks to checkpoint"
+    blocks = f"{facts.blocks} block{'s' if facts.blocks != 1 else ''}"
     return Decision(_ready(plan, options, "checkpoint", checkpoint=True), "checkpoint",
-                    f"activation checkpointing of the model's {facts.blocks} repeated blocks: their activations are "
-                    f"recomputed in backward instead of kept (the same values; about one more forward of compute); "
-                    f"the loop is untouched")
+                    f"activation checkpointing of the model's {blocks}: their activations are recomputed in "
+                    f"backward instead of kept (the same values; about one more forward of compute); the loop is "
+                    f"untouched")
 
 
 def _micro_batch(plan: Plan, failure: Failure, facts: _Facts, options: RecoveryOptions) -> Decision | str:
