@@ -73,12 +73,13 @@ STATE_PER_PARAM = {"Adam": 2, "AdamW": 2, "NAdam": 2, "RAdam": 2, "Adamax": 2, "
                    "SparseAdam": 2, "ASGD": 2, "Adagrad": 1, "RMSprop": 1, "SGD": 1}
 
 
-def fitting_micro(current: int, failure: Failure, facts: Any) -> int | None:
+def fitting_micro(current: int, failure: Failure, facts: Any, missed: bool = False) -> int | None:
     """The largest micro-batch (samples) that should fit, from what the OOM at micro-batch size ``current`` measured:
-    the memory a step holds whatever its size (parameters, their gradients, the optimizer's state, the one extra
-    gradient accumulation needs) and, per sample, the activations (and other tensors) the failed step held when it
-    ran out (a lower bound of its need when it ran out mid-forward: the estimate then errs large, and the next OOM
-    measures closer). None when the OOM did not say enough (no capacity, no breakdown)."""
+    the memory a step holds whatever its size (parameters, their gradients, the optimizer's state, and the one extra
+    gradient accumulation makes when the OOM was that allocation, or once a split has run out too: ``missed``) and,
+    per sample, the activations (and other tensors) the failed step held when it ran out (a lower bound of its need
+    when it ran out mid-forward: the estimate then errs large, and the next OOM measures closer). None when the OOM
+    did not say enough (no capacity, no breakdown)."""
     oom = failure.oom or {}
     capacity, in_use, asked = oom.get("capacity_bytes"), oom.get("in_use_bytes"), oom.get("requested_bytes")
     breakdown = oom.get("breakdown") or {}
@@ -87,13 +88,17 @@ def fitting_micro(current: int, failure: Failure, facts: Any) -> int | None:
     params = breakdown.get("parameters", 0)
     optimizers = (failure.training or {}).get("optimizers") or []
     state = sum(STATE_PER_PARAM.get(o.get("name", ""), 2) for o in optimizers[:1]) * params
-    largest = max((t["bytes"] for t in oom.get("top_tensors") or [] if t.get("category") == "parameters"),
-                  default=params // 4)
     fixed = params + max(breakdown.get("gradients", 0), params) + max(breakdown.get("optimizer_state", 0), state)
-    fixed += largest  # accumulating: a micro-batch's gradient is made before it is added to .grad
-    # what scales with the batch: activations (and other tensors) held at the OOM, plus the one asked for when
-    # the forward asked (in backward it may be a parameter's gradient, which does not scale)
-    scaled = breakdown.get("activations_other", 0) + (asked if failure.phase == "forward" else 0)
+    sizes = {n for o in optimizers for n in o.get("param_bytes") or []}
+    if sizes and (missed or (failure.phase == "backward" and asked in sizes)):
+        # it ran out making a parameter's gradient (or a split sized like this already ran out): with accumulation
+        # one is made before it is added to .grad, beside all the others, so the largest such gradient counts too
+        fixed += max(sizes)
+    # what scales with the batch: activations (and other tensors) held at the OOM, plus the tensor asked for when
+    # the forward asked (in backward it may be a parameter's gradient, which does not scale; once a split has run
+    # out too, an activation's gradient asked for in backward is counted as well: the conservative reading)
+    grows = failure.phase == "forward" or (missed and failure.phase == "backward" and asked not in sizes)
+    scaled = breakdown.get("activations_other", 0) + (asked if grows else 0)
     per_sample = scaled / current
     if per_sample <= 0 or capacity <= fixed:
         return None
@@ -104,7 +109,7 @@ def _next_micro(batch: int, current: int, failure: Failure, facts: Any, divisor:
     """The next micro-batch size below ``current`` for batches of ``batch``: the estimate from the OOM's figures
     when it has one, else the next of 2, 3, 5, 8... parts; a divisor of ``batch`` when the micro-batches must be
     equal (the script's own scaling, or a batch option that takes one number)."""
-    estimate = fitting_micro(current, failure, facts)
+    estimate = fitting_micro(current, failure, facts, missed=current < batch)
     how = "estimated from the OOM's figures"
     if estimate is None or estimate >= current:
         estimate = -(-batch // next_parts(-(-batch // current)))

@@ -83,7 +83,9 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         foreach = any(bool(choice) for choice in choices) and not any(g.get("fused") for g in optimizer.param_groups)
     except Exception:  # noqa: BLE001 - a private torch helper: unknown rather than wrong
         foreach = None
-    return {"name": type(optimizer).__name__, "params": sum(p.numel() for p in params), "foreach": foreach}
+    sizes = sorted({p.numel() * p.element_size() for p in params})
+    return {"name": type(optimizer).__name__, "params": sum(p.numel() for p in params), "foreach": foreach,
+            "param_bytes": sizes[-64:]}
 
 
 @dataclass
