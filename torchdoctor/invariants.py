@@ -258,7 +258,8 @@ def numerics(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) 
             return _invariant("numerics", CHANGED, (
                 f"step {index + 1}'s loss is {d['loss']:.6g}, attempt 1's was {a['loss']:.6g} (relative difference "
                 f"{difference:.1e})"), a["loss"], d["loss"])
-        rounding = (" (micro-batch gradients are summed in another order: float rounding)" if split else "")
+        rounding = ("; micro-batch gradients are summed in another order, so float rounding differs, and "
+                    "such differences can grow over training" if split else "")
         return _invariant("numerics", KEPT, (
             f"step {index + 1}'s loss {d['loss']:.6g} equals attempt 1's (relative difference {difference:.1e})"
             f"{rounding}"), a["loss"], d["loss"])

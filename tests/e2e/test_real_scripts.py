@@ -19,7 +19,10 @@ from tests.conftest import SCRIPTS, read_report, run_python, run_torchdoctor
 pytestmark = pytest.mark.e2e
 REAL = SCRIPTS / "real"
 MANIFEST = json.loads((REAL / "manifest.json").read_text())
-LOSS = 1e-5  # relative: the final loss of a run that trained as asked, up to accumulation rounding
+LOSS = 1e-5  # relative: the final loss of a run that trained as asked
+# ... when its report says micro-batches summed gradients in another order: rounding that grows over training (a
+# sum-reduced VAE's final loss moved 3e-5 after 12 Adam steps with micro-batches of 309 and 203)
+ROUNDING = 1e-4
 
 
 def final_loss(output: str) -> float:
@@ -73,11 +76,12 @@ def assert_truthful(bare, plain_report, result, report) -> dict[str, dict]:
         if steps.get("as_asked") is not None:
             assert steps["as_asked"] == asked_steps  # the figure it gives for the run as asked is the real one
     difference = abs(final_loss(result.stdout) - final_loss(bare.stdout)) / abs(final_loss(bare.stdout))
-    if difference > LOSS:  # the training really changed: the report must not say it was all kept
+    rounding = "float rounding differs" in found["numerics"]["evidence"]  # micro-batches, said so
+    if difference > LOSS and not (rounding and difference <= ROUNDING):  # really changed: not "all kept"
         assert any(i["status"] != "kept" for i in found.values()), (difference, found)
         assert "TRAINING CHANGED" in result.stderr or "training may have changed" in result.stderr
     if all(i["status"] == "kept" for i in found.values()):
-        assert difference <= LOSS and done_steps == asked_steps
+        assert difference <= (ROUNDING if rounding else LOSS) and done_steps == asked_steps, difference
         assert "training kept, as measured" in result.stderr
     return found
 
