@@ -75,8 +75,10 @@ def describe_failure(state: RunState, returncode: int, script_args: tuple[str, .
     oom = {k: v for k, v in state.ooms[-1].to_dict().items() if k not in ("v", "kind")} if state.ooms else None
     training = ({k: v for k, v in state.training.to_dict().items() if k not in ("v", "kind", "t")}
                 if state.training else None)
+    step_peak = state.step_peaks.get(oom.get("device", "")) if oom else None
     common = {"loaders": loaders, "argument": argument, "has_workers": workers, "phase": phase,
-              "oom_killer": oom_killer, "oom": oom, "training": training}
+              "oom_killer": oom_killer, "oom": oom, "training": training,
+              "step_peak": step_peak.to_dict() if step_peak else None}
     if state.resume is not None and state.resume.restart:
         return Failure("resume-abandoned", message=state.resume.message, **common)
     if returncode == 0:

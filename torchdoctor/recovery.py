@@ -49,6 +49,7 @@ class Failure:
     oom_killer: bool | None = None  # for a SIGKILL: whether the kernel's OOM killer fired (None: unknown)
     oom: dict[str, Any] | None = None  # the OutOfMemory event (device, loader, grad_enabled, figures)
     training: dict[str, Any] | None = None  # what the attempt measured of its training loop (TrainingFigures)
+    step_peak: dict[str, Any] | None = None  # the largest tensor peak of a completed step on the OOM's device
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,17 @@ STATE_PER_PARAM = {"Adam": 2, "AdamW": 2, "NAdam": 2, "RAdam": 2, "Adamax": 2, "
                    "SparseAdam": 2, "ASGD": 2, "Adagrad": 1, "RMSprop": 1, "SGD": 1}
 
 
-def fitting_micro(current: int, failure: Failure, facts: Any, missed: bool = False) -> int | None:
-    """The largest micro-batch (samples) that should fit, from what the OOM at micro-batch size ``current`` measured:
-    the memory a step holds whatever its size (parameters, their gradients, the optimizer's state, and the one extra
-    gradient accumulation makes when the OOM was that allocation, or once a split has run out too: ``missed``) and,
-    per sample, the activations (and other tensors) the failed step held when it ran out (a lower bound of its need
-    when it ran out mid-forward: the estimate then errs large, and the next OOM measures closer). None when the OOM
-    did not say enough (no capacity, no breakdown)."""
+def fitting_micro(current: int, failure: Failure, facts: Any, missed: bool = False) -> tuple[int, str] | None:
+    """The largest micro-batch (samples) that should fit, and what it was estimated from, or None when the attempt
+    did not measure enough (no capacity, no breakdown). Two estimates, the smaller wins:
+
+    - from the OOM: the memory a step holds whatever its size (parameters, their gradients, the optimizer's state,
+      and the one extra gradient accumulation makes when the OOM was that allocation, or once a split has run out
+      too: ``missed``) and, per sample, the activations (and other tensors) held when it ran out: a lower bound of
+      a step's need when it ran out mid-forward;
+    - from the largest peak of a step the attempt completed at micro-batch size ``current`` (the whole forward,
+      backward and update, measured), per sample scaled by the input elements per sample of the batch that ran out
+      against those of the completed steps (a batch padded to a longer sequence needs more per sample)."""
     oom = failure.oom or {}
     capacity, in_use, asked = oom.get("capacity_bytes"), oom.get("in_use_bytes"), oom.get("requested_bytes")
     breakdown = oom.get("breakdown") or {}
@@ -87,30 +92,62 @@ def fitting_micro(current: int, failure: Failure, facts: Any, missed: bool = Fal
         return None
     params = breakdown.get("parameters", 0)
     optimizers = (failure.training or {}).get("optimizers") or []
-    state = sum(STATE_PER_PARAM.get(o.get("name", ""), 2) for o in optimizers[:1]) * params
-    fixed = params + max(breakdown.get("gradients", 0), params) + max(breakdown.get("optimizer_state", 0), state)
+    state = max(breakdown.get("optimizer_state", 0),
+                sum(STATE_PER_PARAM.get(o.get("name", ""), 2) for o in optimizers[:1]) * params)
     sizes = {n for o in optimizers for n in o.get("param_bytes") or []}
-    if sizes and (missed or (failure.phase == "backward" and asked in sizes)):
-        # it ran out making a parameter's gradient (or a split sized like this already ran out): with accumulation
-        # one is made before it is added to .grad, beside all the others, so the largest such gradient counts too
-        fixed += max(sizes)
+    # it ran out making a parameter's gradient (or a split sized like this already ran out): with accumulation one
+    # is made before it is added to .grad, beside all the others, so the largest such gradient counts too
+    extra = max(sizes) if sizes and (missed or (failure.phase == "backward" and asked in sizes)) else 0
+    fixed = params + max(breakdown.get("gradients", 0), params) + state + extra
     # what scales with the batch: activations (and other tensors) held at the OOM, plus the tensor asked for when
     # the forward asked (in backward it may be a parameter's gradient, which does not scale; once a split has run
     # out too, an activation's gradient asked for in backward is counted as well: the conservative reading)
     grows = failure.phase == "forward" or (missed and failure.phase == "backward" and asked not in sizes)
-    scaled = breakdown.get("activations_other", 0) + (asked if grows else 0)
-    per_sample = scaled / current
-    if per_sample <= 0 or capacity <= fixed:
+    per_sample = (breakdown.get("activations_other", 0) + (asked if grows else 0)) / current
+    estimates = []
+    if per_sample > 0 and capacity > fixed:
+        estimates.append((int((capacity - fixed) / per_sample * MARGIN), "estimated from the OOM's figures"))
+    peak = failure.step_peak or {}
+    at_peak = peak.get("breakdown") or {}
+    ratio = _elements_ratio(failure.training or {})
+    if at_peak.get("activations_other") and ratio is not None:
+        fixed = at_peak.get("parameters", 0) + at_peak.get("gradients", 0) + state + extra
+        per_sample = at_peak["activations_other"] / current * ratio
+        if capacity > fixed:
+            how = f"estimated from step {peak.get('step')}'s measured peak" + (
+                f", scaled by {ratio:.3g}x the input elements per sample" if ratio != 1 else "")
+            estimates.append((int((capacity - fixed) / per_sample * MARGIN), how))
+    if not estimates:
         return None
-    return max(1, int((capacity - fixed) / per_sample * MARGIN))
+    size, how = min(estimates)
+    return max(1, size), how
+
+
+def _elements_ratio(training: dict[str, Any]) -> float | None:
+    """Input elements per sample of the step that ran out over those of the completed steps (1.0 when they were
+    not counted), or None when the completed steps differ among themselves (their peak then says little)."""
+    updates = training.get("updates") or []
+    if not updates:
+        return None
+    samples, items = updates[0].get("samples") or {}, updates[0].get("items") or {}
+    pairs = list(zip(sorted(int(k) for k in samples), sorted(int(k) for k in items)))
+    if not pairs or len(samples) != len(items) or any(n < 1 for n, _ in pairs):
+        return None
+    per_sample = {round(k / n, 6) for n, k in pairs}
+    pending = updates[0].get("pending") or {}
+    if len(per_sample) != 1:
+        return None
+    done = per_sample.pop()
+    if not done or not pending.get("samples") or not pending.get("items"):
+        return 1.0
+    return max(1.0, pending["items"] / pending["samples"] / done)
 
 
 def _next_micro(batch: int, current: int, failure: Failure, facts: Any, divisor: bool) -> tuple[int, str]:
-    """The next micro-batch size below ``current`` for batches of ``batch``: the estimate from the OOM's figures
-    when it has one, else the next of 2, 3, 5, 8... parts; a divisor of ``batch`` when the micro-batches must be
-    equal (the script's own scaling, or a batch option that takes one number)."""
-    estimate = fitting_micro(current, failure, facts, missed=current < batch)
-    how = "estimated from the OOM's figures"
+    """The next micro-batch size below ``current`` for batches of ``batch``: the estimate from the attempt's
+    figures when it has one, else the next of 2, 3, 5, 8... parts; a divisor of ``batch`` when the micro-batches
+    must be equal (the script's own scaling, or a batch option that takes one number)."""
+    estimate, how = fitting_micro(current, failure, facts, missed=current < batch) or (None, "")
     if estimate is None or estimate >= current:
         estimate = -(-batch // next_parts(-(-batch // current)))
         how = "the next split"

@@ -52,6 +52,7 @@ class RunState:
     ooms: list[OutOfMemory] = field(default_factory=list)
     batch_sources: dict[tuple[str, int], BatchSource] = field(default_factory=dict)
     peaks: dict[tuple[str, str], Peak] = field(default_factory=dict)
+    step_peaks: dict[str, Peak] = field(default_factory=dict)  # per device: the largest tensor peak of a whole step
     last_process: ProcessSample | None = None
     first_t: float | None = None
     last_t: float | None = None
@@ -109,6 +110,7 @@ class RunState:
         step = sample.step if sample.span == "step" else None
         self._raise_peak("host", "process_rss", sample.rss_bytes, step, sample.span)
         for device, figures in sample.devices.items():
+            self._raise_step_peak(device, sample, figures)
             for key, kind in PEAK_KINDS.items():
                 value = figures.get(key)
                 peak = self._raise_peak(device, kind, value, sample.step, sample.span)
@@ -120,6 +122,17 @@ class RunState:
                     where = f"step {sample.step}" if sample.span == "step" else "after the last step"
                     self.last_notable = (f"new {device} tensor peak {format_bytes(peak.bytes)} at {where}"
                                          f" ({peak.phase})")
+
+    def _raise_step_peak(self, device: str, sample: MemorySample, figures: dict[str, Any]) -> None:
+        """The largest tensor peak of a completed step (what a whole step needs, not a step cut short)."""
+        value = figures.get("tensor_peak")
+        if sample.span != "step" or not sample.measured or not isinstance(value, int):
+            return
+        current = self.step_peaks.get(device)
+        if current is None or value > current.bytes:
+            self.step_peaks[device] = Peak(device=device, kind="tensor_bytes", bytes=value, step=sample.step,
+                                           span="step", phase=figures.get("peak_phase"),
+                                           breakdown=figures.get("breakdown"))
 
     def _raise_peak(self, device: str, kind: str, value: int | None, step: int | None,
                     span: str | None) -> Peak | None:

@@ -219,3 +219,34 @@ def test_micro_batch_size_comes_from_the_ooms_figures():
     bare = next_plan(Plan(), Failure("oom", phase="backward", loaders=(LoaderInfo(0, 1024, True),)),
                      RecoveryOptions())
     assert bare.plan.micro_size == 512 and "the next split" in bare.reason
+
+
+def test_a_late_oom_is_sized_from_a_completed_steps_peak_scaled_by_the_batchs_elements():
+    # bench/oom_recovery.py's late case (figures as measured): 30 steps of 256 bags of 8 vectors completed, the
+    # 31st batch holds a bag twice as long (padded: twice the elements per sample) and ran out mid-forward; the
+    # largest micro-batch that fits with accumulation is 176
+    oom = {"capacity_bytes": 12 << 20, "in_use_bytes": 9_545_852, "requested_bytes": 4 << 20,
+           "breakdown": {"parameters": 307_240, "gradients": 0, "optimizer_state": 307_240,
+                         "activations_other": 8_931_372}}
+    pending = {"samples": 256, "items": 131072, "backwards": 0, "iterations": 0}
+    updates = [{"name": "SGD #0", "steps": 30, "samples": {"256": 30}, "items": {"65536": 30}, "tokens": {},
+                "first": [], "pending": pending}]
+    training = measured(updates=updates, optimizers=[{"name": "SGD", "params": 76810, "foreach": False,
+                                                      "param_bytes": [40, 1024, 10240, 32768, 262144]}])
+    step_peak = {"step": 1, "bytes": 8_978_560, "breakdown": {"parameters": 307_240, "gradients": 10_280,
+                                                              "optimizer_state": 0,
+                                                              "activations_other": 8_661_040}}
+    failure = Failure("oom", phase="forward", loaders=(LoaderInfo(1, 256, True),), oom=oom, training=training,
+                      step_peak=step_peak)
+    decision = next_plan(Plan(), failure, RecoveryOptions())
+    assert 167 <= decision.plan.micro_size <= 176, decision.reason  # 0.95 of 176.7 (the estimate, unrounded)
+    assert "step 1's measured peak, scaled by 2x the input elements per sample" in decision.reason
+    # the OOM's own figures alone (mid-forward: a lower bound of the need) would have asked for more than fits
+    alone = next_plan(Plan(), Failure("oom", phase="forward", loaders=failure.loaders, oom=oom, training=training),
+                      RecoveryOptions())
+    assert alone.plan.micro_size > 176 and "estimated from the OOM's figures" in alone.reason
+    # completed steps of different elements per sample say little about the one that ran out: not used
+    mixed = [{**updates[0], "samples": {"256": 30}, "items": {"65536": 20, "98304": 10}}]
+    uneven = Failure("oom", phase="forward", loaders=failure.loaders, oom=oom, step_peak=step_peak,
+                     training={**training, "updates": mixed})
+    assert next_plan(Plan(), uneven, RecoveryOptions()).plan.micro_size == alone.plan.micro_size

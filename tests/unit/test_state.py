@@ -37,6 +37,7 @@ def test_tail_span_and_cuda_figures_and_process_samples_are_folded():
         RunFinished(exit_code=0, exception=None, message=None, steps=1, dropped_events=0),
     ])
     assert state.peaks[("cpu", "tensor_bytes")].span == "tail"
+    assert state.step_peaks["cpu"].bytes == 100  # a whole step's peak: the tail is not a step
     assert state.peaks[("cuda:0", "cuda_allocated")].bytes == 50
     assert state.peaks[("cuda:0", "cuda_reserved")].bytes == 100
     assert state.peaks[("gpu0", "device_used")].bytes == 900

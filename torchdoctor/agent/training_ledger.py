@@ -118,6 +118,7 @@ class Updater:
     since: Counts = field(default_factory=Counts)
     samples: Counter = field(default_factory=Counter)
     tokens: Counter = field(default_factory=Counter)
+    items: Counter = field(default_factory=Counter)  # steps by the input elements they took
     first: list[dict[str, Any]] = field(default_factory=list)
 
     def tally(self, now: Counts, parts: list[list[float]] | None = None) -> dict[str, Any]:
@@ -147,6 +148,7 @@ class Updater:
         self.samples[tally["samples"]] += 1
         if "tokens" in tally:
             self.tokens[tally["tokens"]] += 1
+        self.items[tally["items"]] += 1
         if len(self.first) < FIRST_STEPS:
             self.first.append(tally)
         self.since = now.copy()
@@ -154,7 +156,8 @@ class Updater:
     def to_dict(self, now: Counts, parts: list[list[float]] | None = None) -> dict[str, Any]:
         pending = self.tally(now, parts)
         return {"name": self.name, "steps": self.steps, "samples": {str(k): v for k, v in self.samples.items()},
-                "tokens": {str(k): v for k, v in self.tokens.items()}, "first": self.first,
+                "tokens": {str(k): v for k, v in self.tokens.items()},
+                "items": {str(k): v for k, v in self.items.items()}, "first": self.first,
                 "pending": pending if pending["backwards"] or pending["samples"] else None}
 
 
