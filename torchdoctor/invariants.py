@@ -236,7 +236,8 @@ def data_order(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]
                                           f"attempt 1 got){how}")
 
 
-def numerics(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+def numerics(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any],
+             reference: str = "attempt 1's") -> dict[str, Any]:
     remedies = done.get("remedies") or {}
     autocast = remedies.get("autocast_forwards", 0)
     if autocast or plan.get("amp"):
@@ -256,12 +257,12 @@ def numerics(asked: dict[str, Any], done: dict[str, Any], plan: dict[str, Any]) 
         difference = _relative(a["loss"], d["loss"])
         if difference > LOSS_TOLERANCE:
             return _invariant("numerics", CHANGED, (
-                f"step {index + 1}'s loss is {d['loss']:.6g}, attempt 1's was {a['loss']:.6g} (relative difference "
+                f"step {index + 1}'s loss is {d['loss']:.6g}, {reference} was {a['loss']:.6g} (relative difference "
                 f"{difference:.1e})"), a["loss"], d["loss"])
         rounding = ("; micro-batch gradients are summed in another order, so float rounding differs, and "
                     "such differences can grow over training" if split else "")
         return _invariant("numerics", KEPT, (
-            f"step {index + 1}'s loss {d['loss']:.6g} equals attempt 1's (relative difference {difference:.1e})"
+            f"step {index + 1}'s loss {d['loss']:.6g} equals {reference} (relative difference {difference:.1e})"
             f"{rounding}"), a["loss"], d["loss"])
     checked, differed = remedies.get("recomputed_checked", 0), remedies.get("recomputed_differed", 0)
     if differed:
@@ -323,6 +324,15 @@ def _resumed(done: dict[str, Any]) -> list[dict[str, Any]] | None:
     return [_invariant("data_order", UNKNOWN, why), _invariant("numerics", UNKNOWN, why)]
 
 
+def _plan_words(plan: dict[str, Any]) -> str:
+    """An attempt's plan in a few words, for naming the attempt a figure was compared with."""
+    words = [f"micro-batches of {plan['micro_size']}" if plan.get("micro_size")
+             else f"{plan['micro_batches']} micro-batches" if plan.get("micro_batches", 1) > 1 else ""]
+    words += [name for key, name in (("checkpoint", "activation checkpointing"), ("offload", "offload"),
+                                     ("foreach_off", "foreach off"), ("amp", "amp")) if plan.get(key)]
+    return ", ".join(w for w in words if w) or "the batch as asked"
+
+
 def training_invariants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """The invariants of a recovered run (None when the last attempt measured nothing)."""
     if not attempts:
@@ -339,6 +349,18 @@ def training_invariants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]] 
     overridden = {i["key"] for i in resumed or []}
     checks = [c for c in CHECKS if c.__name__ not in overridden]
     found = [check(asked, done, plan) for check in checks] + (resumed or [])
+    for number, attempt in enumerate(attempts[1:-1], start=2):  # attempt 1 died before a loss: a later one?
+        index = next((i for i, item in enumerate(found) if item and item["key"] == "numerics"), None)
+        if index is None or found[index]["status"] != UNKNOWN or "computed no loss" not in found[index]["evidence"]:
+            break
+        earlier = attempt.get("training") or {}
+        if (attempt.get("plan") or {}).get("amp"):
+            continue  # its losses were computed in lower precision: no reference for the numerics as asked
+        recomputed = numerics(earlier, done, plan, reference=f"that of attempt {number} (attempt 1 computed no loss; "
+                                                              f"attempt {number} ran "
+                                                              f"{_plan_words(attempt.get('plan') or {})})")
+        if recomputed["status"] != UNKNOWN:
+            found[index] = recomputed
     order = [c.__name__ for c in CHECKS]
     return sorted((item for item in found if item is not None), key=lambda i: order.index(i["key"]))
 

@@ -165,8 +165,8 @@ class ResilientStep:
     mean-reduced loss) over ``micro_batches`` consecutive micro-batches with gradient accumulation, unscaling and
     clipping if asked, ``optimizer.step`` and the scheduler. On an OOM anywhere in it, the step is cleaned
     (gradients dropped, GradScaler state reset, a half-applied optimizer step undone from a host copy) and retried
-    with twice as many micro-batches; later steps keep the size that worked. No step is lost and the data order is
-    kept. ``history`` lists every recovered OOM.
+    with the next of 2, 3, 5, 8, 12... micro-batches (x1.5); later steps keep the size that worked. No step is
+    lost and the data order is kept. ``history`` lists every recovered OOM.
     """
 
     optimizer: torch.optim.Optimizer

@@ -82,9 +82,11 @@ def fitting_micro(current: int, failure: Failure, facts: Any, missed: bool = Fal
       and the one extra gradient accumulation makes when the OOM was that allocation, or once a split has run out
       too: ``missed``) and, per sample, the activations (and other tensors) held when it ran out: a lower bound of
       a step's need when it ran out mid-forward;
-    - from the largest peak of a step the attempt completed at micro-batch size ``current`` (the whole forward,
-      backward and update, measured), per sample scaled by the input elements per sample of the batch that ran out
-      against those of the completed steps (a batch padded to a longer sequence needs more per sample)."""
+    - from the largest peak of a step the attempt completed with whole batches (the whole forward, backward and
+      update, measured), per sample scaled by the input elements per sample of the batch that ran out against
+      those of the completed steps (a batch padded to a longer sequence needs more per sample). Not once batches
+      are split (``missed``): a micro-batch's peak then holds what does not shrink with it (the whole batch as
+      delivered, accumulation's extra gradient), and bench/oom_recovery.py's 6 MiB case fell from 59 to 39."""
     oom = failure.oom or {}
     capacity, in_use, asked = oom.get("capacity_bytes"), oom.get("in_use_bytes"), oom.get("requested_bytes")
     breakdown = oom.get("breakdown") or {}
@@ -110,7 +112,7 @@ def fitting_micro(current: int, failure: Failure, facts: Any, missed: bool = Fal
     peak = failure.step_peak or {}
     at_peak = peak.get("breakdown") or {}
     ratio = _elements_ratio(failure.training or {})
-    if at_peak.get("activations_other") and ratio is not None:
+    if at_peak.get("activations_other") and ratio is not None and not missed:
         fixed = at_peak.get("parameters", 0) + at_peak.get("gradients", 0) + state + extra
         per_sample = at_peak["activations_other"] / current * ratio
         if capacity > fixed:

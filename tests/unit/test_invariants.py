@@ -132,3 +132,20 @@ def test_the_quiet_line_shouts_when_the_training_changed_and_says_kept_only_when
     report["recovery"]["invariants"] = None
     line = summary_line(report)
     assert "kept" not in line and "CHANGED" not in line
+
+
+def test_when_attempt_1_died_before_a_loss_a_later_attempts_first_loss_is_the_reference():
+    plan = {"micro_batches": 27, "micro_size": 39, "train_loaders": [0], "applied": ["micro-batch"]}
+    died = figures(0, {}, pending=step(1024, fingerprint=10.0))  # out of memory in step 1's forward
+    middle = figures(1, {"1024": 1}, first=[step(1024, loss=2.30848, fingerprint=10.0, backwards=4)])
+    for loss, status in ((2.3084801, "kept"), (2.4, "changed")):
+        done = figures(16, {"1024": 16}, first=[step(1024, loss=loss, fingerprint=10.0, backwards=27)])
+        attempts = [{"training": died}, {"training": middle, "plan": {"micro_batches": 4, "micro_size": 277}},
+                    {"training": done, "plan": plan}]
+        numerics = by_key(training_invariants(attempts))["numerics"]
+        assert numerics["status"] == status
+        assert "that of attempt 2 (attempt 1 computed no loss; attempt 2 ran micro-batches of 277)" in \
+            numerics["evidence"]
+    # an attempt under autocast computed its losses in lower precision: not a reference
+    attempts[1]["plan"]["amp"] = "bfloat16"
+    assert by_key(training_invariants(attempts))["numerics"]["status"] == "unknown"
