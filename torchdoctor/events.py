@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 
 SCHEMA_VERSION = 1
 
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other")
+# kernel_scratch: CPU allocator bytes in no tensor torchdoctor saw (kernels' own buffers: oneDNN reorders, RNN
+# workspaces), measured by the allocator probe (agent/allocator_probe.py); absent without it
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other", "kernel_scratch")
 
 
 class EventError(ValueError):
@@ -56,6 +58,7 @@ class RunStarted(Event):
     accounting: str  # "sampled", "exact" or "off"
     sample_every: int
     attempt: int = 1
+    cpu_figures: str = "tensor outputs"  # "allocator" (the c10 CPU allocator's, via the probe) or "tensor outputs (why)"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ DEVICE_PROPERTY = "torch_memory_peak_device"
 LIMIT_PROPERTY = "torch_memory_limit_bytes"
 _DEVICE = re.compile(r"^[a-z_]+(:[0-9]+)?$")
 _LABELS = {"parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",
-           "activations_other": "activations/other"}
+           "activations_other": "activations/other", "kernel_scratch": "kernel scratch"}
 _MEASURER = pytest.StashKey["_Measurer"]()
 
 
@@ -211,6 +211,17 @@ class _Measurer:
         self._modules: weakref.WeakSet[Any] = weakref.WeakSet()  # weak: a dropped model must free its memory
         self._handles: list[Any] = []
         self.warned_stranded = False
+        # the CPU's figures are the allocator's from here on (kernels' own buffers included); what is alive now
+        # is counted by a census, the allocator never having seen it
+        import torch
+
+        from torchdoctor.agent import allocator_probe
+
+        probe, why = allocator_probe.start(torch)
+        self.cpu_figures = "allocator" if probe is not None else f"tensor outputs ({why})"
+        if probe is not None:
+            self._census()
+            self.accountant.attach_probe(probe)
 
     def start(self) -> None:
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook

@@ -105,16 +105,18 @@ def fitting_micro(current: int, failure: Failure, facts: Any, missed: bool = Fal
     # the forward asked (in backward it may be a parameter's gradient, which does not scale; once a split has run
     # out too, an activation's gradient asked for in backward is counted as well: the conservative reading)
     grows = failure.phase == "forward" or (missed and failure.phase == "backward" and asked not in sizes)
-    per_sample = (breakdown.get("activations_other", 0) + (asked if grows else 0)) / current
+    per_sample = (breakdown.get("activations_other", 0) + breakdown.get("kernel_scratch", 0)
+                  + (asked if grows else 0)) / current
     estimates = []
     if per_sample > 0 and capacity > fixed:
         estimates.append((int((capacity - fixed) / per_sample * MARGIN), "estimated from the OOM's figures"))
     peak = failure.step_peak or {}
     at_peak = peak.get("breakdown") or {}
     ratio = _elements_ratio(failure.training or {})
-    if at_peak.get("activations_other") and ratio is not None and not missed:
+    scaling = at_peak.get("activations_other", 0) + at_peak.get("kernel_scratch", 0)
+    if scaling and ratio is not None and not missed:
         fixed = at_peak.get("parameters", 0) + at_peak.get("gradients", 0) + state + extra
-        per_sample = at_peak["activations_other"] / current * ratio
+        per_sample = scaling / current * ratio
         if capacity > fixed:
             how = f"estimated from step {peak.get('step')}'s measured peak" + (
                 f", scaled by {ratio:.3g}x the input elements per sample" if ratio != 1 else "")

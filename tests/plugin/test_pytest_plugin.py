@@ -219,3 +219,33 @@ def test_summary_lines_are_sorted_by_peak() -> None:
     lines = summary_lines([("t.py::small", 10, "cpu", None), ("t.py::big", 3 * MiB, "cuda:0", 4 * MiB)])
     assert lines == ["t.py::big       3.0 MiB  cuda:0  limit 4.0 MiB", "t.py::small        10 B  cpu"]
     assert summary_lines([]) == ["no test was measured"]
+
+
+def test_a_tests_peak_is_the_allocators_kernel_buffers_included(pytester: pytest.Pytester) -> None:
+    # GIVEN an LSTM training step (its RNN workspaces are never an op's output) and, for comparison, the peak the
+    # CPU allocator itself reported to torch.profiler for the same step in a plain python run
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = Path(__file__).resolve().parent.parent / "scripts" / "peak_probe.py"
+    out = pytester.path / "profiled.json"
+    subprocess.run([sys.executable, str(probe), "--model", "lstm", "--batch", "8", "--width", "256", "--steps", "1",
+                    "--profile-out", str(out)], check=True, capture_output=True)
+    expected = json.loads(out.read_text())["1"]
+    pytester.makepyfile(peak_probe=probe.read_text(), test_lstm='''
+import pytest
+import peak_probe
+
+
+@pytest.mark.torch_memory(limit="1 GiB")
+def test_step():
+    peak_probe.train(1, 8, 256, "lstm")
+''')
+    # WHEN the plugin measures the test
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "--junitxml=junit.xml")
+    result.assert_outcomes(passed=1)
+    # THEN its figure is the allocator's, within 1%
+    measured = int(_properties(str(pytester.path / "junit.xml"), "test_step")["torch_memory_peak_bytes"])
+    assert abs(measured - expected) <= 0.01 * expected, (measured, expected)

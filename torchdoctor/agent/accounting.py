@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 
 from torchdoctor.events import CATEGORIES
 
-PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS = range(4)
+PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, KERNEL_SCRATCH = range(5)
 TOP_TENSORS = 8  # the largest storages listed at a new peak
 
 
@@ -46,29 +46,62 @@ class DeviceLedger:
     """Running figures for one device within the current span (between two optimizer steps)."""
 
     __slots__ = ("current", "cats", "span_peak", "span_peak_seq", "span_peak_cats", "span_peak_phase",
-                 "phase_peaks", "died_after_peak", "run_peak")
+                 "phase_peaks", "died_after_peak", "run_peak", "probe", "unseen", "before_probe")
 
-    def __init__(self) -> None:
-        self.current = 0
-        self.cats = [0, 0, 0, 0]
+    def __init__(self, probe: Any = None) -> None:
+        self.current = 0  # bytes of the live storages it counts (with a probe: the tensors; the total is the probe's)
+        self.cats = [0, 0, 0, 0, 0]
         self.run_peak = -1  # the largest span peak listed so far (its top tensors were sent then)
+        self.probe = probe  # the CPU allocator's figures (AllocatorProbe), or None: the storages are the figures
+        # storages alive before the probe was attached (in process: the pytest plugin) and their bytes: the
+        # allocator never reported them, and does not report their frees
+        self.before_probe: dict[int, _Entry] = {}
+        self.unseen = 0
         self.reset_span("other", 0)
 
+    def total(self) -> int:
+        """The bytes held now: the allocator's, or the counted storages'."""
+        return self.unseen + self.probe.current() if self.probe is not None else self.current
+
+    def cats_at(self, total: int) -> list[int]:
+        """The breakdown when ``total`` bytes are held: the allocator's bytes in no counted tensor are scratch."""
+        cats = list(self.cats)
+        if self.probe is not None:
+            cats[KERNEL_SCRATCH] = max(0, total - (self.current - cats[KERNEL_SCRATCH]))
+        return cats
+
     def reset_span(self, phase: str, seq: int) -> None:
-        self.span_peak = self.current
+        total = self.unseen + self.probe.reset_peak() if self.probe is not None else self.current
+        self.span_peak = total
         self.span_peak_seq = seq
-        self.span_peak_cats = list(self.cats)
+        self.span_peak_cats = self.cats_at(total)
         self.span_peak_phase = phase
-        self.phase_peaks = {phase: self.current}
+        self.phase_peaks = {phase: total}
         self.died_after_peak: list[_Entry] = []  # storages alive at the span's peak that died since
 
+    def allocator_peak(self, phase: str, seq: int) -> None:
+        """After an op (or at a span's end): a peak the allocator reached since the last look is the span's."""
+        peak = self.unseen + self.probe.peak()
+        if peak > self.span_peak:
+            self.span_peak = peak
+            self.span_peak_seq = seq
+            self.span_peak_cats = self.cats_at(peak)
+            self.span_peak_phase = phase
+            if peak > self.phase_peaks.get(phase, -1):
+                self.phase_peaks[phase] = peak
+            if self.died_after_peak:
+                self.died_after_peak = []
+
     def figures(self) -> dict[str, Any]:
+        breakdown = dict(zip(CATEGORIES, self.span_peak_cats))
+        if self.probe is None:
+            del breakdown["kernel_scratch"]
         return {
-            "tensor_bytes": self.current,
+            "tensor_bytes": self.total(),
             "tensor_peak": self.span_peak,
             "peak_phase": self.span_peak_phase,
             "phase_peaks": dict(self.phase_peaks),
-            "breakdown": dict(zip(CATEGORIES, self.span_peak_cats)),
+            "breakdown": breakdown,
         }
 
 
@@ -102,8 +135,11 @@ class TensorAccountant(TorchDispatchMode):
         self._seq = 0
         self.phase = "other"
         self.budget: tuple[str, int] | None = None  # (device, bytes): allocations beyond it raise an OOM
+        self._overdraft = 0  # bytes the last failed op left above the budget (with the allocator probe)
         self.on_budget_exceeded: Any = None  # called with the OOM's figures just before it is raised
         self.is_open = False
+        self.probe: Any = None  # the CPU allocator's figures (agent/allocator_probe.py), when it could be built
+        self._cpu: DeviceLedger | None = None  # the CPU's ledger when it has the probe
         self._on_stack = False  # stays True when another mode was pushed above ours and we could not pop
         self.module_stack: list[str] = []  # names of the modules running now, innermost last (the phase tracker's)
         # () -> {(storage pointer, bytes): name} for parameters, gradients and optimizer state, as they are now: a
@@ -118,15 +154,54 @@ class TensorAccountant(TorchDispatchMode):
 
     # -- the dispatch hot path -------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        cpu = self._cpu if self.is_open else None
+        before = cpu.total() if cpu is not None and self.budget is not None else 0
         out = func(*args, **(kwargs or {}))
         if self.is_open:
+            if cpu is not None and self.budget is not None and self.budget[0] == "cpu":
+                peak = cpu.unseen + cpu.probe.peak()
+                # what the op held at its height, its own buffers included (an op that asked for nothing more
+                # does not fail, even while what an earlier failure left is still being freed)
+                # An op fails after it ran (its buffers came and went inside it): until what it held is freed,
+                # memory stands above what a real allocator would have left, and that overdraft is not held
+                # against the ops that unwind the failure.
+                if self._overdraft and before <= self.budget[1]:
+                    self._overdraft = 0
+                if peak > self.budget[1] + self._overdraft and peak > before:
+                    cpu.probe.reset_peak()  # a real allocator fails the allocation: that height never was
+                    self._overdraft = peak - self.budget[1]
+                    self._raise_budget_oom("cpu", peak - before, cpu, in_use=before)
             if isinstance(out, torch.Tensor):
                 self.track(out, None)
             elif isinstance(out, (tuple, list)):
                 for item in out:
                     if isinstance(item, torch.Tensor):
                         self.track(item, None)
+            if cpu is not None:
+                cpu.allocator_peak(self.phase, self._seq)
         return out
+
+    def attach_probe(self, probe: Any) -> None:
+        """The CPU's figures from now on are the allocator's (``AllocatorProbe``); tensors give the breakdown.
+        Storages counted before (a census) stay counted until they die: the allocator never saw them."""
+        self.probe = probe
+        ledger = DeviceLedger(probe)
+        old = self.ledgers.get("cpu")
+        if old is not None:
+            ledger.current, ledger.cats = old.current, list(old.cats)
+            for entry in self._live.values():
+                if entry.ledger is old:
+                    entry.ledger = ledger
+                    ledger.before_probe[entry.ptr] = entry
+            ledger.unseen = old.current
+        self._cpu = self.ledgers["cpu"] = ledger
+        ledger.reset_span(self.phase, self._seq)
+
+    def allocator_figures(self) -> dict[str, dict[str, Any]]:
+        """The CPU allocator's figures for a span the accountant did not measure (no breakdown, no phases)."""
+        if self._cpu is None:
+            return {}
+        return {"cpu": {"tensor_bytes": self._cpu.total(), "tensor_peak": self._cpu.unseen + self.probe.peak()}}
 
     def track(self, tensor: torch.Tensor, cat: int | None) -> None:
         """Count ``tensor``'s storage if it is new; ``cat=None`` classifies it by the current phase."""
@@ -143,11 +218,12 @@ class TensorAccountant(TorchDispatchMode):
         key = str(device)
         ledger = self.ledgers.get(key)
         if ledger is None:
-            ledger = self.ledgers[key] = DeviceLedger()
+            ledger = self.ledgers[key] = DeviceLedger()  # the CPU's comes with the probe, when it has one
             ledger.reset_span(self.phase, self._seq)
         nbytes = storage.nbytes()
         if cat is None:  # a new allocation (not a census)
-            if self.budget is not None and key == self.budget[0] and ledger.current + nbytes > self.budget[1]:
+            if (self.budget is not None and key == self.budget[0] and ledger.probe is None
+                    and ledger.current + nbytes > self.budget[1]):
                 self._raise_budget_oom(key, nbytes, ledger)
             cat = OPTIMIZER_STATE if self.phase == "optimizer" else ACTIVATIONS
         self._seq += 1
@@ -157,6 +233,9 @@ class TensorAccountant(TorchDispatchMode):
         self._live[ptr] = entry
         ledger.current += nbytes
         ledger.cats[cat] += nbytes
+        if ledger.probe is not None:  # the allocator says when the peak is (after the op)
+            weakref.finalize(storage, self._release, ptr, entry)
+            return
         current = ledger.current
         peaks = ledger.phase_peaks
         if current > peaks.get(self.phase, 0):
@@ -170,21 +249,27 @@ class TensorAccountant(TorchDispatchMode):
                 ledger.died_after_peak = []
         weakref.finalize(storage, self._release, ptr, entry)
 
-    def _raise_budget_oom(self, device: str, nbytes: int, ledger: DeviceLedger) -> None:
+    def _raise_budget_oom(self, device: str, nbytes: int, ledger: DeviceLedger, in_use: int | None = None) -> None:
         """Fail this allocation as a device of ``budget`` bytes would: a ``torch.OutOfMemoryError`` in the
-        CUDA message format. The op's outputs die with the exception; the ledger never counted them."""
+        CUDA message format. The op's outputs die with the exception; the ledger never counted them. With the
+        allocator probe the op has run: ``nbytes`` is what it held at its height beyond ``in_use``."""
         capacity = self.budget[1] if self.budget else 0
-        free = max(0, capacity - ledger.current)
+        in_use = ledger.current if in_use is None else in_use
+        free = max(0, capacity - in_use)
         # The CUDA message's shape (" out of memory. Tried to allocate ..."), so tools that match it retry too.
         message = (f"{device.upper()} out of memory. Tried to allocate {_size(nbytes)}. Device {device} has a "
                    f"total capacity of {_size(capacity)} (torchdoctor memory budget) of which {_size(free)} is "
-                   f"free. Of the allocated memory {_size(ledger.current)} is allocated by tensors.")
+                   f"free. Of the allocated memory {_size(in_use)} is allocated by "
+                   f"{'the CPU allocator' if ledger.probe is not None else 'tensors'}.")
         if self.on_budget_exceeded is not None:
             alive = heapq.nlargest(5, (e for e in self._live.values() if e.ledger is ledger), key=lambda e: e.nbytes)
             names = self.namer() if self.namer is not None and alive else {}
-            self.on_budget_exceeded({"device": device, "requested_bytes": nbytes, "in_use_bytes": ledger.current,
+            breakdown = dict(zip(CATEGORIES, ledger.cats_at(in_use)))
+            if ledger.probe is None:
+                del breakdown["kernel_scratch"]
+            self.on_budget_exceeded({"device": device, "requested_bytes": nbytes, "in_use_bytes": in_use,
                                      "capacity_bytes": capacity, "phase": self.phase, "message": message,
-                                     "breakdown": dict(zip(CATEGORIES, ledger.cats)),
+                                     "breakdown": breakdown,
                                      "top_tensors": [e.describe(names.get((e.ptr, e.nbytes))) for e in alive]})
         raise torch.OutOfMemoryError(message)
 
@@ -192,6 +277,8 @@ class TensorAccountant(TorchDispatchMode):
         if self._live.get(ptr) is entry:
             del self._live[ptr]
             ledger = entry.ledger
+            if ledger.before_probe and ledger.before_probe.pop(ptr, None) is entry:
+                ledger.unseen -= entry.nbytes
             ledger.current -= entry.nbytes
             ledger.cats[entry.cat] -= entry.nbytes
             if entry.seq <= ledger.span_peak_seq:
@@ -225,10 +312,13 @@ class TensorAccountant(TorchDispatchMode):
 
     # -- phases and spans --------------------------------------------------------------------------------
     def set_phase(self, phase: str) -> None:
-        self.phase = phase
         for ledger in self.ledgers.values():
-            if ledger.current > ledger.phase_peaks.get(phase, -1):
-                ledger.phase_peaks[phase] = ledger.current
+            if ledger.probe is not None and self.is_open:
+                ledger.allocator_peak(self.phase, self._seq)  # the phase that ends may hold a peak not yet seen
+            total = ledger.total()
+            if total > ledger.phase_peaks.get(phase, -1):
+                ledger.phase_peaks[phase] = total
+        self.phase = phase
 
     def reset_span(self) -> None:
         for ledger in self.ledgers.values():
@@ -238,6 +328,8 @@ class TensorAccountant(TorchDispatchMode):
         """Each device's figures for the span; with ``top_tensors`` when its peak is the run's largest yet."""
         out = {}
         for key, ledger in self.ledgers.items():
+            if ledger.probe is not None:
+                ledger.allocator_peak(self.phase, self._seq)
             figures = out[key] = ledger.figures()
             if ledger.span_peak > ledger.run_peak:
                 ledger.run_peak = ledger.span_peak

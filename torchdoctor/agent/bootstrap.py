@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
         session = AgentSession(settings, sink)
         started["accounting"] = session.schedule.mode  # exact when a CPU memory budget is enforced
+        started["cpu_figures"] = session.cpu_figures
         sink.emit(RunStarted(pid=os.getpid(), torch_version=torch.__version__, cuda_version=torch.version.cuda,
                              cuda_devices=torch.cuda.device_count() if torch.version.cuda else 0, **started))
         session.start()

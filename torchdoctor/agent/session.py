@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from torchdoctor.agent import allocator_probe
 from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, OPTIMIZER_STATE, PARAMETERS, TensorAccountant
 from torchdoctor.agent.atomic_save import AtomicTorchSave
 from torchdoctor.agent.call_hooks import ClipHooks, ZeroGradHooks
@@ -111,6 +112,14 @@ class AgentSession:
         if settings.memory_budget and not torch.cuda.is_available():
             accounting = "exact"  # the budget is enforced at every allocation
         self.schedule = SamplingSchedule(accounting, settings.first_steps, settings.sample_every)
+        self.cpu_figures = "off"  # where the CPU's tensor figures come from: "allocator" or "tensor outputs (why)"
+        if self.schedule.mode != "off":
+            probe, why = allocator_probe.start(torch)
+            if probe is not None:
+                self.accountant.attach_probe(probe)
+                self.cpu_figures = "allocator"
+            else:
+                self.cpu_figures = f"tensor outputs ({why})"
         plan = Plan.read(settings.plan_path) if settings.plan_path else Plan()
         self.constructions = Constructions()
         self.zero_grad_hooks = ZeroGradHooks()
@@ -144,6 +153,10 @@ class AgentSession:
     # -- lifetime ------------------------------------------------------------------------------------
     def start(self) -> None:
         _LIVE_SESSIONS.add(self)
+        if self.cpu_figures.startswith("tensor outputs"):
+            self.emit(Note(level="info", step=None, message=(
+                f"CPU tensor figures count op outputs only: {self.cpu_figures[16:-1]}; kernels' own buffers "
+                f"(oneDNN convolution reorders, RNN workspaces) are not seen")))
         self._handles = [
             register_optimizer_step_pre_hook(self._step_pre),
             register_optimizer_step_post_hook(self._step_post),
@@ -179,8 +192,13 @@ class AgentSession:
             self.resume.finish()
         if self.doctor is not None:
             self.doctor.finish()
-        if self._measuring or self.step == 0:
-            self.emit(self._sample(span="tail"))
+        if self._measuring or self.step == 0 or self.accountant.probe is not None:
+            self.emit(self._sample(span="tail"))  # with the probe, the work after the last step is measured too
+        probe = self.accountant.probe
+        if probe is not None and probe.paused_by_profiler:
+            self.emit(Note(level="warning", step=self.step, message=(
+                f"the script's own profiler ran ({probe.paused_by_profiler}x): the CPU allocator figures miss "
+                f"what was allocated while it ran")))
         self._stop_measuring()
         for handle in self._handles + self._grad_hooks:
             handle.remove()
@@ -380,6 +398,8 @@ class AgentSession:
         devices: dict[str, dict[str, Any]] = {}
         if self._span_measured:
             devices.update(self.accountant.figures())
+        else:
+            devices.update(self.accountant.allocator_figures())  # the allocator's total and peak, no breakdown
         for key, figures in self._cuda.read().items():
             devices.setdefault(key, {}).update(figures)
         rss = self._rss.read()

@@ -9,6 +9,7 @@ CATEGORY_LABELS = {
     "gradients": "gradients",
     "optimizer_state": "optimizer state",
     "activations_other": "activations / other",
+    "kernel_scratch": "kernel scratch",
 }
 BARS = "▁▂▃▄▅▆▇█"
 NOT_MEASURED = "·"
