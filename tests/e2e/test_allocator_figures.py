@@ -66,3 +66,69 @@ def test_ci_gates_the_allocators_peak(tmp_path):
     failed = run_torchdoctor(["ci", "--steps", "3", "--budget", str(int(expected * 0.99)), "--run-dir",
                               str(tmp_path / "over"), *args], cwd=tmp_path)
     assert failed.returncode != 0  # the LSTM's workspaces count: 1% under its allocator peak fails the gate
+
+
+PROBE_CHECKS = r'''
+import sys, torch
+from torchdoctor.agent import allocator_probe
+from torchdoctor.agent.accounting import TensorAccountant
+
+probe, why = allocator_probe.start(torch)
+assert probe is not None, why
+# the allocator's own count: one storage in, one out
+before = probe.current()
+x = torch.empty(1 << 20, dtype=torch.uint8)
+assert probe.current() - before == 1 << 20
+del x
+assert probe.current() == before
+# a script's own profiler still starts (the probe steps aside) and the probe counts again once it stops
+with torch.profiler.profile(profile_memory=True) as prof:
+    torch.ones(1000)
+assert prof.key_averages() is not None and probe.paused_by_profiler == 1
+y = torch.empty(4096, dtype=torch.uint8)
+assert probe.current() - before == 4096
+del y
+# an LSTM's workspace is no op's output: it shows as kernel scratch at the peak, and the peak is the allocator's
+acct = TensorAccountant()
+acct.attach_probe(probe)
+lstm = torch.nn.LSTM(32, 128, num_layers=2)
+data = torch.randn(50, 8, 32)
+acct.open()
+acct.reset_span()
+out, _ = lstm(data)
+out.sum().backward()
+acct.close()
+figures = acct.figures()["cpu"]
+assert figures["tensor_peak"] == probe.peak() and figures["breakdown"]["kernel_scratch"] > 0, figures
+# the budget judges what the op held at its height: outputs that fit do not hide a workspace that does not
+del out
+acct.budget = ("cpu", probe.current() + 3 * 50 * 8 * 128 * 4)
+acct.open()
+try:
+    lstm(data)
+except torch.OutOfMemoryError as exc:
+    assert "allocated by the CPU allocator" in str(exc)
+else:
+    raise AssertionError("the LSTM's workspace did not count against the budget")
+finally:
+    acct.close()
+print("ok")
+'''
+
+
+def test_the_probe_counts_the_allocator_steps_aside_for_profilers_and_sees_kernel_scratch(tmp_path):
+    result = run_python(["-c", PROBE_CHECKS], cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_without_a_compiler_there_is_no_probe_and_the_run_says_why(tmp_path):
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), str(PROBE), "--steps", "1",
+                              "--batch", "8"], cwd=tmp_path,
+                             env_extra={"CXX": str(tmp_path / "no-such-compiler"),
+                                        "TORCHDOCTOR_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    report = read_report(tmp_path / "r")
+    assert report["accounting"]["cpu_figures"] == "tensor outputs (no C++ compiler found (c++, g++, clang++ or $CXX))"
+    assert any("CPU tensor figures count op outputs only" in e.get("message", "") for e in report["events"])
+    peak = next(p for p in report["peaks"] if p["kind"] == "tensor_bytes")
+    assert "kernel_scratch" not in peak["breakdown"]  # not measured: not shown as 0
