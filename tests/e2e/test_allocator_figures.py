@@ -132,3 +132,23 @@ def test_without_a_compiler_there_is_no_probe_and_the_run_says_why(tmp_path):
     assert any("CPU tensor figures count op outputs only" in e.get("message", "") for e in report["events"])
     peak = next(p for p in report["peaks"] if p["kind"] == "tensor_bytes")
     assert "kernel_scratch" not in peak["breakdown"]  # not measured: not shown as 0
+
+
+def test_the_default_sampled_run_sees_an_evaluation_peak_it_did_not_measure_in_detail(tmp_path):
+    # GIVEN a script whose peak is an evaluation after training (and one mid-training, between unmeasured steps)
+    script = SCRIPTS / "eval_peak.py"
+    out = tmp_path / "profiled.json"
+    bare = run_python([str(script), "--profile-out", str(out)], cwd=tmp_path)
+    assert bare.returncode == 0, bare.stderr
+    expected = json.loads(out.read_text())["peak"]
+    # WHEN the default (sampled) run measures it
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), str(script)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = read_report(tmp_path / "r")
+    assert report["accounting"]["mode"] == "sampled" and report["accounting"]["measured_steps"] < 100
+    # THEN its peak is the allocator's peak of the whole run, within 1%
+    peak = next(p for p in report["peaks"] if p["kind"] == "tensor_bytes" and p["device"] == "cpu")
+    assert abs(peak["bytes"] - expected) <= 0.01 * expected, (peak, expected)
+    # and the mid-training evaluation shows in step 61's figures (not measured in detail, measured by the allocator)
+    step61 = next(s for s in report["samples"] if s["span"] == "step" and s["step"] == 61)
+    assert not step61["measured"] and step61["devices"]["cpu"]["tensor_peak"] > 4096 * 256 * 4

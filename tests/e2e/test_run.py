@@ -219,3 +219,17 @@ def test_torch_compile_still_compiles_under_torchdoctor(scripts, tmp_path, accou
     assert frames >= 1  # Dynamo compiled the model instead of skipping it for the dispatch mode
     assert doctored.stdout.split("loss=")[1] == bare.stdout.split("loss=")[1]
     assert "global hooks" not in doctored.stderr
+
+
+@pytest.mark.parametrize("shape", ["zero_grad at the top", "grad = None after the update"])
+def test_manual_sgd_updates_are_steps_for_ci_steps(scripts, tmp_path, shape):
+    # GIVEN manual SGD without torch.optim (p -= lr * p.grad), in two loop shapes
+    extra = ["--grad-none"] if shape.startswith("grad") else []
+    result = run_torchdoctor(["ci", "--steps", "3", "--budget", "1GiB", "--run-dir", str(tmp_path / "r"),
+                              str(scripts / "manual_sgd.py"), *extra], cwd=tmp_path)
+    # THEN ci stops after 3 updates (not at the script's end) and gates what it measured
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("update ") == 3
+    report = read_report(tmp_path / "r")
+    assert report["steps"] == 3 and [s["step"] for s in report["samples"] if s["span"] == "step"] == [1, 2, 3]
+    assert any(p["kind"] == "tensor_bytes" for p in report["peaks"])

@@ -167,6 +167,8 @@ class AgentSession:
             self.constructions.on_optimizer.append(self._watch_gradients)
         self.constructions.on_optimizer.append(self.ledger.optimizer_made)
         self.zero_grad_hooks.install()
+        self.zero_grad_hooks.listeners.append(self._zero_grad_seen)
+        self.ledger.on_manual_update = self._manual_step
         self.clip_hooks.install()
         self.recovery.install()
         if self.atomic_save is not None:
@@ -185,6 +187,7 @@ class AgentSession:
 
     def finish(self) -> None:
         """Emit what is left (the span after the last step) and remove every hook."""
+        self.ledger.on_manual_update = None  # a last manual update, found now, is in the figures, not a new step
         self.emit(self.ledger.finish(self.recovery.loaders.training_passes(), self.recovery.step_calls(),
                                      self.recovery.settings(), self.recovery.remedy_counts(),
                                      self.constructions.optimizers.alive()))
@@ -279,9 +282,22 @@ class AgentSession:
     def _step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._measuring:
             self.accountant.classify(_state_tensors(optimizer), OPTIMIZER_STATE)
-        self.step += 1
         self.ledger.stepped(optimizer)
         self.phases.in_step = False
+        self._end_step()
+
+    def _manual_step(self) -> None:
+        """The script updated its parameters itself (no torch.optim optimizer): that ends a step, for the
+        figures, the sampling, ``ci --steps`` and the budget, as ``optimizer.step()`` does."""
+        if not self._optimizers:
+            self._end_step()
+
+    def _zero_grad_seen(self, params: Any, allowed: bool) -> None:
+        if not self._optimizers:
+            self.ledger.check_manual_update()  # an update made since the last backward ends the step here
+
+    def _end_step(self) -> None:
+        self.step += 1
         self.backwards_since_step = 0
         self.recovery.loaders.position.stepped()
         seconds = time.perf_counter() - self._span_start
