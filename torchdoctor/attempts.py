@@ -144,10 +144,12 @@ def suggestions(breakdown: dict[str, int] | None, held: list[dict[str, Any]] | N
     """Concrete ways out when no remedy is left, largest estimated saving first."""
     if not breakdown:
         return ["measure where the memory goes: torchdoctor run --accounting exact"]
-    loose = [t for t in held or [] if t.get("phase") == "other" and t.get("category") == "activations_other"]
+    loose = [t for t in held or [] if t.get("phase") == "other"
+             and t.get("category") in ("activations_other", "inputs_data")]
     data = sum(t["bytes"] for t in loose)
     act = breakdown.get("activations_other", 0)
     opt = breakdown.get("optimizer_state", 0)
+    temporaries = breakdown.get("optimizer_temporaries", 0)
     grads = breakdown.get("gradients", 0)
     params = breakdown.get("parameters", 0)
     ideas = [
@@ -158,6 +160,8 @@ def suggestions(breakdown: dict[str, int] | None, held: list[dict[str, Any]] | N
                    f"tensors held {format_bytes(act)}; about {format_bytes(act // 2)} saved"),
         (opt // 2, f"keep optimizer state in bfloat16 or use an optimizer with less state: it held "
                    f"{format_bytes(opt)}; about {format_bytes(opt // 2)} saved"),
+        (temporaries, f"step the optimizer with foreach=False (or fused=True on a GPU): its step's temporaries "
+                      f"held {format_bytes(temporaries)}") if temporaries else (0, ""),
         (params // 2, f"bfloat16 weights: parameters held {format_bytes(params)}; about {format_bytes(params // 2)} "
                       f"saved"),
         (grads, f"free gradients early (zero_grad(set_to_none=True) before the forward): they held "

@@ -18,9 +18,13 @@ from typing import Any, ClassVar
 
 SCHEMA_VERSION = 1
 
-# kernel_scratch: CPU allocator bytes in no tensor torchdoctor saw (kernels' own buffers: oneDNN reorders, RNN
-# workspaces), measured by the allocator probe (agent/allocator_probe.py); absent without it
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other", "kernel_scratch")
+# What holds the memory, by when a storage was born and what it became: activations_other (born in a forward,
+# backward or evaluation: activations and their temporaries), optimizer_temporaries (born in optimizer.step and
+# not kept in optimizer.state), inputs_data (born outside all of those: batches, datasets, targets, metrics),
+# kernel_scratch (CPU allocator bytes in no tensor torchdoctor saw: kernels' own buffers, oneDNN reorders, RNN
+# workspaces; measured by the allocator probe, agent/allocator_probe.py, and absent without it).
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other", "kernel_scratch",
+              "optimizer_temporaries", "inputs_data")
 
 
 class EventError(ValueError):

@@ -39,7 +39,8 @@ DEVICE_PROPERTY = "torch_memory_peak_device"
 LIMIT_PROPERTY = "torch_memory_limit_bytes"
 _DEVICE = re.compile(r"^[a-z_]+(:[0-9]+)?$")
 _LABELS = {"parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",
-           "activations_other": "activations/other", "kernel_scratch": "kernel scratch"}
+           "activations_other": "activations/other", "kernel_scratch": "kernel scratch",
+           "optimizer_temporaries": "optimizer temporaries", "inputs_data": "inputs/data"}
 _MEASURER = pytest.StashKey["_Measurer"]()
 
 
@@ -254,14 +255,14 @@ class _Measurer:
         when the collector last ran): parameters and their gradients by kind, the rest as activations/other."""
         import torch
 
-        from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, PARAMETERS
+        from torchdoctor.agent.accounting import GRADIENTS, INPUTS_DATA, PARAMETERS
         from torchdoctor.memory_guard import live_tensors
 
         gc.collect()
         tensors = [t for t in live_tensors() if t.device.type != "meta"]
         params = [t for t in tensors if isinstance(t, torch.nn.Parameter)]
         for tensor in tensors:
-            self.accountant.track(tensor, ACTIVATIONS)  # new storages only; known ones keep their kind
+            self.accountant.track(tensor, INPUTS_DATA)  # new storages only (fixtures' data); known ones keep their kind
         self.accountant.classify(params, PARAMETERS)
         self.accountant.classify([p.grad for p in params if p.grad is not None], GRADIENTS)
 

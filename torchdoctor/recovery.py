@@ -68,6 +68,8 @@ def next_parts(current: int) -> int:
 
 
 SPLITTABLE_PHASES = ("forward", "backward", None)  # None: the phase was not tracked when it failed
+# what grows with the batch: activations, kernels' buffers for them, and the batches themselves
+SCALING = ("activations_other", "kernel_scratch", "inputs_data")
 MARGIN = 0.95  # of the estimated largest micro-batch that fits: the estimate rests on the OOM's figures
 # Optimizer state per parameter byte, for the state an optimizer makes at its first step (if the OOM came first).
 STATE_PER_PARAM = {"Adam": 2, "AdamW": 2, "NAdam": 2, "RAdam": 2, "Adamax": 2, "Adadelta": 2, "Rprop": 2,
@@ -105,15 +107,14 @@ def fitting_micro(current: int, failure: Failure, facts: Any, missed: bool = Fal
     # the forward asked (in backward it may be a parameter's gradient, which does not scale; once a split has run
     # out too, an activation's gradient asked for in backward is counted as well: the conservative reading)
     grows = failure.phase == "forward" or (missed and failure.phase == "backward" and asked not in sizes)
-    per_sample = (breakdown.get("activations_other", 0) + breakdown.get("kernel_scratch", 0)
-                  + (asked if grows else 0)) / current
+    per_sample = (sum(breakdown.get(k, 0) for k in SCALING) + (asked if grows else 0)) / current
     estimates = []
     if per_sample > 0 and capacity > fixed:
         estimates.append((int((capacity - fixed) / per_sample * MARGIN), "estimated from the OOM's figures"))
     peak = failure.step_peak or {}
     at_peak = peak.get("breakdown") or {}
     ratio = _elements_ratio(failure.training or {})
-    scaling = at_peak.get("activations_other", 0) + at_peak.get("kernel_scratch", 0)
+    scaling = sum(at_peak.get(k, 0) for k in SCALING)
     if scaling and ratio is not None and not missed:
         fixed = at_peak.get("parameters", 0) + at_peak.get("gradients", 0) + state + extra
         per_sample = scaling / current * ratio

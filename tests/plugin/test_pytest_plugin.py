@@ -103,7 +103,7 @@ def test_marked_tests_are_measured_judged_and_reported(pytester: pytest.Pytester
     result.stdout.fnmatch_lines([
         "*_ test_over _*",
         "peak tensor memory 64.0 MiB on cpu exceeds the torch_memory limit 16.0 MiB (phase at the peak: other; "
-        "breakdown: activations/other 64.0 MiB)",
+        "breakdown: inputs/data 64.0 MiB)",
     ])
     # a tensor freed before the end still made the peak; fixtures' tensors count too
     result.stdout.fnmatch_lines(["peak tensor memory 64.0 MiB on cpu exceeds the torch_memory limit 32.0 MiB *"])

@@ -4,7 +4,8 @@ import gc
 
 import torch
 
-from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, PARAMETERS, TensorAccountant
+from torchdoctor.agent.accounting import (ACTIVATIONS, GRADIENTS, INPUTS_DATA, OPTIMIZER_STATE,
+                                         OPTIMIZER_TEMPORARIES, PARAMETERS, TensorAccountant)
 
 
 def test_counts_new_storages_once_and_releases_them_when_they_die():
@@ -43,7 +44,7 @@ def test_classifying_a_storage_later_fixes_the_breakdown_recorded_at_the_peak():
     acct = TensorAccountant()
     acct.open()
     try:
-        grad = torch.empty(1000)  # born as activations/other, becomes a gradient later
+        grad = torch.empty(1000)  # born outside a forward (inputs/data), becomes a gradient later
         temp = torch.empty(500)
         del temp  # the peak (6000 bytes) was reached with both alive
         late = torch.empty(10)  # born after the peak
@@ -52,7 +53,7 @@ def test_classifying_a_storage_later_fixes_the_breakdown_recorded_at_the_peak():
         cpu = acct.ledgers["cpu"]
         assert cpu.span_peak == 6000
         assert cpu.span_peak_cats[GRADIENTS] == 4000
-        assert cpu.span_peak_cats[ACTIVATIONS] == 2000
+        assert cpu.span_peak_cats[INPUTS_DATA] == 2000
         assert cpu.span_peak_cats[PARAMETERS] == 0  # `late` was not alive at the peak
         assert cpu.cats[PARAMETERS] == 40
     finally:
@@ -126,3 +127,29 @@ def test_a_later_higher_peak_forgets_storages_that_died_before_it():
         acct.close()
     assert [t["bytes"] for t in acct.figures()["cpu"]["top_tensors"]] == [2 << 20]
     del second
+
+
+def test_what_an_optimizer_step_makes_is_a_temporary_unless_it_is_kept_as_state():
+    # GIVEN an Adam step under accounting: its moments stay in optimizer.state, its foreach temporaries do not
+    model = torch.nn.Linear(256, 256)
+    optimizer = torch.optim.Adam(model.parameters(), foreach=True)
+    model(torch.randn(8, 256)).sum().backward()
+    acct = TensorAccountant()
+    acct.classify(list(model.parameters()), PARAMETERS)
+    acct.classify([p.grad for p in model.parameters()], GRADIENTS)
+    acct.open()
+    try:
+        acct.set_phase("optimizer")
+        optimizer.step()
+        acct.set_phase("other")
+        state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+        acct.classify(state, OPTIMIZER_STATE)  # what the session does after each step
+        cpu = acct.ledgers["cpu"]
+        param_bytes = sum(p.numel() * 4 for p in model.parameters())
+        # THEN the peak holds the state (2x the parameters, plus the step counts) and the step's temporaries apart
+        assert cpu.span_peak_phase == "optimizer"
+        assert 2 * param_bytes <= cpu.span_peak_cats[OPTIMIZER_STATE] <= 2 * param_bytes + 64
+        assert cpu.span_peak_cats[OPTIMIZER_TEMPORARIES] > 0 and cpu.cats[OPTIMIZER_TEMPORARIES] == 0
+        assert cpu.span_peak_cats[ACTIVATIONS] == 0
+    finally:
+        acct.close()

@@ -61,7 +61,7 @@ def test_terminal_report_names_the_peak_breakdown_timeline_environment_and_findi
     text = out.getvalue()
     assert "success (exit 0)" in text and "4 optimizer steps" in text
     assert "40.0 MiB" in text and "step 2, backward" in text
-    for label in ("parameters (+ buffers)", "gradients", "optimizer state", "activations / other"):
+    for label in ("parameters (+ buffers)", "gradients", "optimizer state", "activations / temporaries"):
         assert label in text
     assert "Per-step timeline" in text and "3 of 4 steps measured" in text
     assert "torch 2.13.0+cpu" in text and "GPUs: none — no NVIDIA driver" in text

@@ -28,7 +28,9 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 
 from torchdoctor.events import CATEGORIES
 
-PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, KERNEL_SCRATCH = range(5)
+PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, KERNEL_SCRATCH, OPTIMIZER_TEMPORARIES, INPUTS_DATA = range(7)
+# the category of a storage by the phase it was born in (until it is classified as something else)
+BORN_AS = {"optimizer": OPTIMIZER_TEMPORARIES, "other": INPUTS_DATA}
 TOP_TENSORS = 8  # the largest storages listed at a new peak
 
 
@@ -50,7 +52,7 @@ class DeviceLedger:
 
     def __init__(self, probe: Any = None) -> None:
         self.current = 0  # bytes of the live storages it counts (with a probe: the tensors; the total is the probe's)
-        self.cats = [0, 0, 0, 0, 0]
+        self.cats = [0] * len(CATEGORIES)
         self.run_peak = -1  # the largest span peak listed so far (its top tensors were sent then)
         self.probe = probe  # the CPU allocator's figures (AllocatorProbe), or None: the storages are the figures
         # storages alive before the probe was attached (in process: the pytest plugin) and their bytes: the
@@ -225,7 +227,7 @@ class TensorAccountant(TorchDispatchMode):
             if (self.budget is not None and key == self.budget[0] and ledger.probe is None
                     and ledger.current + nbytes > self.budget[1]):
                 self._raise_budget_oom(key, nbytes, ledger)
-            cat = OPTIMIZER_STATE if self.phase == "optimizer" else ACTIVATIONS
+            cat = BORN_AS.get(self.phase, ACTIVATIONS)
         self._seq += 1
         stack = self.module_stack
         entry = _Entry(ptr, nbytes, ledger, cat, self._seq, tensor.shape, tensor.dtype, self.phase,

@@ -8,7 +8,9 @@ CATEGORY_LABELS = {
     "parameters": "parameters (+ buffers)",
     "gradients": "gradients",
     "optimizer_state": "optimizer state",
-    "activations_other": "activations / other",
+    "optimizer_temporaries": "optimizer step temporaries",
+    "activations_other": "activations / temporaries",
+    "inputs_data": "inputs / data / other",
     "kernel_scratch": "kernel scratch",
 }
 BARS = "▁▂▃▄▅▆▇█"
