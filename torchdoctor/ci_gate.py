@@ -49,7 +49,13 @@ def measured_figures(report: dict[str, Any]) -> dict[str, tuple[str, int]]:
             continue
         if kind == "tensor_bytes":
             figures[f"tensor_bytes:{device}"] = (f"peak tensor bytes ({device})", value)
+            run_phases = peak.get("run_phase_peaks") or {}  # over all measured steps (older reports: the peak's)
             for phase in PHASES:
+                if phase in run_phases:
+                    where = run_phases[phase]
+                    at = f"step {where['step']}" if where.get("span") == "step" else "after the last step"
+                    figures[f"tensor_bytes:{device}:{phase}"] = (f"  in {phase} ({at})", where["bytes"])
+                    continue
                 phase_value = (peak.get("phase_peaks") or {}).get(phase)
                 if isinstance(phase_value, int):
                     figures[f"tensor_bytes:{device}:{phase}"] = (f"  in {phase}", phase_value)

@@ -100,6 +100,9 @@ def build_report(state: RunState, *, run_dir: str | None, environment: dict[str,
     else:
         outcome, exit_code = "unknown", None
     peaks = sorted(state.peaks.values(), key=lambda p: (p.device != "cpu", p.device, p.kind))
+    for peak in peaks:
+        if peak.kind == "tensor_bytes" and state.phase_peaks.get(peak.device):
+            peak.run_phase_peaks = state.phase_peaks[peak.device]
     step_samples = [s for s in state.samples if s.span == "step"]
     step_times = [s.step_time_s for s in step_samples[1:] if s.step_time_s]
     return {

@@ -34,6 +34,8 @@ class Peak:
     breakdown: dict[str, int] | None = None
     phase_peaks: dict[str, int] | None = None
     top_tensors: list[dict[str, Any]] | None = None  # the largest storages alive at the peak
+    # tensor_bytes only: each phase's largest value over all measured spans, and the step it was in
+    run_phase_peaks: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -53,6 +55,7 @@ class RunState:
     batch_sources: dict[tuple[str, int], BatchSource] = field(default_factory=dict)
     peaks: dict[tuple[str, str], Peak] = field(default_factory=dict)
     step_peaks: dict[str, Peak] = field(default_factory=dict)  # per device: the largest tensor peak of a whole step
+    phase_peaks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # device -> phase -> peak
     last_process: ProcessSample | None = None
     first_t: float | None = None
     last_t: float | None = None
@@ -111,6 +114,7 @@ class RunState:
         self._raise_peak("host", "process_rss", sample.rss_bytes, step, sample.span)
         for device, figures in sample.devices.items():
             self._raise_step_peak(device, sample, figures)
+            self._raise_phase_peaks(device, sample, figures)
             for key, kind in PEAK_KINDS.items():
                 value = figures.get(key)
                 peak = self._raise_peak(device, kind, value, sample.step, sample.span)
@@ -122,6 +126,13 @@ class RunState:
                     where = f"step {sample.step}" if sample.span == "step" else "after the last step"
                     self.last_notable = (f"new {device} tensor peak {format_bytes(peak.bytes)} at {where}"
                                          f" ({peak.phase})")
+
+    def _raise_phase_peaks(self, device: str, sample: MemorySample, figures: dict[str, Any]) -> None:
+        """Each phase's largest value over the run (a forward may peak in another step than the run's peak)."""
+        best = self.phase_peaks.setdefault(device, {})
+        for phase, value in (figures.get("phase_peaks") or {}).items():
+            if isinstance(value, int) and value > best.get(phase, {}).get("bytes", -1):
+                best[phase] = {"bytes": value, "step": sample.step, "span": sample.span}
 
     def _raise_step_peak(self, device: str, sample: MemorySample, figures: dict[str, Any]) -> None:
         """The largest tensor peak of a completed step (what a whole step needs, not a step cut short)."""

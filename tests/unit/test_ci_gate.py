@@ -35,3 +35,15 @@ def test_findings_fail_only_at_or_above_the_chosen_severity():
     assert finding_problems(findings, None) == []
     assert [p.split()[0] for p in finding_problems(findings, "error")] == ["TD101"]
     assert [p.split()[0] for p in finding_problems(findings, "warning")] == ["TD119", "TD101"]
+
+
+def test_phase_rows_are_each_phases_largest_over_the_run_with_its_step():
+    # the run's peak is step 1's backward; the largest forward was step 2's (the peak's own span says 7.6 KiB)
+    data = report(30 * KiB, {"forward": 7 * KiB, "backward": 30 * KiB})
+    data["peaks"][0]["run_phase_peaks"] = {"forward": {"bytes": 21 * KiB, "step": 2, "span": "step"},
+                                           "backward": {"bytes": 30 * KiB, "step": 1, "span": "step"},
+                                           "evaluation": {"bytes": 40 * KiB, "step": 3, "span": "tail"}}
+    rows, _ = evaluate(data, None, None, 0.05)
+    shown = {r.key: (r.label, r.current) for r in rows if not r.gated}
+    assert shown["tensor_bytes:cpu:forward"] == ("  in forward (step 2)", 21 * KiB)
+    assert shown["tensor_bytes:cpu:evaluation"] == ("  in evaluation (after the last step)", 40 * KiB)

@@ -48,3 +48,16 @@ def test_tail_span_and_cuda_figures_and_process_samples_are_folded():
 def test_steps_per_second_comes_from_step_sample_times():
     state = fold([sample(s, None, t=float(s) / 10) for s in range(1, 21)])
     assert abs(state.steps_per_second - 10.0) < 1e-9
+
+
+def test_each_phases_peak_is_the_largest_over_all_steps_with_its_step():
+    def at(step, forward, backward):
+        return MemorySample(step=step, span="step", step_time_s=0.1, measured=True, rss_bytes=None, t=float(step),
+                            devices={"cpu": {"tensor_bytes": 1, "tensor_peak": max(forward, backward),
+                                             "peak_phase": "backward",
+                                             "phase_peaks": {"forward": forward, "backward": backward}}})
+    # step 1 holds the run's peak (its backward); step 2's forward is the largest forward
+    state = fold([at(1, 7, 30), at(2, 21, 25)])
+    assert state.peaks[("cpu", "tensor_bytes")].step == 1
+    assert state.phase_peaks["cpu"]["forward"] == {"bytes": 21, "step": 2, "span": "step"}
+    assert state.phase_peaks["cpu"]["backward"]["step"] == 1
