@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, read_report, run_python, run_torchdoctor
+from tests.conftest import REPO, SCRIPTS, read_report, run_python, run_torchdoctor
 
 pytestmark = pytest.mark.e2e
 
@@ -98,7 +98,8 @@ def test_run_directory_holds_the_event_stream_and_a_versioned_report(scripts, tm
     # the biggest moment is the evaluation after training: 4096 x 256 float32 hidden activations and more
     assert cpu_peak["span"] == "tail" and cpu_peak["phase"] == "evaluation"
     assert cpu_peak["bytes"] > 4096 * 256 * 4
-    assert set(cpu_peak["breakdown"]) == {"parameters", "gradients", "optimizer_state", "activations_other",
+    assert set(cpu_peak["breakdown"]) == {"parameters", "gradients", "optimizer_state", "optimizer_temporaries",
+                                          "activations_other", "inputs_data",
                                           "kernel_scratch"}  # the allocator's bytes in no tensor
     params = (32 * 256 + 256 + 256 * 4 + 4) * 4
     assert cpu_peak["breakdown"]["parameters"] == params
@@ -233,3 +234,17 @@ def test_manual_sgd_updates_are_steps_for_ci_steps(scripts, tmp_path, shape):
     report = read_report(tmp_path / "r")
     assert report["steps"] == 3 and [s["step"] for s in report["samples"] if s["span"] == "step"] == [1, 2, 3]
     assert any(p["kind"] == "tensor_bytes" for p in report["peaks"])
+
+
+def test_an_lbfgs_closures_passes_are_forward_and_backward_and_only_the_first_are_counted_op_by_op(tmp_path):
+    script = SCRIPTS / "real" / "lbfgs_sequence.py"
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), str(script), "--steps", "2",
+                              "--out", str(tmp_path / "seq.pt")], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = read_report(tmp_path / "r")
+    first = next(s for s in report["samples"] if s["span"] == "step" and s["step"] == 1)
+    cpu = first["devices"]["cpu"]
+    # the closure's forwards and backwards are forward and backward (not the optimizer phase)
+    assert cpu["peak_phase"] in ("forward", "backward") and cpu["phase_peaks"]["backward"] > 0
+    assert any("closure runs several forward/backward passes per step" in e.get("message", "")
+               for e in report["events"])

@@ -315,7 +315,7 @@ class TensorAccountant(TorchDispatchMode):
     # -- phases and spans --------------------------------------------------------------------------------
     def set_phase(self, phase: str) -> None:
         for ledger in self.ledgers.values():
-            if ledger.probe is not None and self.is_open:
+            if ledger.probe is not None:
                 ledger.allocator_peak(self.phase, self._seq)  # the phase that ends may hold a peak not yet seen
             total = ledger.total()
             if total > ledger.phase_peaks.get(phase, -1):

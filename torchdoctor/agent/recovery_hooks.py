@@ -155,6 +155,7 @@ class RecoveryHooks:
         reduction = self.session.ledger.reduction_of(loss)
         scale = acc.scale_for(reduction.kind, reduction.tokens) if self.gates is not None else 1.0
         self.session.ledger.backward(loss, scale, reduction)
+        self.session.manual_updates_seen()
         if scale != 1.0:
             args, kwargs = scale_backward_args(args, kwargs, scale)
         return args, kwargs

@@ -97,6 +97,9 @@ class RssReader:
         return None
 
 
+CLOSURE_PASSES_MEASURED = 2  # forward/backward passes of an optimizer closure counted op by op in a measured step
+
+
 class AgentSession:
     """Installs the hooks for one run and emits ``MemorySample`` events into ``sink``."""
 
@@ -142,6 +145,8 @@ class AgentSession:
         self._grad_watched: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
         self._grad_hooks: list[Any] = []
         self._handles: list[Any] = []
+        self._closure_noted = False
+        self._closure_paused = False
         self._measuring = False
         self._span_measured = False
         self._span_start = time.perf_counter()
@@ -168,7 +173,7 @@ class AgentSession:
         self.constructions.on_optimizer.append(self.ledger.optimizer_made)
         self.zero_grad_hooks.install()
         self.zero_grad_hooks.listeners.append(self._zero_grad_seen)
-        self.ledger.on_manual_update = self._manual_step
+        self._manual_updates = 0
         self.clip_hooks.install()
         self.recovery.install()
         if self.atomic_save is not None:
@@ -187,7 +192,6 @@ class AgentSession:
 
     def finish(self) -> None:
         """Emit what is left (the span after the last step) and remove every hook."""
-        self.ledger.on_manual_update = None  # a last manual update, found now, is in the figures, not a new step
         self.emit(self.ledger.finish(self.recovery.loaders.training_passes(), self.recovery.step_calls(),
                                      self.recovery.settings(), self.recovery.remedy_counts(),
                                      self.constructions.optimizers.alive()))
@@ -252,6 +256,17 @@ class AgentSession:
             self.doctor.before_backward(tensors, retain_graph)
         self.backwards_since_step += 1
         self.backwards_total += 1
+        if self._measuring and self.phases.in_step and self.backwards_since_step > CLOSURE_PASSES_MEASURED:
+            # an optimizer closure (LBFGS) evaluates the loss many times a step, all alike: the first passes are
+            # measured op by op, the rest by the allocator's figures only (the breakdown stays the first ones')
+            self.accountant.close()  # phases stay tracked: the allocator's peaks keep their phase
+            self._closure_paused = True
+            if not self._closure_noted:
+                self._closure_noted = True
+                self.emit(Note(level="info", step=self.step + 1, message=(
+                    f"the optimizer's closure runs several forward/backward passes per step: the first "
+                    f"{CLOSURE_PASSES_MEASURED} of each measured step are counted op by op, the others only by "
+                    f"the CPU allocator's figures")))
         if self.resume is not None:
             self.resume.before_backward(tensors)
         if self.checkpoints is not None:
@@ -286,17 +301,23 @@ class AgentSession:
         self.phases.in_step = False
         self._end_step()
 
-    def _manual_step(self) -> None:
-        """The script updated its parameters itself (no torch.optim optimizer): that ends a step, for the
-        figures, the sampling, ``ci --steps`` and the budget, as ``optimizer.step()`` does."""
-        if not self._optimizers:
-            self._end_step()
+    def manual_updates_seen(self) -> None:
+        """The script updated its parameters itself (no torch.optim optimizer), as the ledger found: that ends a
+        step, for the figures, the sampling, ``ci --steps`` and the budget, as ``optimizer.step()`` does."""
+        if self.ledger.manual_updates > self._manual_updates:
+            self._manual_updates = self.ledger.manual_updates
+            if not self._optimizers:
+                self._end_step()
 
     def _zero_grad_seen(self, params: Any, allowed: bool) -> None:
         if not self._optimizers:
             self.ledger.check_manual_update()  # an update made since the last backward ends the step here
+            self.manual_updates_seen()
 
     def _end_step(self) -> None:
+        if self._closure_paused:  # measured again from the next window on, after a census
+            self._closure_paused = False
+            self._stop_measuring()
         self.step += 1
         self.backwards_since_step = 0
         self.recovery.loaders.position.stepped()

@@ -199,7 +199,9 @@ class TrainingLedger:
         self._order: list[Updater] = []  # every optimizer's record, in the order of their first steps
         self._manual: Updater | None = None
         self._probe = ManualUpdates()
-        self.on_manual_update: Any = None  # called when a manual update ends a step (the session's step)
+        # manual updates seen so far (the session ends a step on each). A count, not a callback: the ledger's hooks
+        # sit on the script's modules, which deepcopy and pickle walk, and must not reach the session (open files)
+        self.manual_updates = 0
         # batches delivered, not yet seen fed to a training forward: (loader, samples, fingerprint, storage, elements)
         self._queue: deque[tuple[int | None, int, float | None, int | None, int]] = deque(maxlen=64)
         self._matched = False  # a training forward's input was found among the delivered batches
@@ -381,8 +383,7 @@ class TrainingLedger:
         if self._manual is None:
             self._manual = Updater(MANUAL)
         self._manual.stepped(self.now, self.parts)
-        if self.on_manual_update is not None:
-            self.on_manual_update()
+        self.manual_updates += 1
 
     def check_manual_update(self) -> None:
         """Between a backward and the next (the script zeroes its gradients): was there a manual update?"""
