@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import SCRIPTS, read_report, run_python, run_torchdoctor
+from tests.conftest import SCRIPTS, needs_probe, read_report, run_python, run_torchdoctor
 
 pytestmark = pytest.mark.e2e
 PROBE = SCRIPTS / "peak_probe.py"
@@ -23,6 +23,7 @@ def allocator_peaks(tmp_path, model: str, batch: int, steps: int = 2) -> dict[st
     return json.loads(out.read_text())
 
 
+@needs_probe
 @pytest.mark.parametrize("model", MODELS)
 def test_each_steps_peak_equals_the_allocators_at_three_batch_sizes(model, tmp_path):
     for batch in (4, 8, 16):
@@ -43,6 +44,7 @@ def test_each_steps_peak_equals_the_allocators_at_three_batch_sizes(model, tmp_p
         assert sum(peak["breakdown"].values()) >= peak["bytes"] * 0.99  # every byte of the peak is attributed
 
 
+@needs_probe
 @pytest.mark.parametrize("model", ("cnn", "lstm"))
 def test_the_budget_counts_what_the_allocator_counts(model, tmp_path):
     peak = max(allocator_peaks(tmp_path, model, 8).values())
@@ -55,6 +57,7 @@ def test_the_budget_counts_what_the_allocator_counts(model, tmp_path):
     assert below.returncode != 0 and "out of memory" in below.stderr  # 1% less does not
 
 
+@needs_probe
 def test_ci_gates_the_allocators_peak(tmp_path):
     expected = max(allocator_peaks(tmp_path, "lstm", 8, steps=3).values())
     args = [str(PROBE), "--model", "lstm", "--batch", "8", "--width", WIDTH, "--steps", "3"]
@@ -116,6 +119,7 @@ print("ok")
 '''
 
 
+@needs_probe
 def test_the_probe_counts_the_allocator_steps_aside_for_profilers_and_sees_kernel_scratch(tmp_path):
     result = run_python(["-c", PROBE_CHECKS], cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
@@ -134,6 +138,7 @@ def test_without_a_compiler_there_is_no_probe_and_the_run_says_why(tmp_path):
     assert "kernel_scratch" not in peak["breakdown"]  # not measured: not shown as 0
 
 
+@needs_probe
 def test_the_default_sampled_run_sees_an_evaluation_peak_it_did_not_measure_in_detail(tmp_path):
     # GIVEN a script whose peak is an evaluation after training (and one mid-training, between unmeasured steps)
     script = SCRIPTS / "eval_peak.py"

@@ -171,7 +171,8 @@ def test_transformers_trainer_uses_its_own_gradient_accumulation_and_trains_as_a
 @pytest.mark.slow
 def test_lightning_trainer_uses_accumulate_grad_batches_and_reports_batchnorm_over_micro_batches(tmp_path):
     pytest.importorskip("lightning")
-    bare, plain, result, report = under_budget(tmp_path, "lightning_trainer.py", "16MiB", "--allow-batchnorm-split")
+    # the evaluation after training asks 8.0 MiB with 9.7 MiB held (the allocator's figures): 16 MiB no longer fits it
+    bare, plain, result, report = under_budget(tmp_path, "lightning_trainer.py", "18MiB", "--allow-batchnorm-split")
     found = assert_truthful(bare, plain, result, report)
     plan = report["attempts"][-1]["plan"]
     assert plan["framework"] == "lightning" and plan["micro_batches"] == 2

@@ -137,7 +137,8 @@ class TensorAccountant(TorchDispatchMode):
         self._seq = 0
         self.phase = "other"
         self.budget: tuple[str, int] | None = None  # (device, bytes): allocations beyond it raise an OOM
-        self._overdraft = 0  # bytes the last failed op left above the budget (with the allocator probe)
+        self._overdraft = 0  # bytes the last failed op left alive (with the allocator probe), and what was held
+        self._overdraft_floor = 0  # before it: once memory is back there, the overdraft is gone
         self.on_budget_exceeded: Any = None  # called with the OOM's figures just before it is raised
         self.is_open = False
         self.probe: Any = None  # the CPU allocator's figures (agent/allocator_probe.py), when it could be built
@@ -164,14 +165,14 @@ class TensorAccountant(TorchDispatchMode):
                 peak = cpu.unseen + cpu.probe.peak()
                 # what the op held at its height, its own buffers included (an op that asked for nothing more
                 # does not fail, even while what an earlier failure left is still being freed)
-                # An op fails after it ran (its buffers came and went inside it): until what it held is freed,
-                # memory stands above what a real allocator would have left, and that overdraft is not held
-                # against the ops that unwind the failure.
-                if self._overdraft and before <= self.budget[1]:
+                # An op fails after it ran (its buffers came and went inside it): until what it left alive is
+                # freed (memory back at what it was before that op), memory stands above what a real allocator
+                # would have left, and that overdraft is not held against the ops that unwind the failure.
+                if self._overdraft and before <= self._overdraft_floor:
                     self._overdraft = 0
                 if peak > self.budget[1] + self._overdraft and peak > before:
                     cpu.probe.reset_peak()  # a real allocator fails the allocation: that height never was
-                    self._overdraft = peak - self.budget[1]
+                    self._overdraft, self._overdraft_floor = max(0, cpu.total() - before), before
                     self._raise_budget_oom("cpu", peak - before, cpu, in_use=before)
             if isinstance(out, torch.Tensor):
                 self.track(out, None)
