@@ -23,14 +23,14 @@ MANIFEST = json.load(open(os.path.join(REAL, "manifest.json")))
 CASES = [
     ("nanogpt_char.py", "17MiB", ["--remedies", "micro-batch"], []),
     ("mingpt_endless.py", "21MiB", [], ["--max-iters", "12"]),
-    ("word_lm.py", "9MiB", [], ["--epochs", "1"]),
+    ("word_lm.py", "11MiB", [], ["--epochs", "1"]),
     ("mnist_cnn.py", "29MiB", [], ["--epochs", "1"]),
     ("vae_sum.py", "8MiB", [], ["--epochs", "2"]),
-    ("dcgan.py", "18MiB", [], ["--niter", "1"]),
+    ("dcgan.py", "27MiB", [], ["--niter", "1"]),
     ("lbfgs_sequence.py", "23MiB", [], []),
     ("hand_batched_trainer.py", "12MiB", [], []),
     ("hf_trainer.py", "21MiB", [], []),
-    ("lightning_trainer.py", "16MiB", ["--allow-batchnorm-split"], []),
+    ("lightning_trainer.py", "18MiB", ["--allow-batchnorm-split"], []),
 ]
 
 
@@ -51,7 +51,8 @@ def steps(report: dict) -> int:
 
 
 def main() -> None:
-    print("| script | budget (peak) | attempts: remedies | report says | final val loss (bare) | steps (bare) |")
+    print("| script | budget (manifest peak: op outputs, before the allocator probe) | attempts: remedies | report says | "
+          "final val loss (bare) | steps (bare) |")
     print("|---|---|---|---|---|---|")
     for name, budget, options, shorter in CASES:
         with tempfile.TemporaryDirectory() as work:
