@@ -17,8 +17,13 @@ def collect_environment() -> dict[str, Any]:
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
 
+    from torchdoctor.agent.allocator_probe import build
+
     gpus = probe_gpus()
+    probe, why = build(torch)  # built here if not yet (once per torch version): env warms the cache
     return {
+        "cpu_figures": {"source": "allocator" if probe else "tensor outputs", "probe": str(probe) if probe else None,
+                        "why_not": why or None},
         "host": host_info(),
         "torch": {
             "version": torch.__version__,
@@ -37,6 +42,11 @@ def render_environment(env: dict[str, Any], console: Console) -> None:
                   + (f"  ·  cuDNN {t['cudnn_version']}" if t.get("cudnn_version") else ""))
     console.print(f"Python {host['python']}  ·  {host['platform']}  ·  {host['cpu_count']} CPUs  ·  "
                   f"{format_bytes(host['memory_total_bytes'])} RAM")
+    cpu = env.get("cpu_figures") or {}
+    if cpu.get("source") == "allocator":
+        console.print(f"CPU memory figures: the c10 allocator's own, kernels' buffers included (probe {cpu['probe']})")
+    elif cpu:
+        console.print(f"CPU memory figures: tensor outputs only, kernels' buffers not seen ({cpu['why_not']})")
     if not gpus["gpus"]:
         console.print(f"No GPU: {gpus['explanation']}. torchdoctor measures CPU tensor memory instead.")
         return
