@@ -149,6 +149,7 @@ def test_env_says_plainly_when_there_is_no_gpu(capsys):
     code, out, err = run_main(capsys, ["env"])
     assert code == 0
     assert "torch " in out
+    assert "CPU memory figures: " in " ".join(out.split())  # the allocator's, or tensor outputs and why
     try:
         import pynvml
 
