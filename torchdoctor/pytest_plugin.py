@@ -218,8 +218,7 @@ class _Measurer:
 
         from torchdoctor.agent import allocator_probe
 
-        probe, why = allocator_probe.start(torch)
-        self.cpu_figures = "allocator" if probe is not None else f"tensor outputs ({why})"
+        probe, _ = allocator_probe.start(torch)
         if probe is not None:
             self._census()
             self.accountant.attach_probe(probe)

@@ -65,6 +65,17 @@ class DeviceLedger:
         """The bytes held now: the allocator's, or the counted storages'."""
         return self.unseen + self.probe.current() if self.probe is not None else self.current
 
+    def height(self) -> int:
+        """With the probe: the most the allocator held since the peak was last reset."""
+        return self.unseen + self.probe.peak()
+
+    def breakdown(self, cats: list[int]) -> dict[str, int]:
+        """``cats`` by category name (kernel scratch only where the probe measured it)."""
+        named = dict(zip(CATEGORIES, cats))
+        if self.probe is None:
+            del named["kernel_scratch"]
+        return named
+
     def cats_at(self, total: int) -> list[int]:
         """The breakdown when ``total`` bytes are held: the allocator's bytes in no counted tensor are scratch."""
         cats = list(self.cats)
@@ -83,7 +94,7 @@ class DeviceLedger:
 
     def allocator_peak(self, phase: str, seq: int) -> None:
         """After an op (or at a span's end): a peak the allocator reached since the last look is the span's."""
-        peak = self.unseen + self.probe.peak()
+        peak = self.height()
         if peak > self.span_peak:
             self.span_peak = peak
             self.span_peak_seq = seq
@@ -95,15 +106,12 @@ class DeviceLedger:
                 self.died_after_peak = []
 
     def figures(self) -> dict[str, Any]:
-        breakdown = dict(zip(CATEGORIES, self.span_peak_cats))
-        if self.probe is None:
-            del breakdown["kernel_scratch"]
         return {
             "tensor_bytes": self.total(),
             "tensor_peak": self.span_peak,
             "peak_phase": self.span_peak_phase,
             "phase_peaks": dict(self.phase_peaks),
-            "breakdown": breakdown,
+            "breakdown": self.breakdown(self.span_peak_cats),
         }
 
 
@@ -141,8 +149,7 @@ class TensorAccountant(TorchDispatchMode):
         self._overdraft_floor = 0  # before it: once memory is back there, the overdraft is gone
         self.on_budget_exceeded: Any = None  # called with the OOM's figures just before it is raised
         self.is_open = False
-        self.probe: Any = None  # the CPU allocator's figures (agent/allocator_probe.py), when it could be built
-        self._cpu: DeviceLedger | None = None  # the CPU's ledger when it has the probe
+        self._cpu: DeviceLedger | None = None  # the CPU's ledger when it has the allocator probe
         self._on_stack = False  # stays True when another mode was pushed above ours and we could not pop
         self.module_stack: list[str] = []  # names of the modules running now, innermost last (the phase tracker's)
         # () -> {(storage pointer, bytes): name} for parameters, gradients and optimizer state, as they are now: a
@@ -158,22 +165,12 @@ class TensorAccountant(TorchDispatchMode):
     # -- the dispatch hot path -------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         cpu = self._cpu if self.is_open else None
-        before = cpu.total() if cpu is not None and self.budget is not None else 0
+        guarded = cpu is not None and self.budget is not None and self.budget[0] == "cpu"
+        before = cpu.total() if guarded else 0
         out = func(*args, **(kwargs or {}))
         if self.is_open:
-            if cpu is not None and self.budget is not None and self.budget[0] == "cpu":
-                peak = cpu.unseen + cpu.probe.peak()
-                # what the op held at its height, its own buffers included (an op that asked for nothing more
-                # does not fail, even while what an earlier failure left is still being freed)
-                # An op fails after it ran (its buffers came and went inside it): until what it left alive is
-                # freed (memory back at what it was before that op), memory stands above what a real allocator
-                # would have left, and that overdraft is not held against the ops that unwind the failure.
-                if self._overdraft and before <= self._overdraft_floor:
-                    self._overdraft = 0
-                if peak > self.budget[1] + self._overdraft and peak > before:
-                    cpu.probe.reset_peak()  # a real allocator fails the allocation: that height never was
-                    self._overdraft, self._overdraft_floor = max(0, cpu.total() - before), before
-                    self._raise_budget_oom("cpu", peak - before, cpu, in_use=before)
+            if guarded:
+                self._judge_op(cpu, before)
             if isinstance(out, torch.Tensor):
                 self.track(out, None)
             elif isinstance(out, (tuple, list)):
@@ -184,10 +181,28 @@ class TensorAccountant(TorchDispatchMode):
                 cpu.allocator_peak(self.phase, self._seq)
         return out
 
+    def _judge_op(self, cpu: DeviceLedger, before: int) -> None:
+        """The budget with the allocator probe: what the op held at its height, its own buffers included. An op
+        fails after it ran (its buffers came and went inside it), and one that asked for nothing more does not.
+        Until what a failed op left alive is freed (memory back at what it was before that op), memory stands
+        above what a real allocator would have left: that overdraft is not held against the ops that unwind."""
+        assert self.budget is not None
+        peak = cpu.height()
+        if self._overdraft and before <= self._overdraft_floor:
+            self._overdraft = 0
+        if peak > self.budget[1] + self._overdraft and peak > before:
+            cpu.probe.reset_peak()  # a real allocator fails the allocation: that height never was
+            self._overdraft, self._overdraft_floor = max(0, cpu.total() - before), before
+            self._raise_budget_oom("cpu", peak - before, cpu, in_use=before)
+
+    @property
+    def probe(self) -> Any:
+        """The CPU allocator's figures (agent/allocator_probe.py), when the CPU's ledger has them."""
+        return self._cpu.probe if self._cpu is not None else None
+
     def attach_probe(self, probe: Any) -> None:
         """The CPU's figures from now on are the allocator's (``AllocatorProbe``); tensors give the breakdown.
         Storages counted before (a census) stay counted until they die: the allocator never saw them."""
-        self.probe = probe
         ledger = DeviceLedger(probe)
         old = self.ledgers.get("cpu")
         if old is not None:
@@ -204,7 +219,7 @@ class TensorAccountant(TorchDispatchMode):
         """The CPU allocator's figures for a span the accountant did not measure (no breakdown, no phases)."""
         if self._cpu is None:
             return {}
-        return {"cpu": {"tensor_bytes": self._cpu.total(), "tensor_peak": self._cpu.unseen + self.probe.peak()}}
+        return {"cpu": {"tensor_bytes": self._cpu.total(), "tensor_peak": self._cpu.height()}}
 
     def track(self, tensor: torch.Tensor, cat: int | None) -> None:
         """Count ``tensor``'s storage if it is new; ``cat=None`` classifies it by the current phase."""
@@ -267,9 +282,7 @@ class TensorAccountant(TorchDispatchMode):
         if self.on_budget_exceeded is not None:
             alive = heapq.nlargest(5, (e for e in self._live.values() if e.ledger is ledger), key=lambda e: e.nbytes)
             names = self.namer() if self.namer is not None and alive else {}
-            breakdown = dict(zip(CATEGORIES, ledger.cats_at(in_use)))
-            if ledger.probe is None:
-                del breakdown["kernel_scratch"]
+            breakdown = ledger.breakdown(ledger.cats_at(in_use))
             self.on_budget_exceeded({"device": device, "requested_bytes": nbytes, "in_use_bytes": in_use,
                                      "capacity_bytes": capacity, "phase": self.phase, "message": message,
                                      "breakdown": breakdown,

@@ -110,6 +110,11 @@ class AllocatorProbe:
         return bool(self._lib.td_detach())
 
 
+def figures_source(why: str) -> str:
+    """Where the CPU's tensor figures come from, as ``report.json`` says it: ``why`` there is no probe, or ""."""
+    return f"tensor outputs ({why})" if why else "allocator"
+
+
 _STARTED: list[AllocatorProbe] = []  # one probe per process: the allocator's figures are the process's
 
 

@@ -115,14 +115,13 @@ class AgentSession:
         if settings.memory_budget and not torch.cuda.is_available():
             accounting = "exact"  # the budget is enforced at every allocation
         self.schedule = SamplingSchedule(accounting, settings.first_steps, settings.sample_every)
-        self.cpu_figures = "off"  # where the CPU's tensor figures come from: "allocator" or "tensor outputs (why)"
+        self._no_probe = ""  # why the CPU's figures are not the allocator's ("": they are, or accounting is off)
         if self.schedule.mode != "off":
-            probe, why = allocator_probe.start(torch)
+            probe, self._no_probe = allocator_probe.start(torch)
             if probe is not None:
                 self.accountant.attach_probe(probe)
-                self.cpu_figures = "allocator"
-            else:
-                self.cpu_figures = f"tensor outputs ({why})"
+        # where the CPU's tensor figures come from (report.json accounting.cpu_figures)
+        self.cpu_figures = allocator_probe.figures_source(self._no_probe) if self.schedule.mode != "off" else "off"
         plan = Plan.read(settings.plan_path) if settings.plan_path else Plan()
         self.constructions = Constructions()
         self.zero_grad_hooks = ZeroGradHooks()
@@ -147,6 +146,7 @@ class AgentSession:
         self._handles: list[Any] = []
         self._closure_noted = False
         self._closure_paused = False
+        self._manual_updates = 0  # the ledger's manual updates that ended a step so far
         self._measuring = False
         self._span_measured = False
         self._span_start = time.perf_counter()
@@ -158,9 +158,9 @@ class AgentSession:
     # -- lifetime ------------------------------------------------------------------------------------
     def start(self) -> None:
         _LIVE_SESSIONS.add(self)
-        if self.cpu_figures.startswith("tensor outputs"):
+        if self._no_probe:
             self.emit(Note(level="info", step=None, message=(
-                f"CPU tensor figures count op outputs only: {self.cpu_figures[16:-1]}; kernels' own buffers "
+                f"CPU tensor figures count op outputs only: {self._no_probe}; kernels' own buffers "
                 f"(oneDNN convolution reorders, RNN workspaces) are not seen")))
         self._handles = [
             register_optimizer_step_pre_hook(self._step_pre),
@@ -173,7 +173,6 @@ class AgentSession:
         self.constructions.on_optimizer.append(self.ledger.optimizer_made)
         self.zero_grad_hooks.install()
         self.zero_grad_hooks.listeners.append(self._zero_grad_seen)
-        self._manual_updates = 0
         self.clip_hooks.install()
         self.recovery.install()
         if self.atomic_save is not None:
