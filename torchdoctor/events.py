@@ -20,11 +20,11 @@ SCHEMA_VERSION = 1
 
 # What holds the memory, by when a storage was born and what it became: activations_other (born in a forward,
 # backward or evaluation: activations and their temporaries), optimizer_temporaries (born in optimizer.step and
-# not kept in optimizer.state), inputs_data (born outside all of those: batches, datasets, targets, metrics),
-# kernel_scratch (CPU allocator bytes in no tensor torchdoctor saw: kernels' own buffers, oneDNN reorders, RNN
-# workspaces; measured by the allocator probe, agent/allocator_probe.py, and absent without it).
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other", "kernel_scratch",
-              "optimizer_temporaries", "inputs_data")
+# not kept in optimizer.state), inputs_data (born outside all of those: batches, datasets, targets, metrics).
+# With the CPU allocator probe (agent/allocator_probe.py) kernels' own buffers (oneDNN reorders, RNN workspaces) are
+# counted in the category of the phase that made them, as the tensors are.
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other", "optimizer_temporaries",
+              "inputs_data")
 
 
 class EventError(ValueError):

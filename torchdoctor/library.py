@@ -47,7 +47,8 @@ def memory_budget(size: int | str, device: str = "cpu") -> Iterator[Any]:
     from torchdoctor.agent.accounting import TensorAccountant
 
     accountant = TensorAccountant()
-    accountant.classify([t for t in live_tensors() if t.device.type != "meta" and str(t.untyped_storage().device) == device], 3)
+    accountant.classify([t for t in live_tensors() if t.device.type != "meta" and str(t.untyped_storage().device) == device], 3,
+                        census=True)
     accountant.budget = (device, parse_size(size) if isinstance(size, str) else int(size))
     accountant.open()
     try:

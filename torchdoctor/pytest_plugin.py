@@ -39,7 +39,7 @@ DEVICE_PROPERTY = "torch_memory_peak_device"
 LIMIT_PROPERTY = "torch_memory_limit_bytes"
 _DEVICE = re.compile(r"^[a-z_]+(:[0-9]+)?$")
 _LABELS = {"parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",
-           "activations_other": "activations/other", "kernel_scratch": "kernel scratch",
+           "activations_other": "activations/other",
            "optimizer_temporaries": "optimizer temporaries", "inputs_data": "inputs/data"}
 _MEASURER = pytest.StashKey["_Measurer"]()
 
@@ -262,8 +262,8 @@ class _Measurer:
         params = [t for t in tensors if isinstance(t, torch.nn.Parameter)]
         for tensor in tensors:
             self.accountant.track(tensor, INPUTS_DATA)  # new storages only (fixtures' data); known ones keep their kind
-        self.accountant.classify(params, PARAMETERS)
-        self.accountant.classify([p.grad for p in params if p.grad is not None], GRADIENTS)
+        self.accountant.classify(params, PARAMETERS, census=True)
+        self.accountant.classify([p.grad for p in params if p.grad is not None], GRADIENTS, census=True)
 
     def _saw_root_module(self, module: Any) -> None:
         from torchdoctor.agent.accounting import PARAMETERS

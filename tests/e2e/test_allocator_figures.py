@@ -72,9 +72,9 @@ def test_ci_gates_the_allocators_peak(tmp_path):
 
 
 PROBE_CHECKS = r'''
-import sys, torch
+import os, sys, threading, torch
 from torchdoctor.agent import allocator_probe
-from torchdoctor.agent.accounting import TensorAccountant
+from torchdoctor.agent.accounting import GRADIENTS, PARAMETERS, TensorAccountant
 
 probe, why = allocator_probe.start(torch)
 assert probe is not None, why
@@ -84,25 +84,50 @@ x = torch.empty(1 << 20, dtype=torch.uint8)
 assert probe.current() - before == 1 << 20
 del x
 assert probe.current() == before
-# a script's own profiler still starts (the probe steps aside) and the probe counts again once it stops
+# a script's own profiler runs as usual, and the probe keeps counting while it does
 with torch.profiler.profile(profile_memory=True) as prof:
-    torch.ones(1000)
-assert prof.key_averages() is not None and probe.paused_by_profiler == 1
-y = torch.empty(4096, dtype=torch.uint8)
+    kept = torch.empty(1000, dtype=torch.uint8)
+    assert probe.current() - before == 1000
+assert prof.key_averages() is not None
+del kept
+# every thread's allocations count
+held = []
+worker = threading.Thread(target=lambda: held.append(torch.empty(4096, dtype=torch.uint8)))
+worker.start(); worker.join()
 assert probe.current() - before == 4096
-del y
-# an LSTM's workspace is no op's output: it shows as kernel scratch at the peak, and the peak is the allocator's
+held.clear()
+assert probe.current() == before
+# a forked child (a DataLoader worker) allocates without hanging
+pid = os.fork()
+if pid == 0:
+    torch.ones(100).sum()
+    os._exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+# the breakdown at the peak is every byte the allocator held then, an LSTM's workspaces included; parameters and
+# gradients are their known sizes
 acct = TensorAccountant()
 acct.attach_probe(probe)
 lstm = torch.nn.LSTM(32, 128, num_layers=2)
+params = list(lstm.parameters())
+param_bytes = sum(p.numel() * p.element_size() for p in params)
+acct.classify(params, PARAMETERS, census=True)
 data = torch.randn(50, 8, 32)
 acct.open()
 acct.reset_span()
+acct.set_phase("forward")
 out, _ = lstm(data)
+acct.set_phase("backward")
 out.sum().backward()
+acct.classify([p.grad for p in params], GRADIENTS)
+acct.set_phase("other")
 acct.close()
 figures = acct.figures()["cpu"]
-assert figures["tensor_peak"] == probe.peak() and figures["breakdown"]["kernel_scratch"] > 0, figures
+assert figures["tensor_peak"] == probe.peak() + acct.ledgers["cpu"].unseen, figures
+assert sum(figures["breakdown"].values()) == figures["tensor_peak"], figures
+assert figures["peak_phase"] == "backward" and set(figures["phase_peaks"]) >= {"forward", "backward"}, figures
+assert figures["phase_peaks"]["forward"] < figures["phase_peaks"]["backward"], figures
+now = acct.ledgers["cpu"].cats_now()
+assert now[PARAMETERS] >= param_bytes and now[GRADIENTS] == param_bytes, (now, param_bytes)
 # the budget judges what the op held at its height: outputs that fit do not hide a workspace that does not
 del out
 acct.budget = ("cpu", probe.current() + 3 * 50 * 8 * 128 * 4)
@@ -120,7 +145,7 @@ print("ok")
 
 
 @needs_probe
-def test_the_probe_counts_the_allocator_steps_aside_for_profilers_and_sees_kernel_scratch(tmp_path):
+def test_the_probe_counts_every_allocation_beside_a_profiler_and_breaks_down_the_peak(tmp_path):
     result = run_python(["-c", PROBE_CHECKS], cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -134,8 +159,6 @@ def test_without_a_compiler_there_is_no_probe_and_the_run_says_why(tmp_path):
     report = read_report(tmp_path / "r")
     assert report["accounting"]["cpu_figures"] == "tensor outputs (no C++ compiler found (c++, g++, clang++ or $CXX))"
     assert any("CPU tensor figures count op outputs only" in e.get("message", "") for e in report["events"])
-    peak = next(p for p in report["peaks"] if p["kind"] == "tensor_bytes")
-    assert "kernel_scratch" not in peak["breakdown"]  # not measured: not shown as 0
 
 
 @needs_probe

@@ -63,7 +63,7 @@ def test_classifying_a_storage_later_fixes_the_breakdown_recorded_at_the_peak():
 def test_census_counts_tensors_that_existed_before_accounting_started():
     before = torch.empty(2048)
     acct = TensorAccountant()
-    acct.classify([before], PARAMETERS)
+    acct.classify([before], PARAMETERS, census=True)
     assert acct.ledgers["cpu"].current == 8192
     assert acct.ledgers["cpu"].cats[PARAMETERS] == 8192
 

@@ -28,10 +28,14 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 
 from torchdoctor.events import CATEGORIES
 
-PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, KERNEL_SCRATCH, OPTIMIZER_TEMPORARIES, INPUTS_DATA = range(7)
+PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, OPTIMIZER_TEMPORARIES, INPUTS_DATA = range(6)
 # the category of a storage by the phase it was born in (until it is classified as something else)
 BORN_AS = {"optimizer": OPTIMIZER_TEMPORARIES, "other": INPUTS_DATA}
 TOP_TENSORS = 8  # the largest storages listed at a new peak
+
+
+def born_as(phase: str) -> int:
+    return BORN_AS.get(phase, ACTIVATIONS)
 
 
 def _size(n: int) -> str:
@@ -45,7 +49,11 @@ def _size(n: int) -> str:
 
 
 class DeviceLedger:
-    """Running figures for one device within the current span (between two optimizer steps)."""
+    """Running figures for one device within the current span (between two optimizer steps).
+
+    With the CPU allocator probe the figures (bytes held, the peak, each phase's peak, the breakdown at the peak)
+    are the probe's, kept natively at every allocation; the storages counted here then only name the largest
+    tensors at a peak (and count what was alive before the probe, which the allocator never reported)."""
 
     __slots__ = ("current", "cats", "span_peak", "span_peak_seq", "span_peak_cats", "span_peak_phase",
                  "phase_peaks", "died_after_peak", "run_peak", "probe", "unseen", "before_probe")
@@ -69,50 +77,53 @@ class DeviceLedger:
         """With the probe: the most the allocator held since the peak was last reset."""
         return self.unseen + self.probe.peak()
 
-    def breakdown(self, cats: list[int]) -> dict[str, int]:
-        """``cats`` by category name (kernel scratch only where the probe measured it)."""
-        named = dict(zip(CATEGORIES, cats))
-        if self.probe is None:
-            del named["kernel_scratch"]
-        return named
+    @staticmethod
+    def breakdown(cats: list[int]) -> dict[str, int]:
+        return dict(zip(CATEGORIES, cats))
 
-    def cats_at(self, total: int) -> list[int]:
-        """The breakdown when ``total`` bytes are held: the allocator's bytes in no counted tensor are scratch."""
-        cats = list(self.cats)
-        if self.probe is not None:
-            cats[KERNEL_SCRATCH] = max(0, total - (self.current - cats[KERNEL_SCRATCH]))
-        return cats
+    def _with_unseen(self, cats: list[int]) -> list[int]:
+        """The probe's categories plus those of the storages alive before it."""
+        out = list(cats[:len(CATEGORIES)])
+        for entry in self.before_probe.values():
+            out[entry.cat] += entry.nbytes
+        return out
+
+    def cats_now(self) -> list[int]:
+        """The bytes held now by category."""
+        if self.probe is None:
+            return list(self.cats)
+        return self._with_unseen(self.probe.read()["categories"])
 
     def reset_span(self, phase: str, seq: int) -> None:
         total = self.unseen + self.probe.reset_peak() if self.probe is not None else self.current
         self.span_peak = total
         self.span_peak_seq = seq
-        self.span_peak_cats = self.cats_at(total)
+        self.span_peak_cats = list(self.cats)
         self.span_peak_phase = phase
         self.phase_peaks = {phase: total}
         self.died_after_peak: list[_Entry] = []  # storages alive at the span's peak that died since
 
-    def allocator_peak(self, phase: str, seq: int) -> None:
-        """After an op (or at a span's end): a peak the allocator reached since the last look is the span's."""
+    def allocator_peak(self, seq: int) -> None:
+        """With the probe, after an op: whether the allocator reached a new peak of the span since the last look
+        (which storages were alive at the peak, for the largest tensors listed there)."""
         peak = self.height()
         if peak > self.span_peak:
             self.span_peak = peak
             self.span_peak_seq = seq
-            self.span_peak_cats = self.cats_at(peak)
-            self.span_peak_phase = phase
-            if peak > self.phase_peaks.get(phase, -1):
-                self.phase_peaks[phase] = peak
             if self.died_after_peak:
                 self.died_after_peak = []
 
     def figures(self) -> dict[str, Any]:
-        return {
-            "tensor_bytes": self.total(),
-            "tensor_peak": self.span_peak,
-            "peak_phase": self.span_peak_phase,
-            "phase_peaks": dict(self.phase_peaks),
-            "breakdown": self.breakdown(self.span_peak_cats),
-        }
+        if self.probe is None:
+            return {"tensor_bytes": self.current, "tensor_peak": self.span_peak, "peak_phase": self.span_peak_phase,
+                    "phase_peaks": dict(self.phase_peaks), "breakdown": self.breakdown(self.span_peak_cats)}
+        read = self.probe.read()
+        unseen = self.unseen
+        self.span_peak = max(self.span_peak, unseen + read["peak"])
+        return {"tensor_bytes": unseen + read["current"], "tensor_peak": unseen + read["peak"],
+                "peak_phase": read["peak_phase"],
+                "phase_peaks": {phase: unseen + bytes_ for phase, bytes_ in read["phase_peaks"].items()},
+                "breakdown": self.breakdown(self._with_unseen(read["peak_categories"]))}
 
 
 class _Entry:
@@ -149,6 +160,7 @@ class TensorAccountant(TorchDispatchMode):
         self._overdraft_floor = 0  # before it: once memory is back there, the overdraft is gone
         self.on_budget_exceeded: Any = None  # called with the OOM's figures just before it is raised
         self.is_open = False
+        self._span_ops = False  # whether this span's ops were seen (the largest tensors at its peak can be named)
         self._cpu: DeviceLedger | None = None  # the CPU's ledger when it has the allocator probe
         self._on_stack = False  # stays True when another mode was pushed above ours and we could not pop
         self.module_stack: list[str] = []  # names of the modules running now, innermost last (the phase tracker's)
@@ -178,7 +190,7 @@ class TensorAccountant(TorchDispatchMode):
                     if isinstance(item, torch.Tensor):
                         self.track(item, None)
             if cpu is not None:
-                cpu.allocator_peak(self.phase, self._seq)
+                cpu.allocator_peak(self._seq)
         return out
 
     def _judge_op(self, cpu: DeviceLedger, before: int) -> None:
@@ -191,7 +203,8 @@ class TensorAccountant(TorchDispatchMode):
         if self._overdraft and before <= self._overdraft_floor:
             self._overdraft = 0
         if peak > self.budget[1] + self._overdraft and peak > before:
-            cpu.probe.reset_peak()  # a real allocator fails the allocation: that height never was
+            # a real allocator fails the allocation: that height never was
+            cpu.probe.forget_height(max(cpu.span_peak, before) - cpu.unseen)
             self._overdraft, self._overdraft_floor = max(0, cpu.total() - before), before
             self._raise_budget_oom("cpu", peak - before, cpu, in_use=before)
 
@@ -213,6 +226,7 @@ class TensorAccountant(TorchDispatchMode):
                     ledger.before_probe[entry.ptr] = entry
             ledger.unseen = old.current
         self._cpu = self.ledgers["cpu"] = ledger
+        probe.set_phase(self.phase, born_as(self.phase))
         ledger.reset_span(self.phase, self._seq)
 
     def allocator_figures(self) -> dict[str, dict[str, Any]]:
@@ -243,7 +257,7 @@ class TensorAccountant(TorchDispatchMode):
             if (self.budget is not None and key == self.budget[0] and ledger.probe is None
                     and ledger.current + nbytes > self.budget[1]):
                 self._raise_budget_oom(key, nbytes, ledger)
-            cat = BORN_AS.get(self.phase, ACTIVATIONS)
+            cat = born_as(self.phase)
         self._seq += 1
         stack = self.module_stack
         entry = _Entry(ptr, nbytes, ledger, cat, self._seq, tensor.shape, tensor.dtype, self.phase,
@@ -282,7 +296,7 @@ class TensorAccountant(TorchDispatchMode):
         if self.on_budget_exceeded is not None:
             alive = heapq.nlargest(5, (e for e in self._live.values() if e.ledger is ledger), key=lambda e: e.nbytes)
             names = self.namer() if self.namer is not None and alive else {}
-            breakdown = ledger.breakdown(ledger.cats_at(in_use))
+            breakdown = ledger.breakdown(ledger.cats_now())
             self.on_budget_exceeded({"device": device, "requested_bytes": nbytes, "in_use_bytes": in_use,
                                      "capacity_bytes": capacity, "phase": self.phase, "message": message,
                                      "breakdown": breakdown,
@@ -301,14 +315,22 @@ class TensorAccountant(TorchDispatchMode):
                 ledger.died_after_peak.append(entry)
 
     # -- classification --------------------------------------------------------------------------------
-    def classify(self, tensors: Iterable[torch.Tensor], cat: int) -> None:
-        """Mark storages as ``cat``; unknown ones are counted as born before everything (a census)."""
+    def classify(self, tensors: Iterable[torch.Tensor], cat: int, census: bool = False) -> None:
+        """Mark storages as ``cat`` (in the CPU allocator probe's figures too). Ones it does not count yet are
+        counted as born before everything in a ``census`` or while the accountant is open."""
+        probe = self.probe
+        native: list[int] = []
         for tensor in tensors:
             try:
-                ptr = tensor.untyped_storage().data_ptr()
-            except (RuntimeError, NotImplementedError, TypeError):
+                storage = tensor.untyped_storage()
+                ptr = storage.data_ptr()
+                if probe is not None and storage.device.type == "cpu":
+                    native.append(storage._cdata)
+            except (RuntimeError, NotImplementedError, TypeError, AttributeError):
                 continue
             entry = self._live.get(ptr)
+            if entry is None and not (census or self.is_open):
+                continue
             if entry is None:
                 self.track(tensor, cat)
                 entry = self._live.get(ptr)
@@ -325,18 +347,23 @@ class TensorAccountant(TorchDispatchMode):
                 ledger.span_peak_cats[entry.cat] -= entry.nbytes
                 ledger.span_peak_cats[cat] += entry.nbytes
             entry.cat = cat
+        if native:
+            probe.classify(native, cat)
 
     # -- phases and spans --------------------------------------------------------------------------------
     def set_phase(self, phase: str) -> None:
         for ledger in self.ledgers.values():
             if ledger.probe is not None:
-                ledger.allocator_peak(self.phase, self._seq)  # the phase that ends may hold a peak not yet seen
+                ledger.allocator_peak(self._seq)  # the phase that ends may hold a peak not yet seen
+                ledger.probe.set_phase(phase, born_as(phase))
+                continue
             total = ledger.total()
             if total > ledger.phase_peaks.get(phase, -1):
                 ledger.phase_peaks[phase] = total
         self.phase = phase
 
     def reset_span(self) -> None:
+        self._span_ops = self.is_open
         for ledger in self.ledgers.values():
             ledger.reset_span(self.phase, self._seq)
 
@@ -344,10 +371,10 @@ class TensorAccountant(TorchDispatchMode):
         """Each device's figures for the span; with ``top_tensors`` when its peak is the run's largest yet."""
         out = {}
         for key, ledger in self.ledgers.items():
-            if ledger.probe is not None:
-                ledger.allocator_peak(self.phase, self._seq)
+            if ledger.probe is not None and self.is_open:
+                ledger.allocator_peak(self._seq)
             figures = out[key] = ledger.figures()
-            if ledger.span_peak > ledger.run_peak:
+            if ledger.span_peak > ledger.run_peak and (self._span_ops or ledger.probe is None):
                 ledger.run_peak = ledger.span_peak
                 figures["top_tensors"] = self.top_tensors(ledger)
         return out
@@ -362,6 +389,7 @@ class TensorAccountant(TorchDispatchMode):
 
     # -- entering and leaving ----------------------------------------------------------------------------
     def open(self) -> None:
+        self._span_ops = True
         if not self.is_open:
             if not self._on_stack:
                 self.__enter__()

@@ -7,9 +7,9 @@ seconds; cached under ``$TORCHDOCTOR_CACHE``, else ``$XDG_CACHE_HOME/torchdoctor
 called through ctypes. Without a compiler (or with ``TORCHDOCTOR_ALLOCATOR_PROBE=0``) there is no probe and the CPU
 figures are the tensor outputs' (the run says so).
 
-The probe takes the thread's profiler slot: a script's own ``torch.profiler`` would find it taken, so the probe
-steps aside while one runs (its figures then miss that time, and the run says so). Threads the script starts get
-the probe too.
+The probe is a thin allocator in front of torch's CPU allocator (``c10::SetCPUAllocator``): it counts every CPU
+allocation torch makes from then on, on every thread, by the category it is born as (the phase running then, set
+from here) and re-classified later by storage; a script's own ``torch.profiler`` runs as usual beside it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,25 +88,65 @@ def build(torch: Any) -> tuple[Path | None, str]:
             os.unlink(scratch)
 
 
+PHASES = ("other", "forward", "backward", "optimizer", "evaluation")  # the probe's phase indices
+CATEGORY_SLOTS = 8  # the probe's categories (torchdoctor.events.CATEGORIES fit in them)
+PHASE_SLOTS = 8
+_READ_SIZE = 4 + 2 * CATEGORY_SLOTS + PHASE_SLOTS  # td_read's figures
+
+
 class AllocatorProbe:
-    """The running figures of the c10 CPU allocator since the probe was first attached."""
+    """The running figures of the CPU allocator since the probe was put in front of it: bytes held, their peak,
+    each phase's peak and the bytes by category, now and at the peak."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        for name in ("td_current", "td_peak", "td_reset_peak", "td_allocations"):
+        for name in ("td_current", "td_peak", "td_reset_peak", "td_allocations", "td_classify"):
             getattr(library, name).restype = ctypes.c_int64
+        library.td_classify.argtypes = (ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_int)
+        library.td_forget_height.argtypes = (ctypes.c_int64,)
+        library.td_forget_height.restype = None
+        library.td_set_phase.argtypes = (ctypes.c_int, ctypes.c_int)
+        library.td_set_phase.restype = None
+        library.td_read.argtypes = (ctypes.POINTER(ctypes.c_int64), ctypes.c_int)
         self._lib = library
         self.current: Callable[[], int] = library.td_current  # bytes handed out and not yet freed
         self.peak: Callable[[], int] = library.td_peak  # their largest value since the last reset
         self.reset_peak: Callable[[], int] = library.td_reset_peak  # the peak starts again from now; returns now
         self.allocations: Callable[[], int] = library.td_allocations
-        self.paused_by_profiler = 0  # how many times the script's own profiler made the probe step aside
+        # (bytes held at most before an op the budget failed): that op's height never was
+        self.forget_height: Callable[[int], None] = library.td_forget_height
+        self._set_phase = library.td_set_phase
+        self._phase_index = {name: index for index, name in enumerate(PHASES)}
+        self._read_buffer = (ctypes.c_int64 * _READ_SIZE)()
 
-    def attach(self) -> bool:
-        """This thread's CPU allocations reach the probe (False: a profiler holds the slot here)."""
-        return bool(self._lib.td_attach())
+    def install(self) -> bool:
+        """The CPU allocator is the probe from now on (False: torch kept another one)."""
+        return bool(self._lib.td_install())
 
-    def detach(self) -> bool:
-        return bool(self._lib.td_detach())
+    def uninstall(self) -> bool:
+        return bool(self._lib.td_uninstall())
+
+    def set_phase(self, phase: str, birth_category: int) -> None:
+        """What runs from now on, and the category what it allocates is born as."""
+        self._set_phase(self._phase_index.get(phase, 0), birth_category)
+
+    def classify(self, storages: list[int], category: int) -> int:
+        """The allocations behind these storages (``untyped_storage()._cdata``) are ``category`` from now on, and
+        at the peak if they were alive then; storages the probe did not allocate are left alone. Their bytes."""
+        if not storages:
+            return 0
+        return int(self._lib.td_classify((ctypes.c_int64 * len(storages))(*storages), len(storages), category))
+
+    def read(self) -> dict[str, Any]:
+        """All figures at once: ``current``, ``peak``, ``allocations``, ``peak_phase``, ``categories`` (now),
+        ``peak_categories`` and ``phase_peaks`` (phases that ran since the last reset)."""
+        buffer = self._read_buffer
+        self._lib.td_read(buffer, _READ_SIZE)
+        values = list(buffer)
+        cats = 4 + CATEGORY_SLOTS
+        phases = values[4 + 2 * CATEGORY_SLOTS:]
+        return {"current": values[0], "peak": values[1], "allocations": values[2], "peak_phase": PHASES[values[3]],
+                "categories": values[4:cats], "peak_categories": values[cats:cats + CATEGORY_SLOTS],
+                "phase_peaks": {name: phases[i] for i, name in enumerate(PHASES) if phases[i] >= 0}}
 
 
 def figures_source(why: str) -> str:
@@ -119,11 +158,10 @@ _STARTED: list[AllocatorProbe] = []  # one probe per process: the allocator's fi
 
 
 def start(torch: Any) -> tuple[AllocatorProbe | None, str]:
-    """Build (once), load and attach the probe to this thread, to threads started from now on, and step it
-    aside while the script's own profiler runs: (probe, "") or (None, why there is none)."""
+    """Build (once), load and put the probe in front of torch's CPU allocator: (probe, "") or (None, why not)."""
     if _STARTED:
         probe = _STARTED[0]
-        return (probe, "") if probe.attach() else (None, "a profiler holds this thread's profiler slot")
+        return (probe, "") if probe.install() else (None, "another CPU allocator took the probe's place")
     path, why = build(torch)
     if path is None:
         return None, why
@@ -131,52 +169,10 @@ def start(torch: Any) -> tuple[AllocatorProbe | None, str]:
         probe = AllocatorProbe(ctypes.CDLL(str(path)))
     except OSError as exc:
         return None, f"the allocator probe did not load: {exc}"
-    if not probe.attach():
-        return None, "a profiler was already running when torchdoctor started"
-    _attach_new_threads(probe)
-    _step_aside_for_profilers(probe)
+    if not probe.install():
+        return None, "torch kept its own CPU allocator (another one is installed with a higher priority)"
     _STARTED.append(probe)
     return probe, ""
-
-
-def _attach_new_threads(probe: AllocatorProbe) -> None:
-    original = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
-
-    def _bootstrap_inner(self: threading.Thread) -> None:
-        probe.attach()
-        original(self)
-
-    threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
-
-
-def _step_aside_for_profilers(probe: AllocatorProbe) -> None:
-    """torch refuses to start a profiler on a thread whose profiler slot is taken: the probe leaves the slot
-    just before one starts and takes it back once it stops."""
-    from torch.autograd import profiler, profiler_legacy
-
-    for module, enable, disable in ((profiler, "_enable_profiler", "_disable_profiler"),
-                                    (profiler_legacy, "_enable_profiler_legacy", "_disable_profiler_legacy")):
-        original_enable, original_disable = getattr(module, enable, None), getattr(module, disable, None)
-        if original_enable is None or original_disable is None:
-            continue
-
-        def enabled(*args: Any, _original: Any = original_enable, **kwargs: Any) -> Any:
-            if probe.detach():
-                probe.paused_by_profiler += 1
-            try:
-                return _original(*args, **kwargs)
-            except BaseException:
-                probe.attach()
-                raise
-
-        def disabled(*args: Any, _original: Any = original_disable, **kwargs: Any) -> Any:
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                probe.attach()
-
-        setattr(module, enable, enabled)
-        setattr(module, disable, disabled)
 
 
 if __name__ == "__main__":  # python -m torchdoctor.agent.allocator_probe: build it now (CI, images)

@@ -122,6 +122,13 @@ class AgentSession:
                 self.accountant.attach_probe(probe)
         # where the CPU's tensor figures come from (report.json accounting.cpu_figures)
         self.cpu_figures = allocator_probe.figures_source(self._no_probe) if self.schedule.mode != "off" else "off"
+        # Which measured steps also see every op (the largest tensors at a peak are named; without the probe, the
+        # figures themselves): with the probe, figures, phases and breakdown come from the allocator on every
+        # measured step, so exact mode goes op by op only on the sampled mode's steps (unless a budget judges ops).
+        ops_sampled = (self.schedule.mode == "exact" and self.accountant.probe is not None
+                       and not settings.memory_budget)
+        self.op_schedule = (SamplingSchedule("sampled", settings.first_steps, settings.sample_every) if ops_sampled
+                            else self.schedule)
         plan = Plan.read(settings.plan_path) if settings.plan_path else Plan()
         self.constructions = Constructions()
         self.zero_grad_hooks = ZeroGradHooks()
@@ -149,6 +156,7 @@ class AgentSession:
         self._manual_updates = 0  # the ledger's manual updates that ended a step so far
         self._measuring = False
         self._span_measured = False
+        self._span_ops = False  # whether this span's ops are seen one by one
         self._span_start = time.perf_counter()
         self._census_seconds = 0.0
         self._warned_stranded = False
@@ -185,7 +193,7 @@ class AgentSession:
             self.resume = RunResume(self._resume_from, self)
             self.resume.install()
         if self.schedule.detailed(1):
-            self._start_measuring(census=False)
+            self._start_measuring(ops=self.op_schedule.detailed(1), census=False)
             self._span_measured = True
         self._span_start = time.perf_counter()
 
@@ -200,11 +208,6 @@ class AgentSession:
             self.doctor.finish()
         if self._measuring or self.step == 0 or self.accountant.probe is not None:
             self.emit(self._sample(span="tail"))  # with the probe, the work after the last step is measured too
-        probe = self.accountant.probe
-        if probe is not None and probe.paused_by_profiler:
-            self.emit(Note(level="warning", step=self.step, message=(
-                f"the script's own profiler ran ({probe.paused_by_profiler}x): the CPU allocator figures miss "
-                f"what was allocated while it ran")))
         self._stop_measuring()
         for handle in self._handles + self._grad_hooks:
             handle.remove()
@@ -323,10 +326,12 @@ class AgentSession:
         seconds = time.perf_counter() - self._span_start
         self.emit(self._sample(span="step", seconds=seconds))
         self.schedule.record(self.step, seconds, self._span_measured, self._census_seconds)
+        if self.op_schedule is not self.schedule:
+            self.op_schedule.record(self.step, seconds, self._span_ops, self._census_seconds)
         self._census_seconds = 0.0
         self.phases.set("other")
         if self.schedule.detailed(self.step + 1):
-            self._start_measuring(census=not self._measuring)
+            self._start_measuring(ops=self.op_schedule.detailed(self.step + 1), census=True)
             self._span_measured = True
         else:
             self._stop_measuring()
@@ -391,22 +396,32 @@ class AgentSession:
         return names
 
     # -- measuring windows ---------------------------------------------------------------------------
-    def _start_measuring(self, census: bool) -> None:
-        if self._measuring:
-            return
-        if census:
-            began = time.perf_counter()
-            self._census()
-            self._census_seconds = time.perf_counter() - began
-        self.accountant.open()
-        self.phases.install_module_hooks()
-        self._measuring = True
+    def _start_measuring(self, ops: bool, census: bool) -> None:
+        """Phases and the breakdown from now on; ``ops``: every op's outputs too (after a ``census`` of what was
+        made while they were not seen)."""
+        self._span_ops = ops
+        if ops and not self.accountant.is_open:
+            if census:
+                began = time.perf_counter()
+                self._census()
+                self._census_seconds = time.perf_counter() - began
+            self.accountant.open()
+        elif not ops and self.accountant.is_open:
+            self._close_accountant()
+        if not self._measuring:
+            self.phases.install_module_hooks()
+            self._measuring = True
 
     def _stop_measuring(self) -> None:
+        self._span_ops = False
+        if self.accountant.is_open:
+            self._close_accountant()
         if not self._measuring:
             return
         self._measuring = False
         self.phases.remove_module_hooks()
+
+    def _close_accountant(self) -> None:
         if not self.accountant.close() and not self._warned_stranded:
             self._warned_stranded = True
             self.emit(Note(level="warning", step=self.step,
@@ -416,12 +431,12 @@ class AgentSession:
         """Count tensors created while accounting was off, so a window starts from the true total."""
         acct = self.accountant
         for module in list(self._modules):
-            acct.classify(list(module.parameters()) + list(module.buffers()), PARAMETERS)
+            acct.classify(list(module.parameters()) + list(module.buffers()), PARAMETERS, census=True)
         for optimizer in list(self._optimizers):
             params = [p for group in optimizer.param_groups for p in group["params"]]
-            acct.classify(params, PARAMETERS)
-            acct.classify([p.grad for p in params if p.grad is not None], GRADIENTS)
-            acct.classify(_state_tensors(optimizer), OPTIMIZER_STATE)
+            acct.classify(params, PARAMETERS, census=True)
+            acct.classify([p.grad for p in params if p.grad is not None], GRADIENTS, census=True)
+            acct.classify(_state_tensors(optimizer), OPTIMIZER_STATE, census=True)
         tensor_type = torch.Tensor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # some objects warn when their class is looked at

@@ -61,8 +61,6 @@ def _breakdown(peak: dict[str, Any]) -> Table:
     table.add_column("share", justify="right")
     table.add_column("bar")
     for key, label in CATEGORY_LABELS.items():
-        if key not in (peak.get("breakdown") or {}) and key == "kernel_scratch":
-            continue  # measured only with the allocator probe
         value = (peak.get("breakdown") or {}).get(key, 0)
         share = value / total
         table.add_row(label, format_bytes(value), f"{share:5.1%}", "█" * round(share * 30))

@@ -162,8 +162,7 @@ def _at_the_peak(report: dict[str, Any], draw: bool) -> str:
             total = peak["bytes"] or 1
             parts.append(_table(("held by", "bytes", "share"),
                                 [(label, format_bytes(breakdown.get(key, 0)), f"{breakdown.get(key, 0) / total:.1%}")
-                                 for key, label in CATEGORY_LABELS.items()
-                                 if key in breakdown or key != "kernel_scratch"], numeric={1, 2}))
+                                 for key, label in CATEGORY_LABELS.items()], numeric={1, 2}))
         tensors = peak.get("top_tensors") or []
         if tensors:
             parts.append("<p>The largest tensors alive at the peak (each storage once, with the shape and dtype of "

@@ -11,7 +11,6 @@ CATEGORY_LABELS = {
     "optimizer_temporaries": "optimizer step temporaries",
     "activations_other": "activations / temporaries",
     "inputs_data": "inputs / data / other",
-    "kernel_scratch": "kernel scratch",
 }
 BARS = "▁▂▃▄▅▆▇█"
 NOT_MEASURED = "·"
