@@ -126,6 +126,20 @@ class DeviceLedger:
                 "breakdown": self.breakdown(self._with_unseen(read["peak_categories"]))}
 
 
+def _cpu_storages(tensors: Iterable[torch.Tensor]) -> list[int]:
+    """The storages (``StorageImpl`` pointers) behind ``tensors`` (the probe leaves alone any it did not allocate)."""
+    try:
+        return [tensor.untyped_storage()._cdata for tensor in tensors]
+    except (RuntimeError, NotImplementedError, TypeError, AttributeError):  # sparse, nested or odd tensors
+        out = []
+        for tensor in tensors:
+            try:
+                out.append(tensor.untyped_storage()._cdata)
+            except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+                continue
+        return out
+
+
 class _Entry:
     __slots__ = ("ptr", "nbytes", "ledger", "cat", "seq", "shape", "dtype", "phase", "module")
 
@@ -319,6 +333,9 @@ class TensorAccountant(TorchDispatchMode):
         """Mark storages as ``cat`` (in the CPU allocator probe's figures too). Ones it does not count yet are
         counted as born before everything in a ``census`` or while the accountant is open."""
         probe = self.probe
+        if probe is not None and not (census or self.is_open or self._cpu.before_probe):
+            probe.classify(_cpu_storages(tensors), cat)  # only the allocator's figures: no storage is counted here
+            return
         native: list[int] = []
         for tensor in tensors:
             try:

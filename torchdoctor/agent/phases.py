@@ -29,6 +29,7 @@ class PhaseTracker:
         self._depth = 0
         self._module_handles: list[Any] = []
         self.module_stack: list[str] = []
+        self.names_wanted = True  # keep module_stack (the accountant names a storage's module); off: phases only
         self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
         self._originals: dict[str, Callable[..., Any]] = {}
         self.failed_in: str | None = None  # the phase an exception left (backward, optimizer), for OOM reports
@@ -76,7 +77,7 @@ class PhaseTracker:
             self.set("forward" if training else "evaluation")
         # Module names are for eager code: Dynamo must not trace the weak dictionary (an internal assertion in
         # torch 2.13); a compiled region's storages are labelled with the module that called it.
-        if not torch.compiler.is_compiling():
+        if self.names_wanted and not torch.compiler.is_compiling():
             name = self._names.get(module)
             if name is None and self._depth == 1:
                 self._name_modules(module)
@@ -85,7 +86,7 @@ class PhaseTracker:
 
     def _forward_post(self, *args: Any) -> None:  # (module, args, output); output is None on an exception
         self._depth = max(0, self._depth - 1)
-        if not torch.compiler.is_compiling() and self.module_stack:
+        if self.module_stack and not torch.compiler.is_compiling():
             self.module_stack.pop()
 
     def _name_modules(self, root: torch.nn.Module) -> None:

@@ -400,6 +400,7 @@ class AgentSession:
         """Phases and the breakdown from now on; ``ops``: every op's outputs too (after a ``census`` of what was
         made while they were not seen)."""
         self._span_ops = ops
+        self.phases.names_wanted = ops
         if ops and not self.accountant.is_open:
             if census:
                 began = time.perf_counter()
