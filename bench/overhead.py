@@ -36,7 +36,7 @@ ROOT = os.path.dirname(HERE)
 TRAIN = os.path.join(HERE, "train_bench.py")
 MODES = ("sampled", "exact", "off")
 CONTROL = "control"  # an A/A check: both runs of each pair are bare, so its "overhead" is the noise floor
-MODELS = ("mlp", "transformer")
+MODELS = ("mlp", "transformer", "lbfgs")
 
 
 @dataclass

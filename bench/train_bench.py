@@ -9,14 +9,17 @@ steps after the first ``--warmup`` steps (start-up, imports and the first steps 
     python bench/train_bench.py --model mlp --steps 300
     python -m torchdoctor run -q bench/train_bench.py --model transformer --steps 300 --out result.json
 
-Models (both on CPU, both trained with AdamW):
+Models (all on CPU; AdamW unless said):
   mlp          an MLP of 4 linear layers, 256 -> 512 -> 512 -> 512 -> 10 (0.66 M parameters), batch 256,
                cross-entropy
   transformer  a 2-layer nn.TransformerEncoder (d_model 128, 4 heads, feed-forward 512, pre-norm, causal mask)
                over 64 synthetic tokens (vocabulary 1024), with an embedding, learned positions and an LM head
                (0.67 M parameters), batch 4, next-token cross-entropy
 
-Both are sized so that a step takes roughly 15-35 ms on one core of a small machine.
+  lbfgs        the MLP above trained with torch.optim.LBFGS (max_iter 4, history 10: up to 5 closure evaluations, each a
+               forward and a backward, in one optimizer step)
+
+All are sized so that a step takes roughly 15-60 ms on one core of a small machine.
 
 ``--threads`` (default 1) calls ``torch.set_num_threads``: one intra-op thread keeps step times stable on a
 small machine and leaves a core for the supervisor process and the agent's event-writer thread.
@@ -98,7 +101,7 @@ def build_transformer(batches: int, seed: int) -> tuple[nn.Module, list[tuple[to
     return model, data, NextTokenLoss()
 
 
-MODELS = {"mlp": build_mlp, "transformer": build_transformer}
+MODELS = {"mlp": build_mlp, "transformer": build_transformer, "lbfgs": build_mlp}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -127,7 +130,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model, data, loss_fn = MODELS[args.model](args.batches, args.seed)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    lbfgs = args.model == "lbfgs"
+    optimizer: torch.optim.Optimizer = (torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=4, history_size=10) if lbfgs
+                                        else torch.optim.AdamW(model.parameters(), lr=1e-3))
 
     times: list[float] = []
     cpu_times: list[float] = []
@@ -136,10 +141,19 @@ def main() -> None:
     for step in range(args.steps):
         x, y = data[step % len(data)]
         began, cpu_began = time.perf_counter(), time.process_time()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        if lbfgs:
+            def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                value = loss_fn(model(x), y)
+                value.backward()
+                return value
+
+            loss = optimizer.step(closure)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
         times.append(time.perf_counter() - began)
         cpu_times.append(time.process_time() - cpu_began)
         if step % 50 == 0 or step == args.steps - 1:
