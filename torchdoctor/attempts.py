@@ -147,7 +147,7 @@ def suggestions(breakdown: dict[str, int] | None, held: list[dict[str, Any]] | N
     loose = [t for t in held or [] if t.get("phase") == "other"
              and t.get("category") in ("activations_other", "inputs_data")]
     data = sum(t["bytes"] for t in loose)
-    act = breakdown.get("activations_other", 0)
+    act = breakdown.get("activations_saved", 0) + breakdown.get("activations_other", 0)
     opt = breakdown.get("optimizer_state", 0)
     temporaries = breakdown.get("optimizer_temporaries", 0)
     grads = breakdown.get("gradients", 0)

@@ -18,13 +18,14 @@ from typing import Any, ClassVar
 
 SCHEMA_VERSION = 1
 
-# What holds the memory, by when a storage was born and what it became: activations_other (born in a forward,
-# backward or evaluation: activations and their temporaries), optimizer_temporaries (born in optimizer.step and
+# What holds the memory, by when a storage was born and what it became: activations_saved (born in a forward and
+# saved by autograd for the backward), activations_other (the rest born in a forward, backward or evaluation:
+# temporaries, outputs not saved), optimizer_temporaries (born in optimizer.step and
 # not kept in optimizer.state), inputs_data (born outside all of those: batches, datasets, targets, metrics).
 # With the CPU allocator probe (agent/allocator_probe.py) kernels' own buffers (oneDNN reorders, RNN workspaces) are
 # counted in the category of the phase that made them, as the tensors are.
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other", "optimizer_temporaries",
-              "inputs_data")
+              "inputs_data", "activations_saved")
 
 
 class EventError(ValueError):

@@ -39,7 +39,7 @@ DEVICE_PROPERTY = "torch_memory_peak_device"
 LIMIT_PROPERTY = "torch_memory_limit_bytes"
 _DEVICE = re.compile(r"^[a-z_]+(:[0-9]+)?$")
 _LABELS = {"parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",
-           "activations_other": "activations/other",
+           "activations_saved": "saved for backward", "activations_other": "activations/other",
            "optimizer_temporaries": "optimizer temporaries", "inputs_data": "inputs/data"}
 _MEASURER = pytest.StashKey["_Measurer"]()
 

@@ -69,7 +69,7 @@ def next_parts(current: int) -> int:
 
 SPLITTABLE_PHASES = ("forward", "backward", None)  # None: the phase was not tracked when it failed
 # what grows with the batch: activations, kernels' buffers for them, and the batches themselves
-SCALING = ("activations_other", "inputs_data")
+SCALING = ("activations_saved", "activations_other", "inputs_data")
 MARGIN = 0.95  # of the estimated largest micro-batch that fits: the estimate rests on the OOM's figures
 # Optimizer state per parameter byte, for the state an optimizer makes at its first step (if the OOM came first).
 STATE_PER_PARAM = {"Adam": 2, "AdamW": 2, "NAdam": 2, "RAdam": 2, "Adamax": 2, "Adadelta": 2, "Rprop": 2,

@@ -150,6 +150,59 @@ def test_the_probe_counts_every_allocation_beside_a_profiler_and_breaks_down_the
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+SAVED_CHECKS = r'''
+import torch
+from torchdoctor.agent import allocator_probe
+from torchdoctor.agent.accounting import ACTIVATIONS, ACTIVATIONS_SAVED, INPUTS_DATA, PARAMETERS, TensorAccountant
+from torchdoctor.agent.saved_activations import SavedActivations
+
+probe, why = allocator_probe.start(torch)
+assert probe is not None, why
+acct = TensorAccountant()
+acct.attach_probe(probe)
+B, H = 64, 512
+model = torch.nn.Sequential(torch.nn.Linear(32, H), torch.nn.ReLU(), torch.nn.Linear(H, H), torch.nn.ReLU(),
+                            torch.nn.Linear(H, 4))
+acct.classify(list(model.parameters()), PARAMETERS, census=True)
+x = torch.randn(B, 32)
+saved = SavedActivations(lambda tensors: acct.classify(tensors, ACTIVATIONS_SAVED, only_from=ACTIVATIONS))
+top = torch._C._autograd._top_saved_tensors_default_hooks
+
+
+def forward() -> torch.Tensor:
+    acct.set_phase("forward")
+    saved.forward_began()
+    loss = model(x).square().mean()
+    acct.set_phase("backward")
+    saved.forward_ended()
+    return loss
+
+
+loss = forward()
+assert top(False) is None  # the hooks are off the stack once the forward phase ends
+cats = acct.ledgers["cpu"].cats_now()
+# autograd saved the two ReLU outputs (B x H float32 each; the next Linear saves the same storage) and the output
+# that square() saves (B x 4); the input batch and the weights it saved keep their own kind
+assert cats[ACTIVATIONS_SAVED] == 2 * B * H * 4 + B * 4 * 4, cats
+assert cats[INPUTS_DATA] >= B * 32 * 4 and cats[PARAMETERS] == sum(p.numel() * 4 for p in model.parameters()), cats
+loss.backward()
+assert acct.ledgers["cpu"].cats_now()[ACTIVATIONS_SAVED] == 0  # freed by the backward
+# a script's own saved-tensor hooks stay in charge: torchdoctor does not push above them
+with torch.autograd.graph.save_on_cpu():
+    mine = top(False)
+    loss = forward()
+    assert top(False) == mine
+loss.backward()
+print("ok")
+'''
+
+
+@needs_probe
+def test_activations_saved_for_backward_are_told_from_temporaries_to_the_byte(tmp_path):
+    result = run_python(["-c", SAVED_CHECKS], cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
 def test_without_a_compiler_there_is_no_probe_and_the_run_says_why(tmp_path):
     result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), str(PROBE), "--steps", "1",
                               "--batch", "8"], cwd=tmp_path,

@@ -99,7 +99,7 @@ def test_run_directory_holds_the_event_stream_and_a_versioned_report(scripts, tm
     assert cpu_peak["span"] == "tail" and cpu_peak["phase"] == "evaluation"
     assert cpu_peak["bytes"] > 4096 * 256 * 4
     assert set(cpu_peak["breakdown"]) == {"parameters", "gradients", "optimizer_state", "optimizer_temporaries",
-                                          "activations_other", "inputs_data"}
+                                          "activations_saved", "activations_other", "inputs_data"}
     params = (32 * 256 + 256 + 256 * 4 + 4) * 4
     assert cpu_peak["breakdown"]["parameters"] == params
     assert cpu_peak["breakdown"]["gradients"] == params  # AdamW keeps grads after step (no zero_grad yet)

@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 
 from torchdoctor.events import CATEGORIES
 
-PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, OPTIMIZER_TEMPORARIES, INPUTS_DATA = range(6)
+PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, OPTIMIZER_TEMPORARIES, INPUTS_DATA, ACTIVATIONS_SAVED = range(7)
 # the category of a storage by the phase it was born in (until it is classified as something else)
 BORN_AS = {"optimizer": OPTIMIZER_TEMPORARIES, "other": INPUTS_DATA}
 TOP_TENSORS = 8  # the largest storages listed at a new peak
@@ -329,12 +329,16 @@ class TensorAccountant(TorchDispatchMode):
                 ledger.died_after_peak.append(entry)
 
     # -- classification --------------------------------------------------------------------------------
-    def classify(self, tensors: Iterable[torch.Tensor], cat: int, census: bool = False) -> None:
-        """Mark storages as ``cat`` (in the CPU allocator probe's figures too). Ones it does not count yet are
-        counted as born before everything in a ``census`` or while the accountant is open."""
+    def classify(self, tensors: Iterable[torch.Tensor], cat: int, census: bool = False,
+                 only_from: int | None = None) -> None:
+        """Mark storages as ``cat`` (in the CPU allocator probe's figures too); with ``only_from``, only those that
+        are that category now. Ones it does not count yet are counted as born before everything in a ``census``
+        or while the accountant is open."""
         probe = self.probe
+        native_from = -1 if only_from is None else only_from
         if probe is not None and not (census or self.is_open or self._cpu.before_probe):
-            probe.classify(_cpu_storages(tensors), cat)  # only the allocator's figures: no storage is counted here
+            # only the allocator's figures: no storage is counted here
+            probe.classify(_cpu_storages(tensors), cat, native_from)
             return
         native: list[int] = []
         for tensor in tensors:
@@ -346,7 +350,7 @@ class TensorAccountant(TorchDispatchMode):
             except (RuntimeError, NotImplementedError, TypeError, AttributeError):
                 continue
             entry = self._live.get(ptr)
-            if entry is None and not (census or self.is_open):
+            if entry is None and (only_from is not None or not (census or self.is_open)):
                 continue
             if entry is None:
                 self.track(tensor, cat)
@@ -355,7 +359,7 @@ class TensorAccountant(TorchDispatchMode):
                     continue
                 entry.seq = 0
                 continue
-            if entry.cat == cat:
+            if entry.cat == cat or (only_from is not None and entry.cat != only_from):
                 continue
             ledger = entry.ledger
             ledger.cats[entry.cat] -= entry.nbytes
@@ -365,7 +369,7 @@ class TensorAccountant(TorchDispatchMode):
                 ledger.span_peak_cats[cat] += entry.nbytes
             entry.cat = cat
         if native:
-            probe.classify(native, cat)
+            probe.classify(native, cat, native_from)
 
     # -- phases and spans --------------------------------------------------------------------------------
     def set_phase(self, phase: str) -> None:

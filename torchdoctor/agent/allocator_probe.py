@@ -101,7 +101,7 @@ class AllocatorProbe:
     def __init__(self, library: ctypes.CDLL) -> None:
         for name in ("td_current", "td_peak", "td_reset_peak", "td_allocations", "td_classify"):
             getattr(library, name).restype = ctypes.c_int64
-        library.td_classify.argtypes = (ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_int)
+        library.td_classify.argtypes = (ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_int, ctypes.c_int)
         library.td_forget_height.argtypes = (ctypes.c_int64,)
         library.td_forget_height.restype = None
         library.td_set_phase.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -129,12 +129,14 @@ class AllocatorProbe:
         """What runs from now on, and the category what it allocates is born as."""
         self._set_phase(self._phase_index.get(phase, 0), birth_category)
 
-    def classify(self, storages: list[int], category: int) -> int:
-        """The allocations behind these storages (``untyped_storage()._cdata``) are ``category`` from now on, and
-        at the peak if they were alive then; storages the probe did not allocate are left alone. Their bytes."""
+    def classify(self, storages: list[int], category: int, only_from: int = -1) -> int:
+        """The allocations behind these storages (``untyped_storage()._cdata``; only those now ``only_from``, if
+        given) are ``category`` from now on, and at the peak if they were alive then; storages the probe did not
+        allocate are left alone. Their bytes."""
         if not storages:
             return 0
-        return int(self._lib.td_classify((ctypes.c_int64 * len(storages))(*storages), len(storages), category))
+        return int(self._lib.td_classify((ctypes.c_int64 * len(storages))(*storages), len(storages), category,
+                                         only_from))
 
     def read(self) -> dict[str, Any]:
         """All figures at once: ``current``, ``peak``, ``allocations``, ``peak_phase``, ``categories`` (now),

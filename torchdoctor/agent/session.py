@@ -18,7 +18,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from torchdoctor.agent import allocator_probe
-from torchdoctor.agent.accounting import ACTIVATIONS, GRADIENTS, OPTIMIZER_STATE, PARAMETERS, TensorAccountant
+from torchdoctor.agent.accounting import (ACTIVATIONS, ACTIVATIONS_SAVED, GRADIENTS, OPTIMIZER_STATE, PARAMETERS,
+                                          TensorAccountant)
 from torchdoctor.agent.atomic_save import AtomicTorchSave
 from torchdoctor.agent.call_hooks import ClipHooks, ZeroGradHooks
 from torchdoctor.agent.constructions import Constructions
@@ -27,6 +28,7 @@ from torchdoctor.agent.doctor import Doctor
 from torchdoctor.agent.phases import PhaseTracker
 from torchdoctor.agent.run_checkpoints import RunCheckpoints
 from torchdoctor.agent.run_resume import RunResume
+from torchdoctor.agent.saved_activations import SavedActivations
 from torchdoctor.agent.recovery_hooks import RecoveryHooks
 from torchdoctor.agent.schedule import SamplingSchedule
 from torchdoctor.agent.training_ledger import TrainingLedger
@@ -129,6 +131,8 @@ class AgentSession:
                        and not settings.memory_budget)
         self.op_schedule = (SamplingSchedule("sampled", settings.first_steps, settings.sample_every) if ops_sampled
                             else self.schedule)
+        self.saved_activations = (SavedActivations(self._saved_for_backward) if self.schedule.mode != "off"
+                                  else None)
         plan = Plan.read(settings.plan_path) if settings.plan_path else Plan()
         self.constructions = Constructions()
         self.zero_grad_hooks = ZeroGradHooks()
@@ -209,6 +213,8 @@ class AgentSession:
         if self._measuring or self.step == 0 or self.accountant.probe is not None:
             self.emit(self._sample(span="tail"))  # with the probe, the work after the last step is measured too
         self._stop_measuring()
+        if self.saved_activations is not None:
+            self.saved_activations.remove()
         for handle in self._handles + self._grad_hooks:
             handle.remove()
         self._handles, self._grad_hooks = [], []
@@ -356,6 +362,15 @@ class AgentSession:
 
     def _phase_changed(self, phase: str) -> None:
         self.accountant.set_phase(phase)
+        saved = self.saved_activations
+        if saved is not None:
+            if phase == "forward" and self._measuring:
+                saved.forward_began()
+            else:
+                saved.forward_ended()
+
+    def _saved_for_backward(self, tensors: list[torch.Tensor]) -> None:
+        self.accountant.classify(tensors, ACTIVATIONS_SAVED, only_from=ACTIVATIONS)
 
     def adopt_module(self, module: torch.nn.Module) -> None:
         """A model the caller names (``watch(model, ...)``): a root module from the start."""

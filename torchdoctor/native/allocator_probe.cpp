@@ -196,9 +196,9 @@ void td_set_phase(int phase, int birth_cat) {
   if (now > ledger.phase_peaks[phase]) ledger.phase_peaks[phase] = now;
 }
 // Re-classify the allocations behind these storages (c10::StorageImpl*, Python's untyped_storage()._cdata) as
-// `cat`, in the breakdown at the peak too when they were born before it. Storages the probe did not allocate are
-// left alone. Returns their bytes.
-int64_t td_classify(const int64_t* storages, int64_t count, int cat) {
+// `cat` (only those now `only_from`, unless it is -1), in the breakdown at the peak too when they were born before
+// it. Storages the probe did not allocate are left alone. Returns their bytes.
+int64_t td_classify(const int64_t* storages, int64_t count, int cat, int only_from) {
   if (cat < 0 || cat >= kCats) return 0;
   int64_t moved = 0;
   std::lock_guard<std::mutex> guard(ledger.mu);
@@ -209,6 +209,7 @@ int64_t td_classify(const int64_t* storages, int64_t count, int cat) {
     if (data.get_deleter() != &counted_delete || data.get() == nullptr) continue;
     auto* header = reinterpret_cast<Header*>(static_cast<char*>(data.get()) - kHeader);
     if (header->magic != kMagic) continue;
+    if (only_from >= 0 && header->cat != only_from) continue;
     moved += header->nbytes;
     if (header->cat == cat) continue;
     ledger.cats[header->cat] -= header->nbytes;

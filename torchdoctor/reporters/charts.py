@@ -20,7 +20,7 @@ PHASE_COLOURS = {"forward": "#2ca02c", "backward": "#d62728", "optimizer": "#946
                  "other": "#7f7f7f"}
 CUDA_COLOURS = {"cuda_allocated_peak": "#17becf", "cuda_reserved_peak": "#8c564b"}
 CATEGORY_COLOURS = {"parameters": "#1f77b4", "gradients": "#d62728", "optimizer_state": "#9467bd",
-                    "activations_other": "#ff7f0e",
+                    "activations_other": "#ff7f0e", "activations_saved": "#bcbd22",
                     "optimizer_temporaries": "#e377c2", "inputs_data": "#8c564b"}
 OOM_COLOUR = "#e41a1c"
 UNITS = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("bytes", 1))

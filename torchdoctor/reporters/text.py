@@ -9,7 +9,8 @@ CATEGORY_LABELS = {
     "gradients": "gradients",
     "optimizer_state": "optimizer state",
     "optimizer_temporaries": "optimizer step temporaries",
-    "activations_other": "activations / temporaries",
+    "activations_saved": "activations saved for backward",
+    "activations_other": "other activations / temporaries",
     "inputs_data": "inputs / data / other",
 }
 BARS = "▁▂▃▄▅▆▇█"
