@@ -77,6 +77,9 @@ class MemorySample(Event):
     measured: bool  # exact tensor accounting covered this whole span
     rss_bytes: int | None
     devices: dict[str, dict[str, Any]]
+    # the most resident memory during the span (Linux VmHWM, reset at each span), read where the CPU's tensor
+    # figures are not the allocator's (then the only sign of a peak in an unmeasured span)
+    rss_peak_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from torchdoctor import __version__
 from torchdoctor.attempts import suggestions
+from torchdoctor.coverage import unmeasured_peaks
 from torchdoctor.errors import UsageError
 from torchdoctor.events import MemorySample
 from torchdoctor.invariants import changes, training_invariants
@@ -130,6 +131,7 @@ def build_report(state: RunState, *, run_dir: str | None, environment: dict[str,
             "sample_every": started.sample_every if started else None,
             "measured_steps": state.measured_steps,
             "cpu_figures": started.cpu_figures if started else None,
+            "unmeasured": unmeasured_peaks(state, started.cpu_figures if started else None),
         },
         "steps": state.steps,
         "mean_step_time_s": sum(step_times) / len(step_times) if step_times else None,

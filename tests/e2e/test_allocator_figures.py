@@ -233,3 +233,20 @@ def test_the_default_sampled_run_sees_an_evaluation_peak_it_did_not_measure_in_d
     # and the mid-training evaluation shows in step 61's figures (not measured in detail, measured by the allocator)
     step61 = next(s for s in report["samples"] if s["span"] == "step" and s["step"] == 61)
     assert not step61["measured"] and step61["devices"]["cpu"]["tensor_peak"] > 4096 * 256 * 4
+    # and the report says the run's peak (after the last step) was not measured in detail
+    assert peak["span"] == "tail" and "breakdown" not in peak
+    assert any("tensor peak" in note and "after the last step" in note
+               for note in report["accounting"]["unmeasured"]), report["accounting"]
+
+
+def test_without_the_probe_resident_memory_shows_a_peak_the_sampled_run_did_not_measure(tmp_path):
+    # GIVEN no allocator figures: unmeasured spans have no tensor figure at all
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), str(SCRIPTS / "eval_peak.py")],
+                             cwd=tmp_path, env_extra={"TORCHDOCTOR_ALLOCATOR_PROBE": "0"})
+    assert result.returncode == 0, result.stderr
+    report = read_report(tmp_path / "r")
+    peak = next(p for p in report["peaks"] if p["kind"] == "tensor_bytes" and p["device"] == "cpu")
+    assert peak["bytes"] < 4096 * 256 * 4  # the tensor figures saw only the small training steps
+    # THEN the resident memory's high-water mark after the last step (the 8192-row evaluation) is reported
+    notes = report["accounting"]["unmeasured"]
+    assert len(notes) == 1 and "after the last step" in notes[0] and "may have gone unmeasured" in notes[0], notes

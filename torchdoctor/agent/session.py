@@ -75,6 +75,8 @@ class RssReader:
     def __init__(self) -> None:
         self._fd: int | None = None
         self._process: Any = None
+        self._status: int | None = None  # /proc/self/status (VmHWM), -1 where it cannot be read or reset
+        self._clear_refs = -1
         try:
             self._fd = os.open("/proc/self/statm", os.O_RDONLY)
             self._page = os.sysconf("SC_PAGE_SIZE")
@@ -85,6 +87,28 @@ class RssReader:
                 self._process = psutil.Process()
             except Exception:  # noqa: BLE001 - RSS is optional; "n/a" in the report
                 self._process = None
+
+    def span_peak(self) -> int | None:
+        """The most resident memory since the last call (Linux: VmHWM, then reset through clear_refs); None
+        where that cannot be read or reset."""
+        if self._status is None:
+            try:
+                self._status = os.open("/proc/self/status", os.O_RDONLY)
+                self._clear_refs = os.open("/proc/self/clear_refs", os.O_WRONLY)
+            except OSError:
+                self._status = -1
+                return None
+        if self._status < 0:
+            return None
+        try:
+            text = os.pread(self._status, 4096, 0)
+            at = text.index(b"VmHWM:")
+            peak = int(text[at + 6:text.index(b"kB", at)]) * 1024
+            os.write(self._clear_refs, b"5")  # the high-water mark starts again from what is resident now
+            return peak
+        except (OSError, ValueError):
+            self._status = -1
+            return None
 
     def read(self) -> int | None:
         try:
@@ -210,8 +234,9 @@ class AgentSession:
             self.resume.finish()
         if self.doctor is not None:
             self.doctor.finish()
-        if self._measuring or self.step == 0 or self.accountant.probe is not None:
-            self.emit(self._sample(span="tail"))  # with the probe, the work after the last step is measured too
+        # the work after the last step (an evaluation): measured, or the allocator's figures, or at least the
+        # resident memory's high-water mark (a peak there is then reported as possibly unmeasured)
+        self.emit(self._sample(span="tail"))
         self._stop_measuring()
         if self.saved_activations is not None:
             self.saved_activations.remove()
@@ -470,5 +495,6 @@ class AgentSession:
         for key, figures in self._cuda.read().items():
             devices.setdefault(key, {}).update(figures)
         rss = self._rss.read()
+        rss_peak = self._rss.span_peak() if self.accountant.probe is None and self.schedule.mode != "off" else None
         return MemorySample(step=self.step, span=span, step_time_s=seconds, measured=self._span_measured,
-                            rss_bytes=rss, devices=devices)
+                            rss_bytes=rss, devices=devices, rss_peak_bytes=rss_peak)

@@ -224,7 +224,8 @@ def _accounting_note(report: dict[str, Any]) -> Text:
     text = f"Tensor accounting: {mode}, {measured} of {steps} steps counted exactly"
     if mode == "sampled":
         text += " (first steps, then spaced out; --accounting exact counts every step)"
-    return Text(text + ".")
+    lines = [text + "."] + [f"  Not measured in detail: {note}." for note in acc.get("unmeasured") or []]
+    return Text("\n".join(lines))
 
 
 def render_report(report: dict[str, Any], console: Console) -> None:

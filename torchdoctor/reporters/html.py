@@ -99,6 +99,8 @@ def _peaks(report: dict[str, Any]) -> str:
     accounting = report.get("accounting") or {}
     note += (f'<p class="muted">Tensor accounting: {escape(str(accounting.get("mode")))}, '
              f'{accounting.get("measured_steps", 0)} of {report.get("steps") or 0} steps counted exactly.</p>')
+    note += "".join(f'<p class="muted">Not measured in detail: {escape(str(text))}.</p>'
+                    for text in accounting.get("unmeasured") or [])
     return f'<section id="peaks"><h2>Peak memory</h2>{table}{note}</section>'
 
 
