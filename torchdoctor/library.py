@@ -43,12 +43,21 @@ class OOMRecord:
 @contextlib.contextmanager
 def memory_budget(size: int | str, device: str = "cpu") -> Iterator[Any]:
     """Inside the block, tensor allocations on ``device`` beyond ``size`` raise ``torch.OutOfMemoryError``,
-    as on a device with that much memory. Counts storages exactly (a ``TorchDispatchMode``)."""
-    from torchdoctor.agent.accounting import TensorAccountant
+    as on a device with that much memory. On the CPU with the allocator probe (agent/allocator_probe.py) each op
+    is judged by what the allocator held at its height, kernels' own buffers included; elsewhere by the storages
+    of op outputs (a ``TorchDispatchMode``). Inside ``torchdoctor run`` the block restarts the allocator's peak."""
+    from torchdoctor.agent import allocator_probe
+    from torchdoctor.agent.accounting import ACTIVATIONS, TensorAccountant
 
     accountant = TensorAccountant()
-    accountant.classify([t for t in live_tensors() if t.device.type != "meta" and str(t.untyped_storage().device) == device], 3,
-                        census=True)
+    alive = [t for t in live_tensors() if t.device.type != "meta" and str(t.untyped_storage().device) == device]
+    probe = allocator_probe.start(torch)[0] if device == "cpu" else None
+    if probe is not None:
+        accountant.attach_probe(probe)  # the bytes held now and their peak are the allocator's
+        accountant.count_unseen(alive, ACTIVATIONS)  # plus storages made before the probe was in place
+        accountant.reset_span()
+    else:
+        accountant.classify(alive, ACTIVATIONS, census=True)
     accountant.budget = (device, parse_size(size) if isinstance(size, str) else int(size))
     accountant.open()
     try:

@@ -250,3 +250,42 @@ def test_without_the_probe_resident_memory_shows_a_peak_the_sampled_run_did_not_
     # THEN the resident memory's high-water mark after the last step (the 8192-row evaluation) is reported
     notes = report["accounting"]["unmeasured"]
     assert len(notes) == 1 and "after the last step" in notes[0] and "may have gone unmeasured" in notes[0], notes
+
+
+LIBRARY_BUDGET_CHECKS = r'''
+import torch
+import torchdoctor
+from torchdoctor.agent import allocator_probe
+
+made_before = torch.empty(3 << 20, dtype=torch.uint8)  # before the probe: counted by the census, once
+lstm = torch.nn.LSTM(32, 128, num_layers=2)
+data = torch.randn(50, 8, 32)
+with torchdoctor.memory_budget("64MiB") as budget:
+    kept = torch.empty(5 << 20, dtype=torch.uint8)  # made inside the first block, alive in the second
+    first = budget.ledgers["cpu"].total()
+probe = allocator_probe.start(torch)[0]
+with torchdoctor.memory_budget("64MiB") as budget:
+    cpu = budget.ledgers["cpu"]
+    assert cpu.unseen >= 3 << 20 and cpu.unseen < 4 << 20, cpu.unseen  # only what the probe never saw
+    assert cpu.total() == cpu.unseen + probe.current() and cpu.total() < first + (1 << 20)  # nothing twice
+    held = cpu.total()
+# an LSTM's workspaces count against the library's budget too: outputs that fit do not hide them
+with torch.no_grad():
+    out, _ = lstm(data)
+outputs = out.numel() * 4 + 2 * 2 * 8 * 128 * 4
+del out
+try:
+    with torchdoctor.memory_budget(held + outputs + (64 << 10)):
+        lstm(data)
+except torch.OutOfMemoryError as exc:
+    assert "allocated by the CPU allocator" in str(exc)
+else:
+    raise AssertionError("the LSTM's workspace did not count against the library's budget")
+print("ok")
+'''
+
+
+@needs_probe
+def test_the_library_budget_is_the_allocators_and_counts_each_storage_once_across_blocks(tmp_path):
+    result = run_python(["-c", LIBRARY_BUDGET_CHECKS], cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -213,9 +213,11 @@ class TensorAccountant(TorchDispatchMode):
         Until what a failed op left alive is freed (memory back at what it was before that op), memory stands
         above what a real allocator would have left: that overdraft is not held against the ops that unwind."""
         assert self.budget is not None
-        peak = cpu.height()
         if self._overdraft and before <= self._overdraft_floor:
             self._overdraft = 0
+            cpu.probe.forget_height(before - cpu.unseen)  # nor do the heights the overdraft reached
+            cpu.span_peak = min(cpu.span_peak, cpu.height())
+        peak = cpu.height()
         if peak > self.budget[1] + self._overdraft and peak > before:
             # a real allocator fails the allocation: that height never was
             cpu.probe.forget_height(max(cpu.span_peak, before) - cpu.unseen)
@@ -242,6 +244,32 @@ class TensorAccountant(TorchDispatchMode):
         self._cpu = self.ledgers["cpu"] = ledger
         probe.set_phase(self.phase, born_as(self.phase))
         ledger.reset_span(self.phase, self._seq)
+
+    def count_unseen(self, tensors: Iterable[torch.Tensor], cat: int) -> None:
+        """With the probe: count the CPU storages it did not allocate (made before it was in place), which the
+        allocator's figures miss, as ``cat``; the rest it counts already."""
+        cpu = self._cpu
+        if cpu is None:
+            return
+        tensors = [t for t in tensors if t.device.type == "cpu"]
+        owned = cpu.probe.owned(_cpu_storages(tensors))
+        if len(owned) != len(tensors):
+            owned = [False] * len(tensors)  # an odd tensor among them: count them all as unseen
+        for tensor, theirs in zip(tensors, owned):
+            if theirs:
+                continue
+            try:
+                ptr = tensor.untyped_storage().data_ptr()
+            except (RuntimeError, NotImplementedError, TypeError):
+                continue
+            if ptr in self._live:
+                continue
+            self.track(tensor, cat)
+            entry = self._live.get(ptr)
+            if entry is not None and entry.ledger is cpu:
+                entry.seq = 0
+                cpu.before_probe[ptr] = entry
+                cpu.unseen += entry.nbytes
 
     def allocator_figures(self) -> dict[str, dict[str, Any]]:
         """The CPU allocator's figures for a span the accountant did not measure (no breakdown, no phases)."""

@@ -107,6 +107,8 @@ class AllocatorProbe:
         library.td_set_phase.argtypes = (ctypes.c_int, ctypes.c_int)
         library.td_set_phase.restype = None
         library.td_read.argtypes = (ctypes.POINTER(ctypes.c_int64), ctypes.c_int)
+        library.td_owned.argtypes = (ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.POINTER(ctypes.c_int64))
+        library.td_owned.restype = None
         self._lib = library
         self.current: Callable[[], int] = library.td_current  # bytes handed out and not yet freed
         self.peak: Callable[[], int] = library.td_peak  # their largest value since the last reset
@@ -137,6 +139,14 @@ class AllocatorProbe:
             return 0
         return int(self._lib.td_classify((ctypes.c_int64 * len(storages))(*storages), len(storages), category,
                                          only_from))
+
+    def owned(self, storages: list[int]) -> list[bool]:
+        """Whether the probe made each storage's allocation (so the allocator's figures count it)."""
+        if not storages:
+            return []
+        out = (ctypes.c_int64 * len(storages))()
+        self._lib.td_owned((ctypes.c_int64 * len(storages))(*storages), len(storages), out)
+        return [value >= 0 for value in out]
 
     def read(self) -> dict[str, Any]:
         """All figures at once: ``current``, ``peak``, ``allocations``, ``peak_phase``, ``categories`` (now),

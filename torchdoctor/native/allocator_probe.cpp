@@ -222,6 +222,19 @@ int64_t td_classify(const int64_t* storages, int64_t count, int cat, int only_fr
   }
   return moved;
 }
+// The bytes of each storage's allocation when the probe made it, else -1 (made before the probe, or elsewhere).
+void td_owned(const int64_t* storages, int64_t count, int64_t* out) {
+  std::lock_guard<std::mutex> guard(ledger.mu);
+  for (int64_t i = 0; i < count; ++i) {
+    out[i] = -1;
+    auto* storage = reinterpret_cast<c10::StorageImpl*>(storages[i]);
+    if (storage == nullptr) continue;
+    const c10::DataPtr& data = storage->data_ptr();
+    if (data.get_deleter() != &counted_delete || data.get() == nullptr) continue;
+    auto* header = reinterpret_cast<Header*>(static_cast<char*>(data.get()) - kHeader);
+    if (header->magic == kMagic) out[i] = header->nbytes;
+  }
+}
 // All figures at once: current, peak, allocations, the phase of the peak, then kCats categories now, kCats at the peak, kPhases phase
 // peaks (-1: the phase did not run since the peak was reset). Returns how many were written.
 int td_read(int64_t* out, int size) {
