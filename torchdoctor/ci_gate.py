@@ -16,11 +16,11 @@ from xml.sax.saxutils import escape, quoteattr
 
 from torchdoctor.doctor_catalog import at_or_above
 from torchdoctor.errors import UsageError
+from torchdoctor.events import PHASES
 from torchdoctor.sizes import format_bytes
 
 BASELINE_SCHEMA = "torchdoctor.baseline"
 BASELINE_VERSION = 1
-PHASES = ("forward", "backward", "optimizer", "evaluation", "other")
 
 
 @dataclass(frozen=True)

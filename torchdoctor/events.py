@@ -24,6 +24,9 @@ SCHEMA_VERSION = 1
 # not kept in optimizer.state), inputs_data (born outside all of those: batches, datasets, targets, metrics).
 # With the CPU allocator probe (agent/allocator_probe.py) kernels' own buffers (oneDNN reorders, RNN workspaces) are
 # counted in the category of the phase that made them, as the tensors are.
+# What runs (agent/phases.py tells them apart), in the order reports list them.
+PHASES = ("forward", "backward", "optimizer", "evaluation", "other")
+
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other", "optimizer_temporaries",
               "inputs_data", "activations_saved")
 

@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from torchdoctor.events import PHASES as EVENT_PHASES
+
 SOURCE = Path(__file__).resolve().parent.parent / "native" / "allocator_probe.cpp"
 ENV_SWITCH = "TORCHDOCTOR_ALLOCATOR_PROBE"  # "0": no probe
 ENV_CACHE = "TORCHDOCTOR_CACHE"
@@ -88,7 +90,7 @@ def build(torch: Any) -> tuple[Path | None, str]:
             os.unlink(scratch)
 
 
-PHASES = ("other", "forward", "backward", "optimizer", "evaluation")  # the probe's phase indices
+PHASES = ("other", *(phase for phase in EVENT_PHASES if phase != "other"))  # the probe's phase indices (0: other)
 CATEGORY_SLOTS = 8  # the probe's categories (torchdoctor.events.CATEGORIES fit in them)
 PHASE_SLOTS = 8
 _READ_SIZE = 4 + 2 * CATEGORY_SLOTS + PHASE_SLOTS  # td_read's figures

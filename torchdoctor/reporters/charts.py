@@ -11,9 +11,10 @@ import io
 import math
 from typing import Any
 
+from torchdoctor.events import PHASES
 from torchdoctor.reporters.text import CATEGORY_LABELS
 
-PHASE_ORDER = ("forward", "backward", "optimizer", "evaluation", "other")
+PHASE_ORDER = PHASES
 # Colours fixed per series so the page, its legend and a screenshot test agree (matplotlib's tab10).
 TENSOR_PEAK_COLOUR = "#1f77b4"
 PHASE_COLOURS = {"forward": "#2ca02c", "backward": "#d62728", "optimizer": "#9467bd", "evaluation": "#ff7f0e",

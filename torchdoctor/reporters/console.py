@@ -9,6 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from torchdoctor.events import PHASES
 from torchdoctor.reporters.text import (
     CATEGORY_LABELS, INVARIANT_LABELS, format_duration, peak_when, recovery_facts, sparkline, tensor_shape,
     tensor_what,
@@ -89,7 +90,7 @@ def _phase_line(peak: dict[str, Any]) -> Text | None:
     phases = peak.get("phase_peaks") or {}
     if not phases:
         return None
-    order = ["forward", "backward", "optimizer", "evaluation", "other"]
+    order = list(PHASES)
     parts = [f"{p} {format_bytes(phases[p])}" for p in order if p in phases]
     return Text(f"Peak by phase in that span: {' · '.join(parts)}")
 
