@@ -29,7 +29,6 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
 
 import torch  # noqa: E402
-
 from train_bench import MODELS  # noqa: E402
 
 # (label, path from the session object, method name); nesting shown by indentation.

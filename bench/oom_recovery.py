@@ -62,7 +62,6 @@ SCRIPT = os.path.join(OOM_DIR, "train_script.py")
 sys.path.insert(0, OOM_DIR)
 
 import torch  # noqa: E402
-
 import workloads as w  # noqa: E402
 
 DEFAULT_CASES = "a:10MiB,a:6MiB,late:12MiB"
@@ -293,7 +292,7 @@ def main() -> None:
     try:
         import accelerate
     except ImportError:
-        raise SystemExit("accelerate is not installed: pip install accelerate (a bench-only dependency)")
+        raise SystemExit("accelerate is not installed: pip install accelerate (a bench-only dependency)") from None
     work_root = args.keep or tempfile.mkdtemp(prefix="torchdoctor-oom-bench-")
     os.makedirs(work_root, exist_ok=True)
 

@@ -69,7 +69,8 @@ def evaluate(report: dict[str, Any], budget: int | None, baseline: dict[str, int
     """The table rows and the reasons the gate fails (empty: it passes)."""
     problems: list[str] = []
     if report.get("outcome") != "success":
-        problems.append(f"the script did not finish its steps: {report.get('outcome')} (exit {report.get('exit_code')})")
+        problems.append(f"the script did not finish its steps: {report.get('outcome')} "
+                        f"(exit {report.get('exit_code')})")
     figures = measured_figures(report)
     if not report.get("steps") or not any(key.startswith("tensor_bytes:") for key in figures):
         problems.append("nothing was measured (no optimizer step with tensor accounting): a gate on nothing fails")

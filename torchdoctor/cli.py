@@ -225,7 +225,8 @@ def _fraction(text: str) -> float:
 @click.argument("check_id", metavar="[ID]", required=False)
 def explain(check_id: str | None) -> int:
     """Explain a finding id (e.g. TD101) with a before/after snippet; without ID, list the checks."""
-    from torchdoctor.doctor_catalog import CATALOG, explain as explain_text
+    from torchdoctor.doctor_catalog import CATALOG
+    from torchdoctor.doctor_catalog import explain as explain_text
 
     if check_id is None:
         for check in CATALOG.values():

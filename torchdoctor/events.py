@@ -66,7 +66,8 @@ class RunStarted(Event):
     accounting: str  # "sampled", "exact" or "off"
     sample_every: int
     attempt: int = 1
-    cpu_figures: str = "tensor outputs"  # "allocator" (the c10 CPU allocator's, via the probe) or "tensor outputs (why)"
+    # "allocator" (the CPU allocator's, via the probe) or "tensor outputs (why)"
+    cpu_figures: str = "tensor outputs"
 
 
 @dataclass(frozen=True)

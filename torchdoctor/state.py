@@ -6,11 +6,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchdoctor.sizes import format_bytes
 from torchdoctor.events import (
-    BatchSource, Event, Finding, MemorySample, Note, OutOfMemory, ProcessExited, ProcessSample, Resume,
-    RunFinished, RunStarted, TrainingFigures,
+    BatchSource,
+    Event,
+    Finding,
+    MemorySample,
+    Note,
+    OutOfMemory,
+    ProcessExited,
+    ProcessSample,
+    Resume,
+    RunFinished,
+    RunStarted,
+    TrainingFigures,
 )
+from torchdoctor.sizes import format_bytes
 
 # Per-device figures that are peaks, with the kind of number each one is (the report labels them so).
 PEAK_KINDS = {

@@ -16,16 +16,16 @@ from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import torchdoctor
-from torchdoctor.config import AgentSettings
-from torchdoctor.doctor_catalog import at_or_above
-from torchdoctor.devices import host_info, oom_kill_count, open_nvml
-from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_from_json
-from torchdoctor.checkpoint_files import committed
+from torchdoctor.atomic_files import write_json_atomic
 from torchdoctor.attempts import attempt_record, describe_failure, script_args_for, signal_name
+from torchdoctor.checkpoint_files import committed
+from torchdoctor.config import AgentSettings
+from torchdoctor.devices import host_info, oom_kill_count, open_nvml
+from torchdoctor.doctor_catalog import at_or_above
+from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_from_json
 from torchdoctor.plan import Plan
 from torchdoctor.recovery import RecoveryOptions, next_plan
 from torchdoctor.report_model import build_report
-from torchdoctor.atomic_files import write_json_atomic
 from torchdoctor.rundir import create_run_dir
 from torchdoctor.state import RunState
 from torchdoctor.target import check_module, check_script

@@ -24,8 +24,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-
 import workloads as w  # noqa: E402
+
 from torchdoctor.library import ResilientStep, memory_budget  # noqa: E402
 from torchdoctor.memory_guard import live_tensor_bytes  # noqa: E402
 

@@ -5,7 +5,6 @@
 import argparse
 
 import torch
-
 from workloads import BATCH, train
 
 parser = argparse.ArgumentParser()

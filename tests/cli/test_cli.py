@@ -9,8 +9,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from torchdoctor.cli import cli, main
 from tests.conftest import REPO
+from torchdoctor.cli import cli, main
 
 
 def run_main(capsys, args):

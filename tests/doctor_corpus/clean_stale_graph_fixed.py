@@ -1,7 +1,7 @@
 """Fits a single linear layer to one constant batch with repeated optimizer steps."""
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 torch.set_num_threads(1)
 torch.manual_seed(0)

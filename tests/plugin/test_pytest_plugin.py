@@ -8,8 +8,14 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from torchdoctor.pytest_plugin import (DevicePeak, LimitError, MemoryLimit, limit_failure, limit_from_marker,
-                                       summary_lines)
+from torchdoctor.pytest_plugin import (
+    DevicePeak,
+    LimitError,
+    MemoryLimit,
+    limit_failure,
+    limit_from_marker,
+    summary_lines,
+)
 
 pytest_plugins = ["pytester"]
 

@@ -6,9 +6,8 @@ instead of a scheduler; ``--save-epochs DIR`` saves the weights after every epoc
 the gradients.
 """
 
-import os
-
 import argparse
+import os
 import random
 import time
 

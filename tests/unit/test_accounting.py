@@ -4,8 +4,15 @@ import gc
 
 import torch
 
-from torchdoctor.agent.accounting import (ACTIVATIONS, GRADIENTS, INPUTS_DATA, OPTIMIZER_STATE,
-                                         OPTIMIZER_TEMPORARIES, PARAMETERS, TensorAccountant)
+from torchdoctor.agent.accounting import (
+    ACTIVATIONS,
+    GRADIENTS,
+    INPUTS_DATA,
+    OPTIMIZER_STATE,
+    OPTIMIZER_TEMPORARIES,
+    PARAMETERS,
+    TensorAccountant,
+)
 
 
 def test_counts_new_storages_once_and_releases_them_when_they_die():

@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torchdoctor.agent.doctor_evidence import (SCALED_BY_SCALER, graph_nodes, holder_of, listed, loss_shape,
-                                               saved_bytes)
+from torchdoctor.agent.doctor_evidence import SCALED_BY_SCALER, graph_nodes, holder_of, listed, loss_shape, saved_bytes
 from torchdoctor.doctor_catalog import CATALOG, SEVERITIES, at_or_above, explain
 
 

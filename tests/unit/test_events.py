@@ -3,8 +3,22 @@ import json
 import pytest
 
 from torchdoctor.events import (
-    BatchSource, EVENT_TYPES, SCHEMA_VERSION, EventError, Finding, OutOfMemory, MemorySample, Note, ProcessExited, ProcessSample, Resume,
-    RunFinished, RunStarted, TrainingFigures, event_from_dict, event_from_json,
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    BatchSource,
+    EventError,
+    Finding,
+    MemorySample,
+    Note,
+    OutOfMemory,
+    ProcessExited,
+    ProcessSample,
+    Resume,
+    RunFinished,
+    RunStarted,
+    TrainingFigures,
+    event_from_dict,
+    event_from_json,
 )
 
 EXAMPLES = [

@@ -10,10 +10,27 @@ import sys
 import pytest
 
 from torchdoctor.errors import UsageError
-from torchdoctor.events import (Finding, MemorySample, Note, OutOfMemory, ProcessExited, ProcessSample,
-                                RunFinished, RunStarted)
-from torchdoctor.reporters.monitors import (Clock, Guarded, TensorBoardMonitor, WandbMonitor, entry_for,
-                                            final_scalars, open_monitors, open_tensorboard, summary_markdown)
+from torchdoctor.events import (
+    Finding,
+    MemorySample,
+    Note,
+    OutOfMemory,
+    ProcessExited,
+    ProcessSample,
+    RunFinished,
+    RunStarted,
+)
+from torchdoctor.reporters.monitors import (
+    Clock,
+    Guarded,
+    TensorBoardMonitor,
+    WandbMonitor,
+    entry_for,
+    final_scalars,
+    open_monitors,
+    open_tensorboard,
+    summary_markdown,
+)
 
 CPU = {"tensor_bytes": 2 * 2**20, "tensor_peak": 6 * 2**20, "peak_phase": "backward",
        "phase_peaks": {"forward": 4 * 2**20, "backward": 6 * 2**20},

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import faulthandler
 import importlib.machinery
 import importlib.metadata
-import faulthandler
 import os
 import platform
 import runpy

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from torchdoctor.agent.doctor_evidence import graph_nodes, holder_of, param_names
-from torchdoctor.memory_guard import live_tensors
 from torchdoctor.agent.locations import is_user_file, shown_path, user_location
+from torchdoctor.memory_guard import live_tensors
 
 PROBE = "torchdoctor.probe"
 SEEN = "torchdoctor.seen"

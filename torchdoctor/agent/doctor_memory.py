@@ -4,11 +4,11 @@ without bound; per-epoch buffers freed at the end of their epoch stay flat there
 
 The figure is the bytes of every live tensor's storage (a scan of the garbage collector's objects: tens of
 milliseconds in a large process), plus the CUDA allocator's allocated bytes where CUDA is in use. The process's
-resident memory (plus CUDA's allocated bytes), read at every training pass start (microseconds), decides when to scan: after it rose by
-RSS_GROWTH at each of the last three pass starts (memory that keeps rising is what this check is for), or when the
-training time since the last scan (or the first pass) is SCAN_BUDGET× that scan's duration. So a run whose memory
-is flat pays a scan every few minutes at most, however short its epochs. The finding names what grew: the largest
-group of new tensors by shape, and the variable holding them.
+resident memory (plus CUDA's allocated bytes), read at every training pass start (microseconds), decides when to
+scan: after it rose by RSS_GROWTH at each of the last three pass starts (memory that keeps rising is what this check
+is for), or when the training time since the last scan (or the first pass) is SCAN_BUDGET× that scan's duration. So
+a run whose memory is flat pays a scan every few minutes at most, however short its epochs. The finding names what
+grew: the largest group of new tensors by shape, and the variable holding them.
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ class MemoryChecks:
         if groups:
             (shape, dtype), members = max(groups.items(), key=lambda item: sum(s for s, _ in item[1]))
             holder = holder_of(members[0][1])
-            what = (f"; new since the measurement before: {len(members)} tensors of shape {shape} {str(dtype).split('.')[-1]}"
-                    f" ({format_bytes(sum(s for s, _ in members))})" + (f", held by {holder}" if holder else ""))
+            what = (f"; new since the measurement before: {len(members)} tensors of shape {shape} "
+                    f"{str(dtype).split('.')[-1]} ({format_bytes(sum(s for s, _ in members))})"
+                    + (f", held by {holder}" if holder else ""))
         figures = " → ".join(format_bytes(b) for _, b in recent)
         first, last = recent[0][0] + 1, recent[-1][0] + 1
         per_pass = format_bytes((recent[-1][1] - recent[0][1]) / max(1, last - first))

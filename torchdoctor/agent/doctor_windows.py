@@ -88,7 +88,8 @@ class WindowChecks:
             counted = [t for t in tokens if t]
             if max(counted) > TOKEN_RATIO * min(counted):
                 self.doctor.report("TD105", window[0].where, (
-                    f"step {step}: the {k} micro-batches of one accumulation window counted {', '.join(map(str, counted))}"
+                    f"step {step}: the {k} micro-batches of one accumulation window counted "
+                    f"{', '.join(map(str, counted))}"
                     f" target tokens, each loss a mean over its own tokens: a token of the {min(counted)}-token "
                     f"micro-batch weighed {max(counted) / min(counted):.1f}× one of the {max(counted)}-token one"))
 

@@ -9,6 +9,7 @@ from typing import IO
 
 from torchdoctor.events import Event
 
+
 class MemorySink:
     """Keeps events in a list (library use and tests)."""
 

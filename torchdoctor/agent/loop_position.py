@@ -32,7 +32,8 @@ def generator_states(loader: Any) -> list[torch.Tensor | None]:
 
 
 def restore_generators(loader: Any, states: list[torch.Tensor | None]) -> None:
-    owners = (loader, getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None))
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    owners = (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None))
     for owner, state in zip(owners, states):
         gen = getattr(owner, "generator", None)
         if state is not None and isinstance(gen, torch.Generator):

@@ -18,18 +18,24 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from torchdoctor.agent import allocator_probe
-from torchdoctor.agent.accounting import (ACTIVATIONS, ACTIVATIONS_SAVED, GRADIENTS, OPTIMIZER_STATE, PARAMETERS,
-                                          TensorAccountant)
+from torchdoctor.agent.accounting import (
+    ACTIVATIONS,
+    ACTIVATIONS_SAVED,
+    GRADIENTS,
+    OPTIMIZER_STATE,
+    PARAMETERS,
+    TensorAccountant,
+)
 from torchdoctor.agent.atomic_save import AtomicTorchSave
 from torchdoctor.agent.call_hooks import ClipHooks, ZeroGradHooks
 from torchdoctor.agent.constructions import Constructions
 from torchdoctor.agent.cuda_figures import CudaFigures
 from torchdoctor.agent.doctor import Doctor
 from torchdoctor.agent.phases import PhaseTracker
+from torchdoctor.agent.recovery_hooks import RecoveryHooks
 from torchdoctor.agent.run_checkpoints import RunCheckpoints
 from torchdoctor.agent.run_resume import RunResume
 from torchdoctor.agent.saved_activations import SavedActivations
-from torchdoctor.agent.recovery_hooks import RecoveryHooks
 from torchdoctor.agent.schedule import SamplingSchedule
 from torchdoctor.agent.training_ledger import TrainingLedger
 from torchdoctor.config import AgentSettings

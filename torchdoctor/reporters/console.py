@@ -11,7 +11,13 @@ from rich.text import Text
 
 from torchdoctor.events import PHASES
 from torchdoctor.reporters.text import (
-    CATEGORY_LABELS, INVARIANT_LABELS, format_duration, peak_when, recovery_facts, sparkline, tensor_shape,
+    CATEGORY_LABELS,
+    INVARIANT_LABELS,
+    format_duration,
+    peak_when,
+    recovery_facts,
+    sparkline,
+    tensor_shape,
     tensor_what,
 )
 from torchdoctor.sizes import format_bytes

@@ -12,7 +12,13 @@ from typing import Any
 
 from torchdoctor.reporters import charts
 from torchdoctor.reporters.text import (
-    CATEGORY_LABELS, INVARIANT_LABELS, format_duration, peak_when, recovery_facts, tensor_shape, tensor_what,
+    CATEGORY_LABELS,
+    INVARIANT_LABELS,
+    format_duration,
+    peak_when,
+    recovery_facts,
+    tensor_shape,
+    tensor_what,
     training_changes,
 )
 from torchdoctor.sizes import format_bytes

@@ -21,9 +21,18 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Protocol
 
 from torchdoctor.errors import UsageError
+from torchdoctor.events import (
+    Event,
+    Finding,
+    MemorySample,
+    Note,
+    OutOfMemory,
+    ProcessSample,
+    Resume,
+    RunFinished,
+    RunStarted,
+)
 from torchdoctor.sizes import format_bytes
-from torchdoctor.events import (Event, Finding, MemorySample, Note, OutOfMemory, ProcessSample, Resume, RunFinished,
-                                RunStarted)
 
 MIB = float(2**20)
 # Per-device figures of a memory sample, logged as memory/<device>/<key>_mib when present.

@@ -1,6 +1,10 @@
 """MLP, batch 1024 from a shuffled DataLoader: activations dominate, so it OOMs under a 16 MiB budget in backward."""
-import argparse, torch, torch.nn as nn
+import argparse
+
+import torch
+import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
+
 p = argparse.ArgumentParser(); p.add_argument("--out"); p.add_argument("--epochs", type=int, default=2)
 a = p.parse_args()
 torch.manual_seed(0)

@@ -6,6 +6,7 @@ of both networks are saved into --outf after every epoch (netG_epoch_N.pth, netD
     python dcgan.py --batchSize 128 --niter 2 --outf out --manualSeed 999
 """
 from __future__ import print_function
+
 import argparse
 import os
 import random

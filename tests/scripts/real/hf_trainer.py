@@ -12,9 +12,15 @@ import os
 
 import torch
 from torch.utils.data import Dataset
-
-from transformers import (GPT2Config, GPT2LMHeadModel, PrinterCallback, Trainer, TrainerCallback,
-                          TrainingArguments, set_seed)
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 
 class ProgressionDataset(Dataset):

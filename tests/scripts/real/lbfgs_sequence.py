@@ -6,6 +6,7 @@ whole batch through the unrolled cells, prints the loss, calls backward and retu
     python lbfgs_sequence.py --steps 3 --out seq.pt
 """
 from __future__ import print_function
+
 import argparse
 
 import torch

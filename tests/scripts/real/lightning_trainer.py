@@ -7,12 +7,11 @@ network's state_dict to --out.
 """
 import argparse
 
+import lightning.pytorch as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
-
-import lightning.pytorch as pl
 
 
 def make_images(n, seed, n_classes=6, size=16):

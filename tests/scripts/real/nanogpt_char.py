@@ -6,9 +6,9 @@ Configuration lives in module-level globals; override any of them from the comma
 Writes out_dir/ckpt.pt with the final model's state_dict.
 """
 
+import math
 import os
 import sys
-import math
 import time
 from ast import literal_eval
 

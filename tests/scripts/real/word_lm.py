@@ -8,7 +8,6 @@ by 4 whenever the validation loss stops improving, and the best model's state_di
 """
 import argparse
 import math
-import os
 
 import torch
 import torch.nn as nn
