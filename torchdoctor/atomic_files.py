@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from typing import IO, Any
@@ -30,9 +31,23 @@ def fsync_dir(directory: str) -> None:
 
 def write_atomic(path: str, write: Callable[[IO[bytes]], Any], mode: int | None = None) -> Any:
     """Call ``write(handle)`` on a temporary file beside ``path`` and rename it over ``path``; returns what
-    ``write`` returned. On any failure the temporary is removed and ``path`` is left as it was."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
+    ``write`` returned. On any failure the temporary is removed and ``path`` is left as it was.
+
+    The user's files stay what they were: a symlink is written through (the file it names is replaced, the link
+    stays a link), an existing file keeps its mode (and its owner where this process may set it; ``mode`` is for a
+    new file), and anything that is not a regular file (a device, a FIFO) is written in place, never replaced."""
+    target = os.path.realpath(path)
+    try:
+        existing: os.stat_result | None = os.stat(target)
+    except OSError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        with open(target, "wb") as handle:  # /dev/null, a FIFO, a terminal: as a plain write would
+            return write(handle)
+    if existing is not None:
+        mode = stat.S_IMODE(existing.st_mode)
+    directory = os.path.dirname(target)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
             result = write(handle)
@@ -40,13 +55,30 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], Any], mode: int | None 
             os.fsync(handle.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        if existing is not None and (existing.st_uid, existing.st_gid) != (os.getuid(), os.getgid()):
+            try:
+                os.chown(tmp, existing.st_uid, existing.st_gid)
+            except OSError:
+                pass  # not allowed: the file is the writer's now, as a copy-and-rename by hand would leave it
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     fsync_dir(directory)
     return result
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """``text`` as UTF-8, written atomically."""
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")), mode=_default_mode())
+
+
+def _default_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: 0o666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_json_atomic(path: str, data: Any) -> None:

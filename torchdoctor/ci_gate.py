@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from torchdoctor.atomic_files import write_text_atomic
 from torchdoctor.doctor_catalog import at_or_above
 from torchdoctor.errors import UsageError
 from torchdoctor.events import PHASES
@@ -125,14 +126,8 @@ def write_baseline(path: str, report: dict[str, Any], steps: int) -> dict[str, i
     figures = {key: value for key, (_, value) in measured_figures(report).items()}
     data = {"schema": BASELINE_SCHEMA, "schema_version": BASELINE_VERSION, "created_at": time.time(),
             "script": (report.get("run") or {}).get("argv"), "steps": steps, "figures": figures}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
     return figures
 
 

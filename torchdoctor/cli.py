@@ -156,6 +156,7 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
     import time
 
     from torchdoctor import ci_gate
+    from torchdoctor.atomic_files import write_text_atomic
     from torchdoctor.recovery import RecoveryOptions
     from torchdoctor.sizes import parse_size
     from torchdoctor.supervisor import RunConfig, Supervisor
@@ -184,13 +185,15 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
     seconds = time.monotonic() - began
     click.echo(ci_gate.text_table(rows))
     markdown = ci_gate.markdown(rows, problems + failing_findings, script, report.get("steps") or 0, findings)
-    for target in filter(None, (markdown_path, os.environ.get("GITHUB_STEP_SUMMARY"))):
-        with open(target, "a" if target != markdown_path else "w", encoding="utf-8") as handle:
+    if markdown_path:
+        write_text_atomic(markdown_path, markdown)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary and summary != markdown_path:
+        with open(summary, "a", encoding="utf-8") as handle:  # GitHub's job summary is appended to
             handle.write(markdown)
     if junit_path:
-        with open(junit_path, "w", encoding="utf-8") as handle:
-            handle.write(ci_gate.junit(rows, problems + failing_findings, script, seconds, findings,
-                                       failing_findings))
+        write_text_atomic(junit_path, ci_gate.junit(rows, problems + failing_findings, script, seconds, findings,
+                                                    failing_findings))
     if html_path:
         _write_html(html_path, report)
     for problem in problems + failing_findings:
