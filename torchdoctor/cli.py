@@ -312,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         result = cli.main(args=args, prog_name="torchdoctor", standalone_mode=False)
     except click.exceptions.NoSuchOption as exc:
         return _fail(f"no such option: {exc.option_name} (see torchdoctor {_command(args)} --help)", 2)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare `torchdoctor`: its help, as written
+        print(exc.format_message(), file=sys.stderr)
+        return 2
     except click.exceptions.UsageError as exc:
-        return _fail(exc.format_message().rstrip(".").lower(), 2)
+        message = exc.format_message().rstrip(".")
+        return _fail(message[:1].lower() + message[1:], 2)  # click's capital only: what the user typed stays
     except click.exceptions.Abort:
         return _fail("aborted", 130)
     except TorchDoctorError as exc:

@@ -216,3 +216,10 @@ def test_fail_on_turns_findings_into_a_failing_exit_code(tmp_path, script, flags
     else:
         assert [f["id"] for f in findings] == ["TD102"]
         assert "1 finding (TD102: torchdoctor explain ID)" in result.stderr
+
+
+def test_errors_keep_what_the_user_typed_and_a_bare_call_shows_the_help_as_written(capsys):
+    code, out, err = run_main(capsys, ["run", "--accounting", "EXACT", "train.py"])
+    assert code == 2 and err.count("\n") == 1 and "'EXACT' is not one of" in err
+    code, out, err = run_main(capsys, [])
+    assert code == 2 and "Usage: torchdoctor" in err and "PyTorch training runs" in err and "error" not in err
