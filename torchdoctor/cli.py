@@ -6,6 +6,7 @@ errors into a one-line message and an exit code.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -97,6 +98,8 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     from torchdoctor.supervisor import RunConfig, Supervisor
 
     chosen = tuple(r.strip() for r in remedies.split(",") if r.strip())
+    if not chosen:
+        raise UsageError(f"--remedies names no remedy: {remedies!r} (to never recover, use --max-retries 0)")
     unknown = [r for r in chosen if r not in REMEDIES]
     if unknown:
         raise UsageError(f"unknown remedy {unknown[0]!r} in --remedies (choose from {', '.join(REMEDIES)})")
@@ -107,6 +110,11 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
                                allow_batchnorm_split=allow_batchnorm_split)
     budget = parse_size(memory_budget) if memory_budget is not None else None
     host_limit = parse_size(host_memory_limit) if host_memory_limit is not None else None
+    if host_limit is not None and host_limit < HOST_LIMIT_MIN:
+        raise UsageError(f"--host-memory-limit {host_memory_limit} is below {HOST_LIMIT_MIN >> 20}MiB: Python and "
+                         f"torch cannot even start in that")
+    if not math.isfinite(log_interval):
+        raise UsageError(f"--log-interval must be a number of seconds, not {log_interval}")
     config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=quiet,
                        live=live, log_interval=log_interval, accounting=accounting, sample_every=sample_every,
                        memory_budget=budget, host_memory_limit=host_limit, atomic_save=not no_atomic_save,
@@ -219,8 +227,8 @@ def _fraction(text: str) -> float:
         value = float(text.strip().removesuffix("%")) / (100 if text.strip().endswith("%") else 1)
     except ValueError:
         raise UsageError(f"--max-increase must be a percentage such as 5%, not {text!r}") from None
-    if value < 0:
-        raise UsageError(f"--max-increase must not be negative, not {text!r}")
+    if value < 0 or not math.isfinite(value):
+        raise UsageError(f"--max-increase must be a percentage of 0 or more such as 5%, not {text!r}")
     return value
 
 
@@ -303,6 +311,9 @@ def env() -> int:
 
     render_environment(collect_environment(), Console())
     return 0
+
+
+HOST_LIMIT_MIN = 64 << 20  # below this a Python process with torch does not start
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,8 @@ def parse_size(text: str) -> int:
     value = float(match.group(1)) * _UNITS[unit]
     if value <= 0:
         raise UsageError(f"a size must be positive: {text!r}")
+    if value < 1:  # "0.5" would be 0 bytes, which every caller reads as "no limit"
+        raise UsageError(f"a size must be at least 1 byte: {text!r}")
     return int(value)
 
 

@@ -223,3 +223,19 @@ def test_errors_keep_what_the_user_typed_and_a_bare_call_shows_the_help_as_writt
     assert code == 2 and err.count("\n") == 1 and "'EXACT' is not one of" in err
     code, out, err = run_main(capsys, [])
     assert code == 2 and "Usage: torchdoctor" in err and "PyTorch training runs" in err and "error" not in err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["ci", "--max-increase", "nan", "train.py"], "'nan'"),
+    (["ci", "--max-increase", "inf%", "train.py"], "'inf%'"),
+    (["run", "--memory-budget", "0.5", "train.py"], "at least 1 byte"),
+    (["run", "--log-interval", "nan", "train.py"], "--log-interval"),
+    (["run", "--remedies", ",", "train.py"], "names no remedy"),
+    (["run", "--host-memory-limit", "1KB", "train.py"], "below 64MiB"),
+])
+def test_values_that_would_switch_a_gate_off_are_refused_in_one_line(capsys, tmp_path, monkeypatch, args, said):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("print('ran')\n")
+    code, out, err = run_main(capsys, args)
+    assert code == 2 and err.count("\n") == 1 and said in err, err
+    assert "ran" not in out and not (tmp_path / "torchdoctor-runs").exists()
