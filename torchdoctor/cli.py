@@ -264,14 +264,18 @@ def report(path: str, html_path: str | None) -> int:
     from torchdoctor.report_model import load_report
 
     data = load_report(path)
-    if html_path is not None:
-        _write_html(html_path, data)
-        return 0
-    from rich.console import Console
+    try:
+        if html_path is not None:
+            _write_html(html_path, data)
+            return 0
+        from rich.console import Console
 
-    from torchdoctor.reporters.console import render_report
+        from torchdoctor.reporters.console import render_report
 
-    render_report(data, Console())
+        render_report(data, Console())
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError, RecursionError) as exc:
+        # fields deeper than load_report checks: still one line, never a traceback
+        raise UsageError(f"{path} is not a report torchdoctor can read ({type(exc).__name__}: {exc})") from None
     return 0
 
 

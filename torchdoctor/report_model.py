@@ -161,9 +161,42 @@ def load_report(path: str) -> dict[str, Any]:
         raise UsageError(f"no report at {path} (give a run directory or its report.json)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"cannot read report {path}: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"cannot read report {path}: nested too deeply to be a torchdoctor report") from None
     if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA:
         raise UsageError(f"{path} is not a torchdoctor report")
     if data.get("schema_version") != REPORT_SCHEMA_VERSION:
         raise UsageError(f"{path} has report schema version {data.get('schema_version')}, "
                          f"this torchdoctor reads {REPORT_SCHEMA_VERSION}")
+    _check_shape(data, path)
     return data
+
+
+# The fields the renderers read, and what each must be (docs/report-schema.md has them all).
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "run": dict, "accounting": dict, "steps": int, "peaks": list, "samples": list, "events": list,
+    "findings": list, "recovery": dict, "attempts": list, "exit_code": int, "outcome": str,
+}
+_ITEM_FIELDS = {"peaks": {"device": str, "kind": str, "bytes": int}, "samples": {"step": int, "devices": dict},
+                "events": {}, "findings": {}, "attempts": {}}
+
+
+def _check_shape(data: dict[str, Any], path: str) -> None:
+    """A report with a valid header but fields of the wrong type: one line naming the first such field."""
+    def wrong(where: str, value: Any, expected: type | tuple[type, ...]) -> UsageError:
+        names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+        return UsageError(f"{path} is not a report torchdoctor can read: {where} is {type(value).__name__} where "
+                          f"it must be {names}")
+
+    for key, expected in _FIELD_TYPES.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise wrong(repr(key), value, expected)
+    for key, fields in _ITEM_FIELDS.items():
+        for index, item in enumerate(data.get(key) or []):
+            if not isinstance(item, dict):
+                raise wrong(f"{key}[{index}]", item, dict)
+            for name, expected in fields.items():
+                value = item.get(name)
+                if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+                    raise wrong(f"{key}[{index}].{name}", value, expected)

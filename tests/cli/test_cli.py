@@ -239,3 +239,19 @@ def test_values_that_would_switch_a_gate_off_are_refused_in_one_line(capsys, tmp
     code, out, err = run_main(capsys, args)
     assert code == 2 and err.count("\n") == 1 and said in err, err
     assert "ran" not in out and not (tmp_path / "torchdoctor-runs").exists()
+
+
+def test_a_report_with_a_valid_header_but_wrong_fields_or_deep_nesting_is_refused_in_one_line(capsys, tmp_path):
+    header = '{"schema": "torchdoctor.report", "schema_version": 1'
+    wrong_types = tmp_path / "types.json"
+    wrong_types.write_text(header + ', "steps": "x", "peaks": "oops"}')
+    wrong_items = tmp_path / "items.json"
+    wrong_items.write_text(header + ', "peaks": [{"device": "cpu", "kind": "tensor_bytes", "bytes": "big"}]}')
+    deep = tmp_path / "deep.json"
+    deep.write_text(header + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for path, said in ((wrong_types, "'steps' is str"), (wrong_items, "peaks[0].bytes is str"),
+                       (deep, "nested too deeply")):
+        for extra in ([], ["--html", str(tmp_path / "page.html")]):
+            code, out, err = run_main(capsys, ["report", *extra, str(path)])
+            assert code == 2 and err.count("\n") == 1 and said in err and "Traceback" not in err, err
+    assert not (tmp_path / "page.html").exists()
