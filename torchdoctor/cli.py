@@ -264,6 +264,9 @@ def report(path: str, html_path: str | None) -> int:
     from torchdoctor.report_model import load_report
 
     data = load_report(path)
+    if any("rebuilt from events.jsonl" in str(e.get("message")) for e in data.get("events") or []):
+        print(f"torchdoctor: {path} has no report.json (its supervisor ended first): rebuilt from events.jsonl",
+              file=sys.stderr)
     try:
         if html_path is not None:
             _write_html(html_path, data)

@@ -153,7 +153,10 @@ def load_report(path: str) -> dict[str, Any]:
     import os
 
     if os.path.isdir(path):
+        events = os.path.join(path, "events.jsonl")
         path = os.path.join(path, "report.json")
+        if not os.path.exists(path) and os.path.exists(events):
+            return rebuild_report(os.path.dirname(path), events)
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -170,6 +173,31 @@ def load_report(path: str) -> dict[str, Any]:
                          f"this torchdoctor reads {REPORT_SCHEMA_VERSION}")
     _check_shape(data, path)
     return data
+
+
+def rebuild_report(run_dir: str, events_path: str) -> dict[str, Any]:
+    """The report of a run whose supervisor ended before writing report.json (killed, out of disk), from the
+    agent's event stream; a line the agent did not finish writing is left out. Says that it was rebuilt."""
+    from torchdoctor.events import EventError, Note, event_from_json
+    from torchdoctor.state import fold
+
+    events = []
+    try:
+        with open(events_path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    events.append(event_from_json(line))
+                except (EventError, ValueError, TypeError, KeyError, RecursionError):
+                    continue
+    except OSError as exc:
+        raise UsageError(f"cannot read {events_path}: {exc.strerror or exc}") from None
+    if not events:
+        raise UsageError(f"no report in {run_dir}: report.json is missing and events.jsonl holds no event")
+    state = fold(events)
+    state.notes.append(Note(level="warning", step=None, message=(
+        "rebuilt from events.jsonl: the supervisor ended before it wrote report.json (the process's exit and the "
+        "supervisor's own figures are missing)")))
+    return build_report(state, run_dir=run_dir, environment={})
 
 
 # The fields the renderers read, and what each must be (docs/report-schema.md has them all).

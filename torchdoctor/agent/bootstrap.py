@@ -21,6 +21,7 @@ import zipfile
 from types import TracebackType
 
 from torchdoctor.agent.emitter import FileEmitter, MemorySink
+from torchdoctor.agent.lifeline import die_with_parent
 from torchdoctor.agent.torch_watch import TorchImportWatcher
 from torchdoctor.config import AgentSettings
 from torchdoctor.errors import ResumeAbandoned, StepsDone, UsageError
@@ -95,6 +96,8 @@ def _torch_version() -> str | None:
 def main(argv: list[str] | None = None) -> None:
     is_module, target, script_args = _parse(list(sys.argv[1:] if argv is None else argv))
     settings = AgentSettings.from_env()
+    if settings.events_path:  # started by a supervisor: never outlive it
+        die_with_parent()
     fault_file = None
     if settings.fault_log:
         fault_file = open(settings.fault_log, "w")  # noqa: SIM115 - must outlive main() for faulthandler

@@ -42,6 +42,7 @@ from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
+from torchdoctor.agent.lifeline import parent_death_signal  # noqa: E402
 from torchdoctor.zygote import Channel, ChannelClosed  # noqa: E402
 
 _SHIELDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # ignored by the server, default again in children
@@ -139,25 +140,6 @@ class _Template:
     server_fds: list[int] = field(default_factory=list)
     parent_death: Callable[[], None] | None = None
     mask: set[int] = field(default_factory=set)
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A function that makes the calling process get SIGKILL when its parent dies (Linux), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:
-        prctl(pr_set_pdeathsig, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
-              ctypes.c_ulong(0))
-
-    return arm
 
 
 def _stdio_stream(fd: int, write: bool, name: str, encoding: str, errors: str, unbuffered: bool) -> io.TextIOWrapper:
@@ -419,7 +401,7 @@ def serve(fd: int, preload: tuple[str, ...] = ("torch", "torchdoctor.agent.sessi
         torch_filters=[f for f in warnings.filters if f not in _BASELINE_FILTERS],
         server_pid=os.getpid(),
         server_fds=[wake_read, wake_write],
-        parent_death=_parent_death_signal(),
+        parent_death=parent_death_signal(),
         mask=signal.pthread_sigmask(signal.SIG_BLOCK, []),
     )
     server = _Server(channel, template, wake_read)
