@@ -35,7 +35,8 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], Any], mode: int | None 
 
     The user's files stay what they were: a symlink is written through (the file it names is replaced, the link
     stays a link), an existing file keeps its mode (and its owner where this process may set it; ``mode`` is for a
-    new file), and anything that is not a regular file (a device, a FIFO) is written in place, never replaced."""
+    new file, by default what the umask gives a plain ``open``), and anything that is not a regular file (a
+    device, a FIFO) is written in place, never replaced."""
     target = os.path.realpath(path)
     try:
         existing: os.stat_result | None = os.stat(target)
@@ -46,6 +47,8 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], Any], mode: int | None 
             return write(handle)
     if existing is not None:
         mode = stat.S_IMODE(existing.st_mode)
+    elif mode is None:
+        mode = _default_mode()  # as open(path, "w") would create it (a temporary file is 0600)
     directory = os.path.dirname(target)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.tmp-")
     try:
@@ -71,7 +74,7 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], Any], mode: int | None 
 
 def write_text_atomic(path: str, text: str) -> None:
     """``text`` as UTF-8, written atomically."""
-    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")), mode=_default_mode())
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _default_mode() -> int:

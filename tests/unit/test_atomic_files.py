@@ -52,3 +52,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     except OSError:
         pass
     assert path.read_text() == "kept" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_every_new_file_follows_the_umask_as_a_plain_open_would(tmp_path):
+    from torchdoctor.atomic_files import write_json_atomic
+
+    umask = os.umask(0o027)
+    try:
+        write_json_atomic(str(tmp_path / "report.json"), {"a": 1})
+        write_atomic(str(tmp_path / "checkpoint.pt"), lambda handle: handle.write(b"x"))
+    finally:
+        os.umask(umask)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {
+        "report.json": 0o640, "checkpoint.pt": 0o640}
