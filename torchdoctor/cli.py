@@ -261,10 +261,12 @@ def report(path: str, html_path: str | None) -> int:
     torchdoctor report torchdoctor-runs/20261126-150400-train
     torchdoctor report RUN --html report.html
     """
+    import os
+
     from torchdoctor.report_model import load_report
 
-    data = load_report(path)
-    if any("rebuilt from events.jsonl" in str(e.get("message")) for e in data.get("events") or []):
+    data = load_report(path)  # a run directory without report.json: rebuilt from its events.jsonl
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "report.json")):
         print(f"torchdoctor: {path} has no report.json (its supervisor ended first): rebuilt from events.jsonl",
               file=sys.stderr)
     try:
@@ -302,7 +304,7 @@ def _write_html(path: str, data: dict) -> None:
     _check_output("--html", path)
     page = render_html(data).encode("utf-8")
     try:
-        write_atomic(path, lambda handle: handle.write(page), mode=0o644)
+        write_atomic(path, lambda handle: handle.write(page))
     except OSError as exc:
         raise UsageError(f"cannot write --html {path}: {exc.strerror or exc}") from None
     hint = "" if charts.available() else f" (tables only: {INSTALL_HINT} adds the charts)"

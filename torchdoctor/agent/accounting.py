@@ -88,6 +88,12 @@ class DeviceLedger:
             out[entry.cat] += entry.nbytes
         return out
 
+    def add_unseen(self, entry: _Entry) -> None:
+        """A storage alive before the probe: the allocator never reported it, nor will it report its free."""
+        entry.ledger = self
+        self.before_probe[entry.ptr] = entry
+        self.unseen += entry.nbytes
+
     def cats_now(self) -> list[int]:
         """The bytes held now by category."""
         if self.probe is None:
@@ -238,9 +244,7 @@ class TensorAccountant(TorchDispatchMode):
             ledger.current, ledger.cats = old.current, list(old.cats)
             for entry in self._live.values():
                 if entry.ledger is old:
-                    entry.ledger = ledger
-                    ledger.before_probe[entry.ptr] = entry
-            ledger.unseen = old.current
+                    ledger.add_unseen(entry)
         self._cpu = self.ledgers["cpu"] = ledger
         probe.set_phase(self.phase, born_as(self.phase))
         ledger.reset_span(self.phase, self._seq)
@@ -268,8 +272,7 @@ class TensorAccountant(TorchDispatchMode):
             entry = self._live.get(ptr)
             if entry is not None and entry.ledger is cpu:
                 entry.seq = 0
-                cpu.before_probe[ptr] = entry
-                cpu.unseen += entry.nbytes
+                cpu.add_unseen(entry)
 
     def allocator_figures(self) -> dict[str, dict[str, Any]]:
         """The CPU allocator's figures for a span the accountant did not measure (no breakdown, no phases)."""
@@ -362,20 +365,16 @@ class TensorAccountant(TorchDispatchMode):
         """Mark storages as ``cat`` (in the CPU allocator probe's figures too); with ``only_from``, only those that
         are that category now. Ones it does not count yet are counted as born before everything in a ``census``
         or while the accountant is open."""
+        tensors = list(tensors)
         probe = self.probe
-        native_from = -1 if only_from is None else only_from
-        if probe is not None and not (census or self.is_open or self._cpu.before_probe):
-            # only the allocator's figures: no storage is counted here
-            probe.classify(_cpu_storages(tensors), cat, native_from)
-            return
-        native: list[int] = []
+        if probe is not None:  # the allocator's figures (storages it did not allocate are left alone)
+            probe.classify(_cpu_storages(tensors), cat, -1 if only_from is None else only_from)
+            if not (census or self.is_open or self._cpu.before_probe):
+                return  # no storage is counted here
         for tensor in tensors:
             try:
-                storage = tensor.untyped_storage()
-                ptr = storage.data_ptr()
-                if probe is not None and storage.device.type == "cpu":
-                    native.append(storage._cdata)
-            except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+                ptr = tensor.untyped_storage().data_ptr()
+            except (RuntimeError, NotImplementedError, TypeError):
                 continue
             entry = self._live.get(ptr)
             if entry is None and (only_from is not None or not (census or self.is_open)):
@@ -396,8 +395,6 @@ class TensorAccountant(TorchDispatchMode):
                 ledger.span_peak_cats[entry.cat] -= entry.nbytes
                 ledger.span_peak_cats[cat] += entry.nbytes
             entry.cat = cat
-        if native:
-            probe.classify(native, cat, native_from)
 
     # -- phases and spans --------------------------------------------------------------------------------
     def set_phase(self, phase: str) -> None:

@@ -49,11 +49,8 @@ class AtomicTorchSave:
                 if owner.suppress is not None and owner.suppress():
                     owner.suppressed += 1
                     return None
-                umask = os.umask(0)
-                os.umask(umask)
-                # 0o666 less the umask: the mode a plain torch.save would have given the file
-                result = write_atomic(os.fspath(f), lambda handle: original(obj, handle, *args, **kwargs),
-                                      mode=0o666 & ~umask)
+                # a new file gets the mode a plain torch.save would have given it (write_atomic follows the umask)
+                result = write_atomic(os.fspath(f), lambda handle: original(obj, handle, *args, **kwargs))
                 owner.saves += 1
                 return result
             return save
