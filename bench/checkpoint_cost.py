@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from torchdoctor.checkpoint import save_checkpoint  # noqa: E402
+from torchdoctor.agent.checkpoint import save_checkpoint  # noqa: E402
 
 
 def save_costs(width: int, reps: int) -> tuple[float, float, int]:

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from torchdoctor.checkpoint import committed, load_checkpoint, save_checkpoint  # noqa: E402
+from torchdoctor.agent.checkpoint import committed, load_checkpoint, save_checkpoint  # noqa: E402
 
 
 def main() -> int:

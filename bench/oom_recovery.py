@@ -19,7 +19,7 @@ Every variant runs in a fresh process (bench/oom/inproc.py, or ``torchdoctor run
                        1TiB``: what each run's wall time is compared with
     true largest       bisection of the plain loop's batch size under the budget
     accelerate as is   @find_executable_batch_size(starting_batch_size=B) on the training function, under
-                       torchdoctor.library.memory_budget, unchanged
+                       torchdoctor.agent.retry.memory_budget, unchanged
     accelerate         the same, with the budget's OOM message put in the CUDA format accelerate matches
                        (" out of memory."): what it would see from a real GPU
     ResilientStep      torchdoctor.ResilientStep(opt) around each step of the same loop, same budget; when it

@@ -36,8 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from torchdoctor.supervisor import _BOOT, _PACKAGE_ROOT  # noqa: E402 - the supervisor's exact child command
-from torchdoctor.zygote import Zygote  # noqa: E402
+from torchdoctor.supervisor.attempt_loop import _BOOT, _PACKAGE_ROOT  # noqa: E402 - the supervisor's exact child command
+from torchdoctor.supervisor.zygote import Zygote  # noqa: E402
 
 WORKLOADS = {
     "tiny_train.py": [str(REPO / "tests" / "scripts" / "tiny_train.py"), "--steps", "8"],

@@ -30,8 +30,8 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from torchdoctor.agent.accounting import PARAMETERS, TensorAccountant  # noqa: E402
-from torchdoctor.agent.checkpointing import ActivationCheckpointing  # noqa: E402
+from torchdoctor.agent.memory.accounting import PARAMETERS, TensorAccountant  # noqa: E402
+from torchdoctor.agent.recovery.activation_checkpointing import ActivationCheckpointing  # noqa: E402
 
 
 def gpt_case() -> tuple[nn.Module, tuple[torch.Tensor, ...], Callable[..., torch.Tensor]]:

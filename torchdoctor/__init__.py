@@ -22,21 +22,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "oom_retry": "torchdoctor.library",
-    "ResilientStep": "torchdoctor.library",
-    "memory_budget": "torchdoctor.library",
-    "OOMRecord": "torchdoctor.library",
+    "oom_retry": "torchdoctor.agent.retry",
+    "ResilientStep": "torchdoctor.agent.retry",
+    "memory_budget": "torchdoctor.agent.retry",
+    "OOMRecord": "torchdoctor.agent.retry",
     "is_oom": "torchdoctor.oom",
-    "save_checkpoint": "torchdoctor.checkpoint",
-    "load_checkpoint": "torchdoctor.checkpoint",
-    "resume_batches": "torchdoctor.checkpoint",
-    "capture_rng": "torchdoctor.checkpoint",
-    "restore_rng": "torchdoctor.checkpoint",
-    "CheckpointError": "torchdoctor.checkpoint",
+    "save_checkpoint": "torchdoctor.agent.checkpoint",
+    "load_checkpoint": "torchdoctor.agent.checkpoint",
+    "resume_batches": "torchdoctor.agent.checkpoint",
+    "capture_rng": "torchdoctor.agent.checkpoint",
+    "restore_rng": "torchdoctor.agent.checkpoint",
+    "CheckpointError": "torchdoctor.agent.checkpoint",
     "classify_oom": "torchdoctor.oom",
-    "watch": "torchdoctor.watching",
-    "TorchDoctorFinding": "torchdoctor.watching",
-    "FindingsError": "torchdoctor.watching",
+    "watch": "torchdoctor.agent.watch",
+    "TorchDoctorFinding": "torchdoctor.agent.watch",
+    "FindingsError": "torchdoctor.agent.watch",
 }
 
 __all__ = ["__version__", *_LAZY]

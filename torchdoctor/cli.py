@@ -93,9 +93,9 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     torchdoctor run train.py --lr 3e-4
     torchdoctor run -m package.module --epochs 2
     """
-    from torchdoctor.recovery import RecoveryOptions
     from torchdoctor.sizes import parse_size
-    from torchdoctor.supervisor import RunConfig, Supervisor
+    from torchdoctor.supervisor.attempt_loop import RunConfig, Supervisor
+    from torchdoctor.supervisor.recovery_planner import RecoveryOptions
 
     chosen = tuple(r.strip() for r in remedies.split(",") if r.strip())
     if not chosen:
@@ -163,11 +163,11 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
     import os
     import time
 
-    from torchdoctor import ci_gate
-    from torchdoctor.atomic_files import write_text_atomic
-    from torchdoctor.recovery import RecoveryOptions
+    from torchdoctor.files import write_text_atomic
     from torchdoctor.sizes import parse_size
-    from torchdoctor.supervisor import RunConfig, Supervisor
+    from torchdoctor.supervisor import gate as ci_gate
+    from torchdoctor.supervisor.attempt_loop import RunConfig, Supervisor
+    from torchdoctor.supervisor.recovery_planner import RecoveryOptions
 
     limit = parse_size(budget) if budget is not None else None
     allowed = _fraction(max_increase)
@@ -236,8 +236,8 @@ def _fraction(text: str) -> float:
 @click.argument("check_id", metavar="[ID]", required=False)
 def explain(check_id: str | None) -> int:
     """Explain a finding id (e.g. TD101) with a before/after snippet; without ID, list the checks."""
-    from torchdoctor.doctor_catalog import CATALOG
-    from torchdoctor.doctor_catalog import explain as explain_text
+    from torchdoctor.checks import CATALOG
+    from torchdoctor.checks import explain as explain_text
 
     if check_id is None:
         for check in CATALOG.values():
@@ -263,7 +263,7 @@ def report(path: str, html_path: str | None) -> int:
     """
     import os
 
-    from torchdoctor.report_model import load_report
+    from torchdoctor.supervisor.report import load_report
 
     data = load_report(path)  # a run directory without report.json: rebuilt from its events.jsonl
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "report.json")):
@@ -297,7 +297,7 @@ def _check_output(option: str, path: str) -> None:
 
 def _write_html(path: str, data: dict) -> None:
     """The HTML report, written atomically (a page half-written is never left); one line on stderr says where."""
-    from torchdoctor.atomic_files import write_atomic
+    from torchdoctor.files import write_atomic
     from torchdoctor.reporters import charts
     from torchdoctor.reporters.html import INSTALL_HINT, render_html
 
@@ -316,7 +316,8 @@ def env() -> int:
     """Show torch, CUDA and GPUs (read through NVML, without creating a CUDA context)."""
     from rich.console import Console
 
-    from torchdoctor.environment import collect_environment, render_environment
+    from torchdoctor.agent.environment import collect_environment
+    from torchdoctor.reporters.environment import render_environment
 
     render_environment(collect_environment(), Console())
     return 0

@@ -9,8 +9,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from torchdoctor.atomic_files import write_json_atomic
 from torchdoctor.errors import UsageError
+from torchdoctor.files import write_json_atomic
 
 ENV_PLAN = "TORCHDOCTOR_PLAN"
 # The remedies, in their default order: exact ones first (the training as asked, up to float rounding), the
@@ -80,3 +80,9 @@ class Plan:
     @property
     def is_default(self) -> bool:
         return self == Plan(attempt=self.attempt)
+
+
+def next_parts(current: int) -> int:
+    """The next number of micro-batches per batch: 1, 2, 3, 5, 8, 12, 18, ... (x1.5, finer than halving, so the
+    micro-batch found stays close to the largest that fits)."""
+    return max(current + 1, -(-current * 3 // 2))

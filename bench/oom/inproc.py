@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 import workloads as w  # noqa: E402
 
-from torchdoctor.library import ResilientStep, memory_budget  # noqa: E402
-from torchdoctor.memory_guard import live_tensor_bytes  # noqa: E402
+from torchdoctor.agent.memory.live import live_tensor_bytes  # noqa: E402
+from torchdoctor.agent.retry import ResilientStep, memory_budget  # noqa: E402
 
 
 class Log:
@@ -135,7 +135,7 @@ def probe_accumulated(scenario: str, batch_size: int, micro: int, log: Log) -> N
     """The memory of micro-batches of ``micro`` samples (the rest last) with gradient accumulation over each batch of
     ``batch_size``, as ``torchdoctor run`` makes them: the DataLoader collates the micro-batches themselves
     (torchdoctor's MicroBatchSampler); steps 1-3 (scenario a) or the whole epoch (late: the long bag's batch)."""
-    from torchdoctor.agent.batching import MicroBatchSampler, split_sizes
+    from torchdoctor.agent.recovery.micro_batches import MicroBatchSampler, split_sizes
 
     model, opt, loader = w.setup(scenario, batch_size)
     sampler = MicroBatchSampler(loader.batch_sampler, len(split_sizes(batch_size, 1, micro)), size=micro)

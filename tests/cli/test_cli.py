@@ -187,7 +187,7 @@ def test_explain_of_an_unknown_id_is_one_line(capsys):
 
 
 def test_explain_without_an_id_lists_every_check_with_its_severity(capsys):
-    from torchdoctor.doctor_catalog import CATALOG
+    from torchdoctor.checks import CATALOG
 
     code, out, _ = run_main(capsys, ["explain"])
     lines = out.splitlines()

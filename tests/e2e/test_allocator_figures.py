@@ -73,8 +73,8 @@ def test_ci_gates_the_allocators_peak(tmp_path):
 
 PROBE_CHECKS = r'''
 import os, sys, threading, torch
-from torchdoctor.agent import allocator_probe
-from torchdoctor.agent.accounting import GRADIENTS, PARAMETERS, TensorAccountant
+from torchdoctor.agent.memory import allocator_probe
+from torchdoctor.agent.memory.accounting import GRADIENTS, PARAMETERS, TensorAccountant
 
 probe, why = allocator_probe.start(torch)
 assert probe is not None, why
@@ -152,9 +152,9 @@ def test_the_probe_counts_every_allocation_beside_a_profiler_and_breaks_down_the
 
 SAVED_CHECKS = r'''
 import torch
-from torchdoctor.agent import allocator_probe
-from torchdoctor.agent.accounting import ACTIVATIONS, ACTIVATIONS_SAVED, INPUTS_DATA, PARAMETERS, TensorAccountant
-from torchdoctor.agent.saved_activations import SavedActivations
+from torchdoctor.agent.memory import allocator_probe
+from torchdoctor.agent.memory.accounting import ACTIVATIONS, ACTIVATIONS_SAVED, INPUTS_DATA, PARAMETERS, TensorAccountant
+from torchdoctor.agent.memory.saved_activations import SavedActivations
 
 probe, why = allocator_probe.start(torch)
 assert probe is not None, why
@@ -255,7 +255,7 @@ def test_without_the_probe_resident_memory_shows_a_peak_the_sampled_run_did_not_
 LIBRARY_BUDGET_CHECKS = r'''
 import torch
 import torchdoctor
-from torchdoctor.agent import allocator_probe
+from torchdoctor.agent.memory import allocator_probe
 
 made_before = torch.empty(3 << 20, dtype=torch.uint8)  # before the probe: counted by the census, once
 lstm = torch.nn.LSTM(32, 128, num_layers=2)

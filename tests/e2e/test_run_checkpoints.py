@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tests.conftest import SCRIPTS, read_report, run_torchdoctor
-from torchdoctor.checkpoint import committed, load_checkpoint
+from torchdoctor.agent.checkpoint import committed, load_checkpoint
 
 pytestmark = pytest.mark.e2e
 

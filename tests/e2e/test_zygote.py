@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, SCRIPTS, run_python
-from torchdoctor.zygote import Zygote, ZygoteError, _has_vanished
+from torchdoctor.supervisor.zygote import Zygote, ZygoteError, _has_vanished
 
 pytestmark = pytest.mark.e2e
 
@@ -250,7 +250,7 @@ def test_close_ends_the_children_and_reaps_the_server(tmp_path):
 def test_a_supervisor_that_dies_leaves_neither_zygote_nor_children(tmp_path):
     supervisor = (
         "import os, sys; sys.path.insert(0, sys.argv[1])\n"
-        "from torchdoctor.zygote import Zygote\n"
+        "from torchdoctor.supervisor.zygote import Zygote\n"
         "z = Zygote.start(sys.argv[1], preload=('torch',)); assert z.ready(120), z.failure\n"
         "env = {k: v for k, v in os.environ.items() if not k.startswith('TORCHDOCTOR_')}\n"
         "child = z.spawn([sys.argv[2], sys.argv[3]], env, sys.argv[4], 0, 1, 2)\n"

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import torchdoctor
-from torchdoctor.checkpoint import committed
+from torchdoctor.agent.checkpoint import committed
 
 
 class NoisyData(Dataset):

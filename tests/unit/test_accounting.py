@@ -4,7 +4,7 @@ import gc
 
 import torch
 
-from torchdoctor.agent.accounting import (
+from torchdoctor.agent.memory.accounting import (
     ACTIVATIONS,
     GRADIENTS,
     INPUTS_DATA,

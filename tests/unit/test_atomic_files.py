@@ -3,7 +3,7 @@
 import os
 import stat
 
-from torchdoctor.atomic_files import write_atomic, write_text_atomic
+from torchdoctor.files import write_atomic, write_text_atomic
 
 
 def test_a_symlink_is_written_through_and_stays_a_link(tmp_path):
@@ -55,7 +55,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_every_new_file_follows_the_umask_as_a_plain_open_would(tmp_path):
-    from torchdoctor.atomic_files import write_json_atomic
+    from torchdoctor.files import write_json_atomic
 
     umask = os.umask(0o027)
     try:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchdoctor.checkpoint import CheckpointError, committed, load_checkpoint, save_checkpoint
+from torchdoctor.agent.checkpoint import CheckpointError, committed, load_checkpoint, save_checkpoint
 
 
 def model_of(width=256):

@@ -7,7 +7,7 @@ import io
 import torch
 from torch import nn
 
-from torchdoctor.agent.checkpointing import ActivationCheckpointing, find_blocks
+from torchdoctor.agent.recovery.activation_checkpointing import ActivationCheckpointing, find_blocks
 
 
 class Block(nn.Module):

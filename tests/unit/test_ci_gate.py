@@ -1,6 +1,6 @@
 """The memory gate's verdict on report figures (pure: no run)."""
 
-from torchdoctor.ci_gate import evaluate, finding_problems
+from torchdoctor.supervisor.gate import evaluate, finding_problems
 
 KiB = 1024
 

@@ -1,8 +1,8 @@
-"""What the figures did not cover (torchdoctor/coverage.py): pure logic over a folded event stream."""
+"""What the figures did not cover (torchdoctor/supervisor/coverage.py): pure logic over a folded event stream."""
 
-from torchdoctor.coverage import unmeasured_peaks
 from torchdoctor.events import MemorySample, RunStarted
-from torchdoctor.state import fold
+from torchdoctor.supervisor.coverage import unmeasured_peaks
+from torchdoctor.supervisor.state import fold
 
 MiB = 1 << 20
 

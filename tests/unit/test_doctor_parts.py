@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torchdoctor.agent.doctor_evidence import SCALED_BY_SCALER, graph_nodes, holder_of, listed, loss_shape, saved_bytes
-from torchdoctor.doctor_catalog import CATALOG, SEVERITIES, at_or_above, explain
+from torchdoctor.agent.doctor.evidence import SCALED_BY_SCALER, graph_nodes, holder_of, listed, loss_shape, saved_bytes
+from torchdoctor.checks import CATALOG, SEVERITIES, at_or_above, explain
 
 
 def test_every_check_has_a_severity_title_fix_and_a_before_after_pair():

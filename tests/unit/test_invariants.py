@@ -1,8 +1,8 @@
 """Whether a recovered run trained as asked: each invariant from the attempts' measured figures (pure)."""
 
-from torchdoctor.invariants import changes, training_invariants
 from torchdoctor.reporters.summary_line import summary_line
 from torchdoctor.reporters.text import recovery_facts, training_changes_short
+from torchdoctor.supervisor.invariants import changes, training_invariants
 
 
 def step(samples, loss=None, fingerprint=None, backwards=1, iterations=1, **extra):

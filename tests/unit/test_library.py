@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import torchdoctor
-from torchdoctor.library import ResilientStep, memory_budget, oom_retry, split_batch
+from torchdoctor.agent.retry import ResilientStep, memory_budget, oom_retry, split_batch
 
 MiB = 2**20
 

@@ -6,8 +6,8 @@ import textwrap
 import torch
 import torch.nn.functional as F
 
-from torchdoctor.agent.doctor_evidence import loss_reduction
-from torchdoctor.agent.loop_reading import read_loop
+from torchdoctor.agent.doctor.evidence import loss_reduction
+from torchdoctor.agent.recovery.loop_reading import read_loop
 
 X = torch.randn(8, 5, requires_grad=True)
 Y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])

@@ -1,8 +1,8 @@
 """The recovery planner and the command-line rewriting: pure decisions on plain data."""
 
-from torchdoctor.attempts import command_line_batch, script_args_for, suggestions
 from torchdoctor.plan import Plan
-from torchdoctor.recovery import Failure, LoaderInfo, RecoveryOptions, next_plan
+from torchdoctor.supervisor.failures import command_line_batch, script_args_for, suggestions
+from torchdoctor.supervisor.recovery_planner import Failure, LoaderInfo, RecoveryOptions, next_plan
 
 TRAIN = (LoaderInfo(0, 256, True), LoaderInfo(1, 1024, False))
 

@@ -6,10 +6,10 @@ import json
 from rich.console import Console
 
 from torchdoctor.events import MemorySample, Note, ProcessExited, RunFinished, RunStarted
-from torchdoctor.report_model import REPORT_SCHEMA_VERSION, build_report, load_report, recovery_summary
 from torchdoctor.reporters.console import render_report
 from torchdoctor.reporters.summary_line import summary_line
-from torchdoctor.state import fold
+from torchdoctor.supervisor.report import REPORT_SCHEMA_VERSION, build_report, load_report, recovery_summary
+from torchdoctor.supervisor.state import fold
 
 MiB = 1024 * 1024
 

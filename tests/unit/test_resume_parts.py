@@ -6,12 +6,12 @@ import json
 import torch
 from torch import nn
 
-from torchdoctor.agent.constructions import Constructions
-from torchdoctor.agent.loop_position import LoopPosition, generator_states, restore_generators
-from torchdoctor.agent.training_state import TrainingObjects
-from torchdoctor.checkpoint import save_checkpoint
+from torchdoctor.agent.checkpoint import save_checkpoint
+from torchdoctor.agent.hooks.constructions import Constructions
+from torchdoctor.agent.hooks.loop_position import LoopPosition, generator_states, restore_generators
+from torchdoctor.agent.resume.training_state import TrainingObjects
 from torchdoctor.plan import Plan
-from torchdoctor.recovery import Failure, RecoveryOptions, next_plan
+from torchdoctor.supervisor.recovery_planner import Failure, RecoveryOptions, next_plan
 
 
 class _Loader:

@@ -1,4 +1,4 @@
-from torchdoctor.agent.schedule import SamplingSchedule
+from torchdoctor.agent.memory.schedule import SamplingSchedule
 
 
 def test_exact_measures_every_step_and_off_none():

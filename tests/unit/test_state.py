@@ -1,5 +1,5 @@
 from torchdoctor.events import MemorySample, Note, ProcessSample, RunFinished
-from torchdoctor.state import fold
+from torchdoctor.supervisor.state import fold
 
 
 def sample(step, peak=None, span="step", t=0.0, rss=None, phase="backward", cuda=None):

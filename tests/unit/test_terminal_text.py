@@ -1,7 +1,7 @@
 import pytest
 
 from torchdoctor.reporters.text import NOT_MEASURED, format_duration, sparkline
-from torchdoctor.terminal import settle
+from torchdoctor.supervisor.terminal import settle
 
 
 @pytest.mark.parametrize("line, shown", [

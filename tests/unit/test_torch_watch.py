@@ -1,6 +1,6 @@
 import sys
 
-from torchdoctor.agent.torch_watch import TorchImportWatcher
+from torchdoctor.agent.import_hook import TorchImportWatcher
 
 
 def test_callback_runs_right_after_the_module_is_imported_and_not_before(tmp_path, monkeypatch):

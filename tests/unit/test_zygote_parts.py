@@ -10,7 +10,8 @@ import types
 import pytest
 
 from torchdoctor.agent.zygote_server import HiddenModules
-from torchdoctor.zygote import Channel, ChannelClosed, import_time_differences
+from torchdoctor.channel import Channel, ChannelClosed
+from torchdoctor.supervisor.zygote import import_time_differences
 
 
 def test_only_variables_read_at_start_up_or_import_time_count_as_differences():

@@ -21,8 +21,8 @@ import zipfile
 from types import TracebackType
 
 from torchdoctor.agent.emitter import FileEmitter, MemorySink
+from torchdoctor.agent.import_hook import TorchImportWatcher
 from torchdoctor.agent.lifeline import die_with_parent
-from torchdoctor.agent.torch_watch import TorchImportWatcher
 from torchdoctor.config import AgentSettings
 from torchdoctor.errors import ResumeAbandoned, StepsDone, UsageError
 from torchdoctor.events import RunFinished, RunStarted

@@ -17,8 +17,13 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from torchdoctor.agent import allocator_probe
-from torchdoctor.agent.accounting import (
+from torchdoctor.agent.doctor.doctor import Doctor
+from torchdoctor.agent.hooks.atomic_save import AtomicTorchSave
+from torchdoctor.agent.hooks.calls import ClipHooks, ZeroGradHooks
+from torchdoctor.agent.hooks.constructions import Constructions
+from torchdoctor.agent.hooks.phases import PhaseTracker
+from torchdoctor.agent.memory import allocator_probe
+from torchdoctor.agent.memory.accounting import (
     ACTIVATIONS,
     ACTIVATIONS_SAVED,
     GRADIENTS,
@@ -26,18 +31,13 @@ from torchdoctor.agent.accounting import (
     PARAMETERS,
     TensorAccountant,
 )
-from torchdoctor.agent.atomic_save import AtomicTorchSave
-from torchdoctor.agent.call_hooks import ClipHooks, ZeroGradHooks
-from torchdoctor.agent.constructions import Constructions
-from torchdoctor.agent.cuda_figures import CudaFigures
-from torchdoctor.agent.doctor import Doctor
-from torchdoctor.agent.phases import PhaseTracker
-from torchdoctor.agent.recovery_hooks import RecoveryHooks
-from torchdoctor.agent.run_checkpoints import RunCheckpoints
-from torchdoctor.agent.run_resume import RunResume
-from torchdoctor.agent.saved_activations import SavedActivations
-from torchdoctor.agent.schedule import SamplingSchedule
-from torchdoctor.agent.training_ledger import TrainingLedger
+from torchdoctor.agent.memory.cuda import CudaFigures
+from torchdoctor.agent.memory.saved_activations import SavedActivations
+from torchdoctor.agent.memory.schedule import SamplingSchedule
+from torchdoctor.agent.recovery.hooks import RecoveryHooks
+from torchdoctor.agent.recovery.training_ledger import TrainingLedger
+from torchdoctor.agent.resume.checkpoints import RunCheckpoints
+from torchdoctor.agent.resume.replay import RunResume
 from torchdoctor.config import AgentSettings
 from torchdoctor.errors import StepsDone
 from torchdoctor.events import Event, MemorySample, Note

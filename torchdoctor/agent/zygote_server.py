@@ -1,4 +1,4 @@
-"""The zygote's server: imports torch once, then forks one fresh child per attempt (see torchdoctor/zygote.py).
+"""The zygote's server: imports torch once, then forks one fresh child per attempt (see supervisor/zygote.py).
 
 Started as ``python -c "...; serve(FD)"`` with one end of a socket pair. It imports torch and the agent (so a
 child pays nothing for them), reports ready, and serves spawn requests until its socket closes or it is asked to
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
 from torchdoctor.agent.lifeline import parent_death_signal  # noqa: E402
-from torchdoctor.zygote import Channel, ChannelClosed  # noqa: E402
+from torchdoctor.channel import Channel, ChannelClosed  # noqa: E402
 
 _SHIELDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # ignored by the server, default again in children
 _RESTORE_ALL = frozenset({"torch"})  # importing one of these brings back everything the zygote loaded

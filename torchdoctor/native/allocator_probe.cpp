@@ -10,7 +10,7 @@
 // from its StorageImpl, also in the breakdown recorded at the peak when it was alive then. Allocations made before
 // the probe was put in place keep their own deleter: the probe sees neither their birth nor their death.
 //
-// Built once per torch version by torchdoctor/agent/allocator_probe.py and called through ctypes.
+// Built once per torch version by torchdoctor/agent/memory/allocator_probe.py and called through ctypes.
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/StorageImpl.h>
 

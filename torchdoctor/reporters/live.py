@@ -12,7 +12,7 @@ from rich.text import Text
 
 from torchdoctor.reporters.text import format_duration
 from torchdoctor.sizes import format_bytes
-from torchdoctor.state import RunState
+from torchdoctor.supervisor.state import RunState
 
 
 def _tensor_line(state: RunState) -> tuple[str, str, str] | None:

@@ -1,0 +1,133 @@
+"""Evaluation and training modes, read where evaluation starts: a pass over a DataLoader that never fed a backward
+pass, opened after training began (a pass over the training DataLoader is never evaluation here, so BatchNorm
+recalibration over training batches stays silent).
+
+- TD110, evaluation with autograd on: the first forward of the evaluation pass made an output that requires grad,
+  and no backward pass came before training went on. The figure is what that forward's graph keeps for backward.
+- TD111, evaluation in train mode: the evaluated model is in training mode and has Dropout or BatchNorm layers.
+- TD112, training in eval mode: a model that trained in training mode was evaluated, and its next optimizer step
+  finds it still in eval mode with Dropout or BatchNorm layers (``model.train()`` not called again).
+The hooks are a one-shot global forward pre-hook per evaluation pass (it finds the outermost module) and a
+one-shot forward hook on that module; nothing runs on training steps but a flag test.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules import module as module_hooks
+
+from torchdoctor.agent.doctor.evidence import first_tensor, saved_bytes, storage_key
+from torchdoctor.agent.hooks.locations import user_location
+from torchdoctor.sizes import format_bytes
+
+_MODE_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def mode_sensitive(module: nn.Module) -> list[str]:
+    """Class names of the layers in ``module`` that act differently in training mode (Dropout, BatchNorm)."""
+    return sorted({type(m).__name__ for m in module.modules() if isinstance(m, _MODE_SENSITIVE)})
+
+
+class ModeChecks:
+    def __init__(self, doctor: Any) -> None:
+        self.doctor = doctor
+        self._pre_hook: Any = None
+        self._out_hook: Any = None
+        self._where: str | None = None
+        self._backwards_at = 0
+        self._graph: tuple[str | None, int, int, str] | None = None  # (where, bytes, backwards at start, model)
+        self._evaluated: list[weakref.ref[nn.Module]] = []
+        self._trained_in_train_mode: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+    def remove(self) -> None:
+        for handle in (self._pre_hook, self._out_hook):
+            if handle is not None:
+                handle.remove()
+        self._pre_hook = self._out_hook = None
+
+    # -- where evaluation starts and ends ---------------------------------------------------------------------
+    def pass_opened(self, record: Any, training: bool) -> None:
+        session = self.doctor.session
+        if training:
+            self._confirm_graph()
+            return
+        if not session.recovery.loaders.training_loaders or not session.step:
+            return
+        self._confirm_graph()
+        self._where = user_location()
+        self._backwards_at = session.backwards_total
+        if self._pre_hook is None:
+            self._pre_hook = module_hooks.register_module_forward_pre_hook(self._first_forward)
+
+    def before_backward(self) -> None:
+        loaders = self.doctor.session.recovery.loaders
+        if self._graph is not None and loaders.last_loader in loaders.training_loaders:
+            self._confirm_graph()
+
+    def before_step(self, optimizer: torch.optim.Optimizer, step: int, watched: bool) -> None:
+        if watched:
+            ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            for root in self.doctor.roots():
+                if root.training and any(id(p) in ids for p in root.parameters()):
+                    self._trained_in_train_mode.add(root)
+        if self._evaluated:
+            self._check_train_mode(optimizer, step)
+
+    def finish(self) -> None:
+        self._confirm_graph()
+        self.remove()
+
+    # -- the first forward of an evaluation pass ---------------------------------------------------------------
+    def _first_forward(self, module: nn.Module, args: Any) -> None:
+        if self._pre_hook is not None:
+            self._pre_hook.remove()
+            self._pre_hook = None
+        sensitive = mode_sensitive(module)
+        name = type(module).__name__
+        if module.training and sensitive:
+            self.doctor.report("TD111", self._where, (
+                f"evaluation over a DataLoader that never fed a backward pass, at step {self.doctor.session.step}: "
+                f"{name} was in training mode, so its {', '.join(sensitive)} layers acted as in training "
+                f"(dropout active, BatchNorm using and updating batch statistics)"))
+        if module in self._trained_in_train_mode:
+            self._evaluated.append(weakref.ref(module))
+        if torch.is_grad_enabled() and "TD110" not in self.doctor.reported and self._out_hook is None:
+            self._out_hook = module.register_forward_hook(self._evaluation_output)
+
+    def _evaluation_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._out_hook is not None:
+            self._out_hook.remove()
+            self._out_hook = None
+        tensor = first_tensor(output)
+        if tensor is None or not tensor.requires_grad or tensor.grad_fn is None:
+            return
+        own = {key[0] for t in [*module.parameters(), *module.buffers()] if (key := storage_key(t)) is not None}
+        self._graph = (self._where, saved_bytes(tensor.grad_fn, own), self._backwards_at, type(module).__name__)
+
+    def _confirm_graph(self) -> None:
+        graph, self._graph = self._graph, None
+        if graph is None or self.doctor.session.backwards_total != graph[2]:
+            return
+        where, kept, _, name = graph
+        self.doctor.report("TD110", where, (
+            f"evaluation with autograd on: {name}'s outputs required grad and no backward pass followed; each "
+            f"evaluation forward kept {format_bytes(kept)} of activations for a backward pass that never came "
+            f"(under torch.no_grad() it keeps none)"))
+
+    def _check_train_mode(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        evaluated, self._evaluated = self._evaluated, []
+        ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for ref in evaluated:
+            module = ref()
+            if module is None or module.training or not any(id(p) in ids for p in module.parameters()):
+                continue
+            sensitive = mode_sensitive(module)
+            if sensitive:
+                self.doctor.report("TD112", user_location(), (
+                    f"step {step}: {type(module).__name__} trained in training mode, was evaluated in eval mode, and "
+                    f"is still in eval mode now that it trains again: its {', '.join(sensitive)} layers act as in "
+                    f"evaluation (no dropout, frozen BatchNorm statistics)"))

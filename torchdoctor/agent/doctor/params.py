@@ -1,0 +1,145 @@
+"""Which parameters get gradients and which optimizers hold them; gradients clipped while still scaled.
+
+- TD114: at the second step, trainable parameters of the trained models have gradients but are in no optimizer.
+- TD115: an optimizer none of whose parameters ever got a gradient: at the second step when the trained
+  parameters outside every optimizer have the same shapes (it holds another copy of the model), otherwise at the
+  end of a run of at least three steps (with the backward pass that started from a leaf tensor, if one did).
+- TD116: at the end, some parameters of an optimizer never got a gradient in the whole run while others did (a
+  bypassed block). A module used only on some steps got one on those steps and stays silent.
+- TD117: ``clip_grad_norm_``/``clip_grad_value_`` on the parameters of an optimizer whose enabled GradScaler has
+  not unscaled its gradients since the last backward pass.
+Every step costs a look at the parameters that never had a gradient yet (none, once training is under way).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from typing import Any
+
+import torch
+
+from torchdoctor.agent.doctor.evidence import listed, param_names
+from torchdoctor.agent.hooks.calls import optimizer_params
+from torchdoctor.agent.hooks.locations import user_location
+
+MIN_STEPS = 3  # steps an optimizer must take before "never got a gradient" is said
+
+
+class _Tracked:
+    def __init__(self, optimizer: torch.optim.Optimizer, where: str | None) -> None:
+        # the trainable parameters that have not had a gradient at any step yet
+        self.never = [weakref.ref(p) for p in optimizer_params(optimizer) if p.requires_grad]
+        self.size = len(self.never)
+        self.where = where
+        self.name = type(optimizer).__name__
+
+
+class ParameterChecks:
+    def __init__(self, doctor: Any) -> None:
+        self.doctor = doctor
+        self._optimizers: dict[int, _Tracked] = {}
+        self._created_at: dict[int, str | None] = {}
+        self._leaf_backward: str | None = None
+        self._checked_outside = False
+
+    def optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
+        self._created_at[id(optimizer)] = user_location()
+
+    def before_backward(self, loss: torch.Tensor | None) -> None:
+        if loss is not None and loss.grad_fn is None and loss.requires_grad and self._leaf_backward is None:
+            self._leaf_backward = user_location()
+
+    def before_step(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        tracked = self._optimizers.get(id(optimizer))
+        if tracked is None:
+            tracked = self._optimizers[id(optimizer)] = _Tracked(optimizer, self._created_at.get(id(optimizer)))
+        if tracked.never:
+            tracked.never = [ref for ref in tracked.never if (p := ref()) is not None and p.grad is None]
+        if step >= 2 and not self._checked_outside:
+            self._checked_outside = True
+            self._check_outside(step)
+
+    def clipping(self, params: list[torch.Tensor], called: bool) -> None:
+        doctor = self.doctor
+        session = doctor.session
+        if not called or "TD117" in doctor.reported or not session.backwards_since_step:
+            return
+        if not doctor.watched(session.step + 1):
+            return
+        scalers = [s for s in session.constructions.scalers.alive()
+                   if s.is_enabled() and getattr(s, "_scale", None) is not None]
+        if not scalers:
+            return
+        from torch.amp.grad_scaler import OptState
+
+        ids = {id(p) for p in params}
+        for optimizer in session.constructions.optimizers.alive():
+            if not any(id(p) in ids for p in optimizer_params(optimizer)):
+                continue
+            for scaler in scalers:
+                state = scaler._per_optimizer_states.get(id(optimizer))
+                if state is None or state["stage"] is OptState.READY:
+                    doctor.report("TD117", user_location(), (
+                        f"step {session.step + 1}: gradients were clipped while still multiplied by the GradScaler's "
+                        f"scale ({float(scaler.get_scale()):g}): scaler.unscale_(optimizer) had not run since the "
+                        f"backward pass, so the clipping threshold was applied to scaled gradients"))
+                    return
+
+    def finish(self) -> None:
+        if "TD102" in self.doctor.reported:
+            return  # the gradients were there and a zero_grad before the step removed them: that is the finding
+        for key, tracked in self._optimizers.items():
+            never = [p for ref in tracked.never if (p := ref()) is not None and p.requires_grad and p.grad is None]
+            steps = self.doctor.steps_taken.get(key, 0)
+            if steps < MIN_STEPS or not never:
+                continue
+            if len(never) == tracked.size:
+                if self._leaf_backward is not None:
+                    evidence = (f"none of the {tracked.size} parameter tensors of {tracked.name} got a gradient in "
+                                f"{steps} steps: backward() at {self._leaf_backward} started from a leaf "
+                                f"tensor (the loss was made anew, e.g. torch.tensor(loss.item(), requires_grad=True),"
+                                f" which cuts it from the model's graph)")
+                    self.doctor.report("TD115", self._leaf_backward, evidence)
+                else:
+                    self.doctor.report("TD115", tracked.where, (
+                        f"none of the {tracked.size} parameter tensors of {tracked.name} got a gradient in "
+                        f"{steps} steps: the optimizer holds parameters the loss does not depend on"))
+            elif "TD115" not in self.doctor.reported:
+                self.doctor.report("TD116", tracked.where, (
+                    f"{len(never)} of {tracked.size} parameter tensors of {tracked.name} never got a gradient in "
+                    f"{steps} steps ({listed(param_names(never))}): their module is not on the path from "
+                    f"the loss (a bypassed block, or an output that is not used)"))
+
+    def _check_outside(self, step: int) -> None:
+        session = self.doctor.session
+        optimizers = session.constructions.optimizers.alive()
+        if not optimizers:
+            return  # manual updates without an optimizer: nothing to compare against
+        held = {id(p) for opt in optimizers for p in optimizer_params(opt)}
+        roots = self.doctor.roots()
+        outside: dict[int, torch.Tensor] = {}
+        for root in roots:
+            for p in root.parameters():
+                if p.requires_grad and p.grad is not None and id(p) not in held:
+                    outside[id(p)] = p
+        if not outside:
+            return
+        shapes = Counter(tuple(p.shape) for p in outside.values())
+        for optimizer in optimizers:
+            tracked = self._optimizers.get(id(optimizer))
+            if tracked is None or len(tracked.never) != tracked.size or not tracked.size:
+                continue
+            wanted = Counter(tuple(p.shape) for ref in tracked.never if (p := ref()) is not None)
+            if not wanted - shapes:
+                self.doctor.report("TD115", tracked.where, (
+                    f"step {step}: none of the {tracked.size} parameter tensors of {tracked.name} has a gradient, "
+                    f"while {len(outside)} trained parameter tensors of the same shapes "
+                    f"({listed(param_names(list(outside.values()), roots))}) are in no optimizer: the optimizer "
+                    f"holds another copy of the model (made before the model was re-created or copied)"))
+                return
+        names = param_names(list(outside.values()), roots)
+        where = next((t.where for t in self._optimizers.values() if t.where), None) or user_location()
+        self.doctor.report("TD114", where, (
+            f"step {step}: {len(outside)} trainable parameter tensors have gradients but are in no optimizer "
+            f"({listed(names)}): they are never updated"))

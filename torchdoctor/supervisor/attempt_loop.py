@@ -1,0 +1,456 @@
+"""The parent process of ``torchdoctor run``: launches the agent, folds its events, shows and records the run.
+
+The supervisor never imports torch and never touches CUDA; what it knows comes from the event stream
+(written by the child into the run directory) and from outside probes (psutil, NVML).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import IO, Any
+
+import torchdoctor
+from torchdoctor.checks import at_or_above
+from torchdoctor.config import AgentSettings
+from torchdoctor.devices import host_info, oom_kill_count, open_nvml
+from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_from_json
+from torchdoctor.files import committed, write_json_atomic
+from torchdoctor.plan import Plan
+from torchdoctor.supervisor.failures import attempt_record, describe_failure, script_args_for, signal_name
+from torchdoctor.supervisor.recovery_planner import RecoveryOptions, next_plan
+from torchdoctor.supervisor.report import build_report
+from torchdoctor.supervisor.rundir import create_run_dir
+from torchdoctor.supervisor.state import RunState
+from torchdoctor.supervisor.target import check_module, check_script
+from torchdoctor.supervisor.terminal import PtyForwarder, open_pty, resize_pty
+from torchdoctor.supervisor.zygote import Zygote, ZygoteError, ZygoteProcess
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchdoctor.__file__)))
+# Run the agent with torchdoctor importable wherever it lives, without leaving its folder on the
+# script's sys.path (the bootstrap then sets sys.path[0] as python would for the script).
+_BOOT = ("import sys; sys.path.insert(0, {root!r}); from torchdoctor.agent.bootstrap import main; "
+         "sys.path.pop(0); main()")
+# --relaunch auto: a torch-preloaded zygote is started once attempt 1 has run this long (a run that ends sooner pays
+# nothing for it), at once under --memory-budget, or at the first failure that is relaunched; relaunches fork from it.
+ZYGOTE_AFTER_S = 10.0
+ZYGOTE_WAIT_S = 60.0  # a relaunch waits this long at most for a zygote still importing (a fresh start would too)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    target: str
+    is_module: bool = False
+    script_args: tuple[str, ...] = ()
+    run_dir: str | None = None
+    quiet: bool = False
+    live: bool | None = None  # None: on when stdout is a terminal
+    log_interval: float = 10.0
+    accounting: str = "sampled"
+    sample_every: int = 50
+    memory_budget: int | None = None
+    host_memory_limit: int | None = None
+    atomic_save: bool = True
+    checkpoint_every: int = 0
+    doctor: bool = True
+    fail_on: str | None = None  # "error" | "warning": exit 1 when findings at that level exist
+    max_steps: int = 0  # end the script after this many optimizer steps (torchdoctor ci)
+    tensorboard_dir: str | None = None  # also write the memory figures and OOMs there (SummaryWriter)
+    wandb: bool = False  # also log them to Weights & Biases (wandb's own settings: WANDB_MODE, WANDB_PROJECT, ...)
+    recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
+    relaunch: str = "auto"  # "auto" | "fork": relaunches fork from a torch-preloaded zygote; "fresh": new processes
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def exit_status(returncode: int, finished_exception: str | None, signalled: int | None) -> tuple[int, str, str | None]:
+    """Map the child's Popen return code to (torchdoctor's exit code, outcome, signal name).
+
+    A script's own exit code is returned unchanged; death by signal N becomes 128 + N, as shells show it.
+    """
+    if returncode < 0:
+        signum = -returncode
+        name = signal_name(signum)
+        outcome = "interrupted" if signum in (signal.SIGINT, signal.SIGTERM) or signalled else "killed"
+        return 128 + signum, outcome, name
+    if returncode == 0:
+        return 0, "success", None
+    if finished_exception == "KeyboardInterrupt" or signalled:
+        return returncode, "interrupted", None
+    return returncode, "failed", None
+
+
+class EventTail:
+    """Reads complete JSON lines appended to the event file since the last call."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._offset = 0
+        self._partial = b""
+        self.bad_lines = 0
+
+    def read(self) -> list[Any]:
+        try:
+            with open(self._path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        events = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                events.append(event_from_json(line.decode("utf-8")))
+            except (EventError, UnicodeDecodeError):
+                self.bad_lines += 1
+        return events
+
+
+def _in_terminal_foreground() -> bool:
+    """True when a Ctrl-C typed in our terminal reaches the child directly (same process group)."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+class Supervisor:
+    def __init__(self, config: RunConfig, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
+        self.config = config
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.state = RunState()
+        self.run_dir = ""
+        self._signalled: int | None = None
+        self._resume_blocked: str | None = None  # why a resume was abandoned: later attempts do not try again
+        self._child: subprocess.Popen[bytes] | ZygoteProcess | None = None
+        self._zygote: Zygote | None = None
+        self._launched = ""  # how the current attempt's process was started, for its record
+        self._env_for_zygote: dict[str, str] = {}
+        self._monitors: list[Any] = []  # monitoring tools fed every event (TensorBoard, W&B)
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _prepare(self) -> tuple[list[str], dict[str, str]]:
+        cfg = self.config
+        if cfg.is_module:
+            check_module(cfg.target)
+        else:
+            check_script(cfg.target)
+        self.run_dir = create_run_dir(cfg.target, cfg.run_dir)
+        events_path = os.path.join(self.run_dir, "events.jsonl")
+        open(events_path, "w").close()
+        self._events_path = os.path.abspath(events_path)
+        if cfg.tensorboard_dir or cfg.wandb:
+            from torchdoctor.reporters.monitors import open_monitors
+
+            self._monitors = open_monitors(cfg.tensorboard_dir, cfg.wandb, run_dir=self.run_dir, target=cfg.target)
+        return self._settings(Plan(batch_arg=cfg.recovery.batch_arg))
+
+    def _settings(self, plan: Plan) -> tuple[list[str], dict[str, str]]:
+        """The child's command line and environment for the attempt that follows ``plan``."""
+        cfg = self.config
+        plan_path = os.path.abspath(os.path.join(self.run_dir, f"plan-{plan.attempt}.json"))
+        plan.write(plan_path)
+        settings = AgentSettings(
+            events_path=self._events_path, accounting=cfg.accounting, sample_every=cfg.sample_every,
+            fault_log=os.path.abspath(os.path.join(self.run_dir, "faulthandler.log")), attempt=plan.attempt,
+            plan_path=plan_path, memory_budget=cfg.memory_budget, host_memory_limit=cfg.host_memory_limit,
+            atomic_save=cfg.atomic_save, checkpoint_every=cfg.checkpoint_every, doctor=cfg.doctor,
+            max_steps=cfg.max_steps,
+            checkpoint_dir=os.path.abspath(os.path.join(self.run_dir, "checkpoints")) if cfg.checkpoint_every else None,
+        )
+        env = {**os.environ, **settings.to_env(), **cfg.extra_env}
+        command = [sys.executable, "-c", _BOOT.format(root=_PACKAGE_ROOT)]
+        command += (["-m"] if cfg.is_module else []) + [cfg.target, *script_args_for(cfg.script_args, plan)]
+        return command, env
+
+    def _use_live(self) -> bool:
+        if self.config.quiet:
+            return False
+        if self.config.live is not None:
+            return self.config.live
+        return self.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
+
+    # -- the run -------------------------------------------------------------------------------------
+    def run(self) -> int:
+        command, env = self._prepare()
+        nvml, nvml_why = open_nvml()
+        gpus = nvml.info() if nvml else []
+        host = host_info()
+        capacity: dict[str, int | None] = {"host": host.get("memory_total_bytes")}
+        for gpu in gpus:
+            capacity[f"gpu{gpu.index}"] = gpu.total_bytes
+            capacity[f"cuda:{gpu.index}"] = gpu.total_bytes
+        tail = EventTail(self._events_path)
+        live = self._use_live()
+        plan = Plan(batch_arg=self.config.recovery.batch_arg)
+        options = self.config.recovery
+        attempts: list[dict[str, Any]] = []
+        answered = None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        # A memory budget is a run that expects OOMs: the zygote imports while attempt 1 runs, so the first
+        # relaunch forks at once (--relaunch auto otherwise waits 10 s, so short runs pay nothing for it).
+        eager = self.config.relaunch == "fork" or (self.config.relaunch == "auto" and self.config.memory_budget)
+        if eager and options.max_retries > 0:
+            self._start_zygote(env)
+        try:
+            for sig in previous:
+                signal.signal(sig, self._on_signal)
+            while True:
+                self.state = RunState()
+                began = time.time()
+                kills_before = oom_kill_count()
+                self._env_for_zygote = env
+                returncode = self._attempt(command, env, tail, nvml, capacity, live)
+                kills_after = oom_kill_count()
+                oom_killer = None if kills_before is None or kills_after is None else kills_after > kills_before
+                failure = describe_failure(self.state, returncode, self.config.script_args, options, oom_killer)
+                record = attempt_record(plan, self.state, returncode, failure, time.time() - began,
+                                        oom_killer=oom_killer)
+                record["launched"] = self._launched
+                if self.state.resume is not None:
+                    record["resume"] = self.state.resume.to_dict()
+                    if self.state.resume.status == "abandoned":
+                        self._resume_blocked = self.state.resume.message
+                attempts.append(record)
+                if failure.kind == "success" or self._signalled or (failure.kind == "other" and answered is None):
+                    break
+                decision = next_plan(plan, failure, options, previous=answered)
+                record["decision"] = decision.reason
+                if decision.passed_over:
+                    record["passed_over"] = list(decision.passed_over)
+                if decision.plan is None:
+                    break
+                record["next_remedy"] = decision.remedy
+                resume_from, where = self._resume_source()
+                self._say(f"attempt {plan.attempt} {record['summary']}; attempt {decision.plan.attempt}: "
+                          f"{decision.reason} ({where})")
+                if failure.kind in ("oom", "host-kill"):
+                    answered = failure  # the failure this remedy answers (undone if the script fails with it)
+                if self.config.relaunch != "fresh":
+                    self._start_zygote(env)
+                plan = replace(decision.plan, resume_from=resume_from)
+                if "remedies" in decision.changes:
+                    options = replace(options, remedies=decision.changes["remedies"])  # type: ignore[arg-type]
+                command, env = self._settings(plan)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if nvml is not None:
+                nvml.close()
+            if self._zygote is not None:
+                self._zygote.close()
+        return self._finish(returncode, host, gpus, nvml_why, live, attempts)
+
+    def _resume_source(self) -> tuple[str | None, str]:
+        """The checkpoint directory the next attempt resumes from (or None), and what to tell the user."""
+        if not self.config.checkpoint_every:
+            return None, "restarting from the beginning; --checkpoint-every N would let it resume"
+        directory = os.path.join(self.run_dir, "checkpoints")
+        kept = committed(directory)
+        if self._resume_blocked:
+            return None, f"restarting from the beginning: {self._resume_blocked}"
+        if not kept:
+            return None, "restarting from the beginning: no checkpoint was written yet"
+        try:
+            with open(f"{kept[0]}.json", encoding="utf-8") as handle:
+                marker = json.load(handle)
+        except (OSError, ValueError):
+            marker = {}
+        resume = marker.get("resume") or {}
+        if not resume.get("resumable"):
+            why = resume.get("why") or "it is not a resume point"
+            return None, (f"restarting from the beginning, not from {os.path.basename(kept[0])}: {why}; the "
+                          f"checkpoint is kept for torchdoctor.load_checkpoint")
+        return os.path.abspath(directory), (f"resuming from the checkpoint of step {resume.get('step')}, "
+                                            f"{os.path.basename(kept[0])}")
+
+    def _say(self, message: str) -> None:
+        stream = self.stdout if self._use_live() else self.stderr
+        stream.write(f"[torchdoctor] {message}\n")
+        stream.flush()
+
+    def _attempt(self, command: list[str], env: dict[str, str], tail: EventTail, nvml: Any,
+                 capacity: dict[str, int | None], live: bool) -> int:
+        """Run the child once, showing it live; returns its Popen return code."""
+        view: Any = None
+        forwarder = None
+        winch = signal.getsignal(signal.SIGWINCH)
+        try:
+            if live:
+                from rich.console import Console
+
+                from torchdoctor.reporters.live import LiveView
+
+                console = Console(file=self.stdout)
+                master, slave = open_pty(console.width, console.height)
+                self._child = self._launch(command, env, stdout=slave, stderr=slave)
+                os.close(slave)
+                view = LiveView(console, self.config.target, capacity)
+                view.__enter__()
+                forwarder = view.forwarder = PtyForwarder(master, view.print_output)
+                signal.signal(signal.SIGWINCH, lambda *_: self._resize(master))
+            else:
+                from torchdoctor.reporters.live import PlainProgress
+
+                self._child = self._launch(command, env)
+                if not self.config.quiet:
+                    view = PlainProgress(self.stderr, self.config.log_interval)
+            self._watch(tail, nvml, view)
+        finally:
+            if view is not None and live:
+                if forwarder is not None:
+                    forwarder.join(5.0)
+                view.__exit__(None, None, None)
+            signal.signal(signal.SIGWINCH, winch)
+        returncode = self._child.wait()
+        for event in tail.read():
+            self._apply(event)
+        return returncode
+
+    # -- processes ---------------------------------------------------------------------------------------
+    def _start_zygote(self, env: dict[str, str]) -> None:
+        """Start the torch-preloaded zygote relaunches fork from (once; a failure only means fresh processes)."""
+        if self._zygote is not None or self.config.relaunch == "fresh":
+            return
+        try:
+            self._zygote = Zygote.start(_PACKAGE_ROOT, env={k: v for k, v in env.items()
+                                                           if not k.startswith("TORCHDOCTOR_")})
+        except OSError:
+            self._zygote = None
+
+    def _launch(self, command: list[str], env: dict[str, str], stdout: int | None = None,
+                stderr: int | None = None) -> subprocess.Popen[bytes] | ZygoteProcess:
+        """A relaunch forks from the zygote when it can (tens of milliseconds instead of a new interpreter and
+        ``import torch``); attempt 1, and any attempt the zygote cannot serve, is a fresh process."""
+        zygote = self._zygote
+        why = "the first attempt" if env.get("TORCHDOCTOR_ATTEMPT", "1") == "1" else "no zygote"
+        if zygote is not None and why != "the first attempt":
+            zygote.ready(ZYGOTE_WAIT_S)
+            ok, why = zygote.can_spawn(env)
+            if ok:
+                try:
+                    child = zygote.spawn(command[3:], env, os.getcwd(), 0, 1 if stdout is None else stdout,
+                                         2 if stderr is None else stderr)
+                    self._launched = "forked from the torch-preloaded zygote"
+                    return child
+                except ZygoteError as exc:
+                    why = str(exc)
+        self._launched = f"a fresh process ({why})"
+        return subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
+
+    def _resize(self, master: int) -> None:
+        try:
+            size = os.get_terminal_size(self.stdout.fileno())
+        except (OSError, ValueError):
+            return
+        resize_pty(master, size.columns, size.lines)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = signum
+        child = self._child
+        if child is None or child.poll() is not None:
+            return
+        if signum == signal.SIGINT and _in_terminal_foreground():
+            return  # the terminal delivered Ctrl-C to the child already
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    def _watch(self, tail: EventTail, nvml: Any, view: Any) -> None:
+        import psutil
+
+        child = self._child
+        assert child is not None
+        try:
+            proc: Any = psutil.Process(child.pid)
+        except psutil.Error:
+            proc = None
+        last_probe = 0.0
+        began = time.monotonic()
+        while True:
+            done = child.poll() is not None
+            for event in tail.read():
+                self._apply(event)
+            now = time.monotonic()
+            if (self.config.relaunch == "auto" and self._zygote is None and now - began >= ZYGOTE_AFTER_S
+                    and self.config.recovery.max_retries > 0):
+                self._start_zygote(self._env_for_zygote)
+            if not done and now - last_probe >= 1.0:
+                last_probe = now
+                self._apply(self._probe(proc, nvml))
+            if view is not None:
+                view.update(self.state)
+            if done:
+                return
+            time.sleep(0.1)
+
+    def _apply(self, event: Any) -> None:
+        """Every event goes to the run's state, then to the monitoring tools."""
+        self.state.apply(event)
+        for monitor in self._monitors:
+            monitor.event(event)
+
+    @staticmethod
+    def _probe(proc: Any, nvml: Any) -> ProcessSample:
+        rss = children = None
+        if proc is not None:
+            try:
+                rss = proc.memory_info().rss
+                children = sum(c.memory_info().rss for c in proc.children(recursive=True)) or None
+            except Exception:  # noqa: BLE001 - the child may be exiting
+                pass
+        return ProcessSample(rss_bytes=rss, children_rss_bytes=children, device_used=nvml.used() if nvml else {})
+
+    # -- the end -------------------------------------------------------------------------------------
+    def _finish(self, returncode: int, host: dict[str, Any], gpus: list[Any], nvml_why: str, live: bool,
+                attempts: list[dict[str, Any]]) -> int:
+        finished = self.state.finished
+        exit_code, outcome, signame = exit_status(
+            returncode, finished.exception if finished else None, self._signalled)
+        self._apply(ProcessExited(returncode=returncode, exit_code=exit_code, outcome=outcome, signal=signame))
+        started = self.state.started
+        environment = {
+            "host": host,
+            "torch": {"version": started.torch_version if started else None,
+                      "cuda_version": started.cuda_version if started else None,
+                      "cuda_devices": started.cuda_devices if started else None},
+            "gpus": {"gpus": [g.to_dict() for g in gpus], "explanation": nvml_why if not gpus else "nvml"},
+        }
+        report = build_report(self.state, run_dir=self.run_dir, environment=environment, attempts=attempts,
+                              memory_budget=self.config.memory_budget)
+        report_path = os.path.join(self.run_dir, "report.json")
+        write_json_atomic(report_path, report)
+        for monitor in self._monitors:
+            monitor.close(report)
+        self._show_final(report, live)
+        if exit_code == 0 and self.config.fail_on:
+            failing = [f for f in report["findings"] if at_or_above(f["severity"], self.config.fail_on)]
+            if failing:
+                ids = ", ".join(sorted({f["id"] for f in failing}))
+                self.stderr.write(f"[torchdoctor] exit 1: {len(failing)} finding(s) at or above "
+                                  f"{self.config.fail_on} ({ids}; --fail-on {self.config.fail_on})\n")
+                return 1
+        return exit_code
+
+    def _show_final(self, report: dict[str, Any], live: bool) -> None:
+        from rich.console import Console
+
+        if self.config.quiet:
+            from torchdoctor.reporters.summary_line import summary_line
+
+            self.stderr.write(summary_line(report) + "\n")
+            return
+        from torchdoctor.reporters.console import render_report
+
+        render_report(report, Console(file=self.stdout if live else self.stderr))
