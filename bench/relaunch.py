@@ -3,7 +3,7 @@
     python bench/relaunch.py [--rounds 5] [--threads 1] [--json FILE]
 
 For each workload and each round, starts the next attempt both ways, in alternating order, exactly as the
-supervisor would: the fresh child with the supervisor's own command line (``_BOOT``), the zygote child with
+supervisor would: the fresh child with the supervisor's own command line (``BOOT``), the zygote child with
 ``Zygote.spawn`` (same argv, environment, working directory; stdout to a pipe). Each time is measured from just
 before the launch call ("start the next attempt") to
 
@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from torchdoctor.supervisor.attempt_loop import _BOOT, _PACKAGE_ROOT  # noqa: E402 - the supervisor's exact child command
+from torchdoctor.supervisor.child import BOOT, PACKAGE_ROOT  # noqa: E402 - the supervisor's exact child command
 from torchdoctor.supervisor.zygote import Zygote  # noqa: E402
 
 WORKLOADS = {
@@ -65,7 +65,7 @@ def one_run(mode: str, argv: list[str], zygote: Zygote, env: dict[str, str], wor
     null = os.open(os.devnull, os.O_RDONLY)
     began = time.time()
     if mode == "fresh":
-        child = subprocess.Popen([sys.executable, "-c", _BOOT.format(root=_PACKAGE_ROOT), *argv], env=env,
+        child = subprocess.Popen([sys.executable, "-c", BOOT.format(root=PACKAGE_ROOT), *argv], env=env,
                                  cwd=work, stdin=null, stdout=write, stderr=err)
     else:
         child = zygote.spawn(argv, env, str(work), null, write, err)
@@ -92,7 +92,7 @@ def run(rounds: int, threads: int) -> tuple[dict, list[dict]]:
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # both ways alike (the zygote imports torch under this env too)
     began = time.monotonic()
-    zygote = Zygote.start(_PACKAGE_ROOT, env=env)
+    zygote = Zygote.start(PACKAGE_ROOT, env=env)
     try:
         if not zygote.ready(300):
             raise RuntimeError(f"the zygote did not start: {zygote.failure}")

@@ -94,8 +94,9 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     torchdoctor run -m package.module --epochs 2
     """
     from torchdoctor.sizes import parse_size
-    from torchdoctor.supervisor.attempt_loop import RunConfig, Supervisor
+    from torchdoctor.supervisor.attempt_loop import Supervisor
     from torchdoctor.supervisor.recovery_planner import RecoveryOptions
+    from torchdoctor.supervisor.run_config import RunConfig
 
     chosen = tuple(r.strip() for r in remedies.split(",") if r.strip())
     if not chosen:
@@ -166,8 +167,9 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
     from torchdoctor.files import write_text_atomic
     from torchdoctor.sizes import parse_size
     from torchdoctor.supervisor import gate as ci_gate
-    from torchdoctor.supervisor.attempt_loop import RunConfig, Supervisor
+    from torchdoctor.supervisor.attempt_loop import Supervisor
     from torchdoctor.supervisor.recovery_planner import RecoveryOptions
+    from torchdoctor.supervisor.run_config import RunConfig
 
     limit = parse_size(budget) if budget is not None else None
     allowed = _fraction(max_increase)

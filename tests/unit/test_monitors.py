@@ -20,17 +20,10 @@ from torchdoctor.events import (
     RunFinished,
     RunStarted,
 )
-from torchdoctor.reporters.monitors import (
-    Clock,
-    Guarded,
-    TensorBoardMonitor,
-    WandbMonitor,
-    entry_for,
-    final_scalars,
-    open_monitors,
-    open_tensorboard,
-    summary_markdown,
-)
+from torchdoctor.reporters.monitors import Guarded, open_monitors
+from torchdoctor.reporters.monitors.entries import Clock, entry_for, final_scalars, summary_markdown
+from torchdoctor.reporters.monitors.to_tensorboard import TensorBoardMonitor, open_tensorboard
+from torchdoctor.reporters.monitors.to_wandb import WandbMonitor
 
 CPU = {"tensor_bytes": 2 * 2**20, "tensor_peak": 6 * 2**20, "peak_phase": "backward",
        "phase_peaks": {"forward": 4 * 2**20, "backward": 6 * 2**20},
@@ -294,7 +287,7 @@ def test_the_event_records_are_those_of_torchs_summary_writer(tmp_path):
     # records must be byte for byte what torch.utils.tensorboard.SummaryWriter writes
     summary_writer = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
     loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
-    from torchdoctor.reporters.monitors import SummaryFileWriter
+    from torchdoctor.reporters.monitors.to_tensorboard import SummaryFileWriter
 
     def records(writer_class, path):
         writer = writer_class(str(path))

@@ -12,59 +12,30 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import IO, Any
 
-import torchdoctor
 from torchdoctor.checks import at_or_above
 from torchdoctor.config import AgentSettings
 from torchdoctor.devices import host_info, oom_kill_count, open_nvml
-from torchdoctor.events import EventError, ProcessExited, ProcessSample, event_from_json
+from torchdoctor.events import ProcessExited
 from torchdoctor.files import committed, write_json_atomic
 from torchdoctor.plan import Plan
+from torchdoctor.supervisor.child import BOOT, PACKAGE_ROOT, Launcher, in_terminal_foreground, probe_process
+from torchdoctor.supervisor.event_tail import EventTail
 from torchdoctor.supervisor.failures import attempt_record, describe_failure, script_args_for, signal_name
-from torchdoctor.supervisor.recovery_planner import RecoveryOptions, next_plan
+from torchdoctor.supervisor.recovery_planner import next_plan
 from torchdoctor.supervisor.report import build_report
+from torchdoctor.supervisor.run_config import RunConfig
 from torchdoctor.supervisor.rundir import create_run_dir
 from torchdoctor.supervisor.state import RunState
 from torchdoctor.supervisor.target import check_module, check_script
 from torchdoctor.supervisor.terminal import PtyForwarder, open_pty, resize_pty
-from torchdoctor.supervisor.zygote import Zygote, ZygoteError, ZygoteProcess
+from torchdoctor.supervisor.zygote import ZygoteProcess
 
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchdoctor.__file__)))
-# Run the agent with torchdoctor importable wherever it lives, without leaving its folder on the
-# script's sys.path (the bootstrap then sets sys.path[0] as python would for the script).
-_BOOT = ("import sys; sys.path.insert(0, {root!r}); from torchdoctor.agent.bootstrap import main; "
-         "sys.path.pop(0); main()")
 # --relaunch auto: a torch-preloaded zygote is started once attempt 1 has run this long (a run that ends sooner pays
 # nothing for it), at once under --memory-budget, or at the first failure that is relaunched; relaunches fork from it.
 ZYGOTE_AFTER_S = 10.0
-ZYGOTE_WAIT_S = 60.0  # a relaunch waits this long at most for a zygote still importing (a fresh start would too)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    target: str
-    is_module: bool = False
-    script_args: tuple[str, ...] = ()
-    run_dir: str | None = None
-    quiet: bool = False
-    live: bool | None = None  # None: on when stdout is a terminal
-    log_interval: float = 10.0
-    accounting: str = "sampled"
-    sample_every: int = 50
-    memory_budget: int | None = None
-    host_memory_limit: int | None = None
-    atomic_save: bool = True
-    checkpoint_every: int = 0
-    doctor: bool = True
-    fail_on: str | None = None  # "error" | "warning": exit 1 when findings at that level exist
-    max_steps: int = 0  # end the script after this many optimizer steps (torchdoctor ci)
-    tensorboard_dir: str | None = None  # also write the memory figures and OOMs there (SummaryWriter)
-    wandb: bool = False  # also log them to Weights & Biases (wandb's own settings: WANDB_MODE, WANDB_PROJECT, ...)
-    recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
-    relaunch: str = "auto"  # "auto" | "fork": relaunches fork from a torch-preloaded zygote; "fresh": new processes
-    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 def exit_status(returncode: int, finished_exception: str | None, signalled: int | None) -> tuple[int, str, str | None]:
@@ -84,45 +55,6 @@ def exit_status(returncode: int, finished_exception: str | None, signalled: int 
     return returncode, "failed", None
 
 
-class EventTail:
-    """Reads complete JSON lines appended to the event file since the last call."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._offset = 0
-        self._partial = b""
-        self.bad_lines = 0
-
-    def read(self) -> list[Any]:
-        try:
-            with open(self._path, "rb") as handle:
-                handle.seek(self._offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        events = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                events.append(event_from_json(line.decode("utf-8")))
-            except (EventError, UnicodeDecodeError):
-                self.bad_lines += 1
-        return events
-
-
-def _in_terminal_foreground() -> bool:
-    """True when a Ctrl-C typed in our terminal reaches the child directly (same process group)."""
-    try:
-        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
-    except OSError:
-        return False
-
-
 class Supervisor:
     def __init__(self, config: RunConfig, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
         self.config = config
@@ -133,8 +65,7 @@ class Supervisor:
         self._signalled: int | None = None
         self._resume_blocked: str | None = None  # why a resume was abandoned: later attempts do not try again
         self._child: subprocess.Popen[bytes] | ZygoteProcess | None = None
-        self._zygote: Zygote | None = None
-        self._launched = ""  # how the current attempt's process was started, for its record
+        self._launcher = Launcher(config.relaunch)
         self._env_for_zygote: dict[str, str] = {}
         self._monitors: list[Any] = []  # monitoring tools fed every event (TensorBoard, W&B)
 
@@ -169,7 +100,7 @@ class Supervisor:
             checkpoint_dir=os.path.abspath(os.path.join(self.run_dir, "checkpoints")) if cfg.checkpoint_every else None,
         )
         env = {**os.environ, **settings.to_env(), **cfg.extra_env}
-        command = [sys.executable, "-c", _BOOT.format(root=_PACKAGE_ROOT)]
+        command = [sys.executable, "-c", BOOT.format(root=PACKAGE_ROOT)]
         command += (["-m"] if cfg.is_module else []) + [cfg.target, *script_args_for(cfg.script_args, plan)]
         return command, env
 
@@ -201,7 +132,7 @@ class Supervisor:
         # relaunch forks at once (--relaunch auto otherwise waits 10 s, so short runs pay nothing for it).
         eager = self.config.relaunch == "fork" or (self.config.relaunch == "auto" and self.config.memory_budget)
         if eager and options.max_retries > 0:
-            self._start_zygote(env)
+            self._launcher.start_zygote(env)
         try:
             for sig in previous:
                 signal.signal(sig, self._on_signal)
@@ -216,7 +147,7 @@ class Supervisor:
                 failure = describe_failure(self.state, returncode, self.config.script_args, options, oom_killer)
                 record = attempt_record(plan, self.state, returncode, failure, time.time() - began,
                                         oom_killer=oom_killer)
-                record["launched"] = self._launched
+                record["launched"] = self._launcher.launched
                 if self.state.resume is not None:
                     record["resume"] = self.state.resume.to_dict()
                     if self.state.resume.status == "abandoned":
@@ -237,7 +168,7 @@ class Supervisor:
                 if failure.kind in ("oom", "host-kill"):
                     answered = failure  # the failure this remedy answers (undone if the script fails with it)
                 if self.config.relaunch != "fresh":
-                    self._start_zygote(env)
+                    self._launcher.start_zygote(env)
                 plan = replace(decision.plan, resume_from=resume_from)
                 if "remedies" in decision.changes:
                     options = replace(options, remedies=decision.changes["remedies"])  # type: ignore[arg-type]
@@ -247,8 +178,7 @@ class Supervisor:
                 signal.signal(sig, handler)
             if nvml is not None:
                 nvml.close()
-            if self._zygote is not None:
-                self._zygote.close()
+            self._launcher.close()
         return self._finish(returncode, host, gpus, nvml_why, live, attempts)
 
     def _resume_source(self) -> tuple[str | None, str]:
@@ -293,7 +223,7 @@ class Supervisor:
 
                 console = Console(file=self.stdout)
                 master, slave = open_pty(console.width, console.height)
-                self._child = self._launch(command, env, stdout=slave, stderr=slave)
+                self._child = self._launcher.launch(command, env, stdout=slave, stderr=slave)
                 os.close(slave)
                 view = LiveView(console, self.config.target, capacity)
                 view.__enter__()
@@ -302,7 +232,7 @@ class Supervisor:
             else:
                 from torchdoctor.reporters.live import PlainProgress
 
-                self._child = self._launch(command, env)
+                self._child = self._launcher.launch(command, env)
                 if not self.config.quiet:
                     view = PlainProgress(self.stderr, self.config.log_interval)
             self._watch(tail, nvml, view)
@@ -318,36 +248,6 @@ class Supervisor:
         return returncode
 
     # -- processes ---------------------------------------------------------------------------------------
-    def _start_zygote(self, env: dict[str, str]) -> None:
-        """Start the torch-preloaded zygote relaunches fork from (once; a failure only means fresh processes)."""
-        if self._zygote is not None or self.config.relaunch == "fresh":
-            return
-        try:
-            self._zygote = Zygote.start(_PACKAGE_ROOT, env={k: v for k, v in env.items()
-                                                           if not k.startswith("TORCHDOCTOR_")})
-        except OSError:
-            self._zygote = None
-
-    def _launch(self, command: list[str], env: dict[str, str], stdout: int | None = None,
-                stderr: int | None = None) -> subprocess.Popen[bytes] | ZygoteProcess:
-        """A relaunch forks from the zygote when it can (tens of milliseconds instead of a new interpreter and
-        ``import torch``); attempt 1, and any attempt the zygote cannot serve, is a fresh process."""
-        zygote = self._zygote
-        why = "the first attempt" if env.get("TORCHDOCTOR_ATTEMPT", "1") == "1" else "no zygote"
-        if zygote is not None and why != "the first attempt":
-            zygote.ready(ZYGOTE_WAIT_S)
-            ok, why = zygote.can_spawn(env)
-            if ok:
-                try:
-                    child = zygote.spawn(command[3:], env, os.getcwd(), 0, 1 if stdout is None else stdout,
-                                         2 if stderr is None else stderr)
-                    self._launched = "forked from the torch-preloaded zygote"
-                    return child
-                except ZygoteError as exc:
-                    why = str(exc)
-        self._launched = f"a fresh process ({why})"
-        return subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
-
     def _resize(self, master: int) -> None:
         try:
             size = os.get_terminal_size(self.stdout.fileno())
@@ -360,7 +260,7 @@ class Supervisor:
         child = self._child
         if child is None or child.poll() is not None:
             return
-        if signum == signal.SIGINT and _in_terminal_foreground():
+        if signum == signal.SIGINT and in_terminal_foreground():
             return  # the terminal delivered Ctrl-C to the child already
         try:
             child.send_signal(signum)
@@ -383,12 +283,12 @@ class Supervisor:
             for event in tail.read():
                 self._apply(event)
             now = time.monotonic()
-            if (self.config.relaunch == "auto" and self._zygote is None and now - began >= ZYGOTE_AFTER_S
+            if (self.config.relaunch == "auto" and self._launcher.zygote is None and now - began >= ZYGOTE_AFTER_S
                     and self.config.recovery.max_retries > 0):
-                self._start_zygote(self._env_for_zygote)
+                self._launcher.start_zygote(self._env_for_zygote)
             if not done and now - last_probe >= 1.0:
                 last_probe = now
-                self._apply(self._probe(proc, nvml))
+                self._apply(probe_process(proc, nvml))
             if view is not None:
                 view.update(self.state)
             if done:
@@ -400,17 +300,6 @@ class Supervisor:
         self.state.apply(event)
         for monitor in self._monitors:
             monitor.event(event)
-
-    @staticmethod
-    def _probe(proc: Any, nvml: Any) -> ProcessSample:
-        rss = children = None
-        if proc is not None:
-            try:
-                rss = proc.memory_info().rss
-                children = sum(c.memory_info().rss for c in proc.children(recursive=True)) or None
-            except Exception:  # noqa: BLE001 - the child may be exiting
-                pass
-        return ProcessSample(rss_bytes=rss, children_rss_bytes=children, device_used=nvml.used() if nvml else {})
 
     # -- the end -------------------------------------------------------------------------------------
     def _finish(self, returncode: int, host: dict[str, Any], gpus: list[Any], nvml_why: str, live: bool,

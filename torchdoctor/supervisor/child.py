@@ -1,0 +1,82 @@
+"""The training process, seen from the supervisor: started fresh or forked from the torch-preloaded zygote,
+signalled, and probed from outside (resident memory, the GPU's own figures)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+import torchdoctor
+from torchdoctor.events import ProcessSample
+from torchdoctor.supervisor.zygote import Zygote, ZygoteError, ZygoteProcess
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchdoctor.__file__)))
+# Run the agent with torchdoctor importable wherever it lives, without leaving its folder on the
+# script's sys.path (the bootstrap then sets sys.path[0] as python would for the script).
+BOOT = ("import sys; sys.path.insert(0, {root!r}); from torchdoctor.agent.bootstrap import main; "
+         "sys.path.pop(0); main()")
+ZYGOTE_WAIT_S = 60.0  # a relaunch waits this long at most for a zygote still importing (a fresh start would too)
+
+
+def in_terminal_foreground() -> bool:
+    """True when a Ctrl-C typed in our terminal reaches the child directly (same process group)."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+class Launcher:
+    """Starts each attempt's process: attempt 1 fresh, relaunches forked from the zygote when it can serve them."""
+
+    def __init__(self, relaunch: str) -> None:
+        self.relaunch = relaunch  # "auto" | "fork" | "fresh"
+        self.zygote: Zygote | None = None
+        self.launched = ""  # how the latest process was started, for its attempt's record
+
+    def start_zygote(self, env: dict[str, str]) -> None:
+        """Start the torch-preloaded zygote relaunches fork from (once; a failure only means fresh processes)."""
+        if self.zygote is not None or self.relaunch == "fresh":
+            return
+        try:
+            self.zygote = Zygote.start(PACKAGE_ROOT, env={k: v for k, v in env.items()
+                                                           if not k.startswith("TORCHDOCTOR_")})
+        except OSError:
+            self.zygote = None
+
+    def launch(self, command: list[str], env: dict[str, str], stdout: int | None = None,
+                stderr: int | None = None) -> subprocess.Popen[bytes] | ZygoteProcess:
+        """A relaunch forks from the zygote when it can (tens of milliseconds instead of a new interpreter and
+        ``import torch``); attempt 1, and any attempt the zygote cannot serve, is a fresh process."""
+        zygote = self.zygote
+        why = "the first attempt" if env.get("TORCHDOCTOR_ATTEMPT", "1") == "1" else "no zygote"
+        if zygote is not None and why != "the first attempt":
+            zygote.ready(ZYGOTE_WAIT_S)
+            ok, why = zygote.can_spawn(env)
+            if ok:
+                try:
+                    child = zygote.spawn(command[3:], env, os.getcwd(), 0, 1 if stdout is None else stdout,
+                                         2 if stderr is None else stderr)
+                    self.launched = "forked from the torch-preloaded zygote"
+                    return child
+                except ZygoteError as exc:
+                    why = str(exc)
+        self.launched = f"a fresh process ({why})"
+        return subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
+
+    def close(self) -> None:
+        if self.zygote is not None:
+            self.zygote.close()
+
+
+def probe_process(proc: Any, nvml: Any) -> ProcessSample:
+    """The process's resident memory and its children's, read from outside, with the GPUs' used memory."""
+    rss = children = None
+    if proc is not None:
+        try:
+            rss = proc.memory_info().rss
+            children = sum(c.memory_info().rss for c in proc.children(recursive=True)) or None
+        except Exception:  # noqa: BLE001 - the child may be exiting
+            pass
+    return ProcessSample(rss_bytes=rss, children_rss_bytes=children, device_used=nvml.used() if nvml else {})
