@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from torchdoctor.agent.zygote_server import HiddenModules
+from torchdoctor.agent.hidden_modules import HiddenModules
 from torchdoctor.channel import Channel, ChannelClosed
 from torchdoctor.supervisor.zygote import import_time_differences
 

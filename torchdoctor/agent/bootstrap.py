@@ -19,6 +19,7 @@ import sys
 import types
 import zipfile
 from types import TracebackType
+from typing import TypedDict
 
 from torchdoctor.agent.emitter import FileEmitter, MemorySink
 from torchdoctor.agent.import_hook import TorchImportWatcher
@@ -31,6 +32,22 @@ RESUME_ABANDONED_EXIT = 3  # the supervisor relaunches from the beginning (it re
 
 _AGENT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _RUNPY_FILES = ("<frozen runpy>", os.path.abspath(runpy.__file__), "<string>")
+
+
+class _StartedFields(TypedDict):
+    target: str
+    is_module: bool
+    argv: list[str]
+    python: str
+    accounting: str
+    sample_every: int
+    attempt: int
+
+
+class _Started(_StartedFields, total=False):
+    """The fields of ``RunStarted`` that the agent knows before torch is imported (``cpu_figures``: once it is)."""
+
+    cpu_figures: str
 
 
 def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
@@ -109,9 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         # memory"), as a machine with less RAM would, instead of the kernel's OOM killer.
         resource.setrlimit(resource.RLIMIT_DATA, (settings.host_memory_limit, settings.host_memory_limit))
     sink = FileEmitter(settings.events_path) if settings.events_path else MemorySink()
-    started = {"target": target, "is_module": is_module, "argv": [target, *script_args],
-               "python": platform.python_version(), "accounting": settings.accounting,
-               "sample_every": settings.sample_every, "attempt": settings.attempt}
+    started: _Started = {"target": target, "is_module": is_module, "argv": [target, *script_args],
+                         "python": platform.python_version(), "accounting": settings.accounting,
+                         "sample_every": settings.sample_every, "attempt": settings.attempt}
     sessions: list = []
 
     def start_session() -> None:  # called right after the script's `import torch` completes

@@ -69,7 +69,9 @@ def capture_rng() -> dict[str, Any]:
     try:
         import numpy as np
 
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        legacy = np.random.get_state(legacy=True)  # the default, spelled out: numpy's stub types a bare call a dict
+        assert isinstance(legacy, tuple)  # the global RandomState is an MT19937's: its state is the legacy tuple
+        kind, keys, pos, has_gauss, gauss = legacy
         state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
                           "has_gauss": int(has_gauss), "gauss": float(gauss)}
     except ImportError:
@@ -164,7 +166,7 @@ def save_checkpoint(directory: str, *, model: torch.nn.Module | None = None, opt
 
     def write_data(handle: Any) -> None:
         hashed.append(_HashingWriter(handle))
-        torch.save(data, hashed[0])
+        torch.save(data, hashed[0])  # type: ignore[arg-type]  # torch.save needs only write (and flush)
 
     try:
         write_atomic(path, write_data)

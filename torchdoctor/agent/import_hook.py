@@ -49,5 +49,5 @@ class TorchImportWatcher(importlib.abc.MetaPathFinder):
             self.remove()
             self._callback()
 
-        loader.exec_module = exec_module  # type: ignore[method-assign] - this spec's own loader instance
+        loader.exec_module = exec_module  # type: ignore[method-assign]  # patched on this spec's own loader instance
         return spec

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,8 +116,16 @@ def oom_retry(func: Callable[..., Any] | None = None, *, max_retries: int = 3, b
 
 def _exhausted(box: list[BaseException], why: str) -> BaseException:
     exc = box.pop()
-    exc.add_note(f"torchdoctor: gave up: {why}")
+    _add_note(exc, f"torchdoctor: gave up: {why}")
     return exc
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``; Python 3.10 has no ``add_note``: there the note goes where 3.11 keeps it."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:
+        vars(exc)["__notes__"] = [*getattr(exc, "__notes__", ()), note]
 
 
 def _report(owner: Any, record: OOMRecord, on_oom: Callable[[OOMRecord], None] | None) -> None:
@@ -215,12 +224,12 @@ class ResilientStep:
                 if info is None or in_step or parts > min(n, self.max_micro_batches):
                     self._clean(snapshot)
                     if in_step and info is not None:
-                        exc.add_note("torchdoctor: the OOM was inside optimizer.step, where smaller micro-batches "
-                                     "do not help (the step was undone)" if snapshot else
-                                     "torchdoctor: the OOM was inside optimizer.step, where smaller micro-batches "
-                                     "do not help")
+                        _add_note(exc, "torchdoctor: the OOM was inside optimizer.step, where smaller micro-batches "
+                                       "do not help (the step was undone)" if snapshot else
+                                       "torchdoctor: the OOM was inside optimizer.step, where smaller micro-batches "
+                                       "do not help")
                     elif info is not None:
-                        exc.add_note(f"torchdoctor: gave up at {self.micro_batches} micro-batches per batch of {n}")
+                        _add_note(exc, f"torchdoctor: gave up at {self.micro_batches} micro-batches per batch of {n}")
                     raise
                 box.append(exc)
                 message = info.message
@@ -262,9 +271,10 @@ class ResilientStep:
         snapshot.clear()
         if self.scheduler is not None:
             self.scheduler.step()
+        assert total is not None  # split_batch gives at least one micro-batch
         return total
 
-    def _take_snapshot(self) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    def _take_snapshot(self) -> tuple[list[torch.Tensor], dict[int, dict[Any, Any]]]:
         params = [p.detach().to("cpu", copy=True) for p in self._params()]
         state = {id(p): {k: (v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v)
                          for k, v in self.optimizer.state[p].items()}

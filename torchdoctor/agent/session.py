@@ -7,7 +7,7 @@ tensor accounting and the module hooks that tell forward from evaluation.
 
 from __future__ import annotations
 
-import gc
+import functools
 import os
 import time
 import warnings
@@ -19,7 +19,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from torchdoctor.agent.doctor.doctor import Doctor
 from torchdoctor.agent.hooks.atomic_save import AtomicTorchSave
-from torchdoctor.agent.hooks.calls import ClipHooks, ZeroGradHooks
+from torchdoctor.agent.hooks.calls import ClipHooks, ZeroGradHooks, optimizer_params
 from torchdoctor.agent.hooks.constructions import Constructions
 from torchdoctor.agent.hooks.phases import PhaseTracker
 from torchdoctor.agent.memory import allocator_probe
@@ -27,11 +27,11 @@ from torchdoctor.agent.memory.accounting import (
     ACTIVATIONS,
     ACTIVATIONS_SAVED,
     GRADIENTS,
-    OPTIMIZER_STATE,
-    PARAMETERS,
     TensorAccountant,
 )
 from torchdoctor.agent.memory.cuda import CudaFigures
+from torchdoctor.agent.memory.measuring import MeasuredModels
+from torchdoctor.agent.memory.rss import RssReader
 from torchdoctor.agent.memory.saved_activations import SavedActivations
 from torchdoctor.agent.memory.schedule import SamplingSchedule
 from torchdoctor.agent.recovery.hooks import RecoveryHooks
@@ -46,12 +46,6 @@ from torchdoctor.plan import Plan
 _LIVE_SESSIONS: "weakref.WeakSet[AgentSession]" = weakref.WeakSet()
 
 
-# Our global module hooks exist only on measured steps; torch warns that they fire twice through a
-# torch.compile'd module, which is harmless for counting root calls and not the user's concern.
-warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks",
-                        category=UserWarning)
-
-
 def live_sessions() -> list["AgentSession"]:
     """The sessions installed in this process now (one under ``torchdoctor run`` or ``watch``)."""
     return list(_LIVE_SESSIONS)
@@ -62,71 +56,17 @@ def _after_fork_in_child() -> None:
         session.accountant.detach_after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+@functools.cache
+def _once_per_process() -> None:
+    """Set up by the first session of a process (never at import: importing the agent changes nothing)."""
+    os.register_at_fork(after_in_child=_after_fork_in_child)  # a DataLoader worker's accountant only passes through
 
 
-def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    found = []
-    for state in optimizer.state.values():
-        for value in state.values():
-            if isinstance(value, torch.Tensor):
-                found.append(value)
-    return found
-
-
-class RssReader:
-    """The process's resident memory, read once per step: a pread of /proc/self/statm (a few µs) where Linux
-    has it, psutil elsewhere; None when neither works."""
-
-    def __init__(self) -> None:
-        self._fd: int | None = None
-        self._process: Any = None
-        self._status: int | None = None  # /proc/self/status (VmHWM), -1 where it cannot be read or reset
-        self._clear_refs = -1
-        try:
-            self._fd = os.open("/proc/self/statm", os.O_RDONLY)
-            self._page = os.sysconf("SC_PAGE_SIZE")
-        except (OSError, AttributeError, ValueError):
-            try:
-                import psutil
-
-                self._process = psutil.Process()
-            except Exception:  # noqa: BLE001 - RSS is optional; "n/a" in the report
-                self._process = None
-
-    def span_peak(self) -> int | None:
-        """The most resident memory since the last call (Linux: VmHWM, then reset through clear_refs); None
-        where that cannot be read or reset."""
-        if self._status is None:
-            try:
-                self._status = os.open("/proc/self/status", os.O_RDONLY)
-                self._clear_refs = os.open("/proc/self/clear_refs", os.O_WRONLY)
-            except OSError:
-                self._status = -1
-                return None
-        if self._status < 0:
-            return None
-        try:
-            text = os.pread(self._status, 4096, 0)
-            at = text.index(b"VmHWM:")
-            peak = int(text[at + 6:text.index(b"kB", at)]) * 1024
-            os.write(self._clear_refs, b"5")  # the high-water mark starts again from what is resident now
-            return peak
-        except (OSError, ValueError):
-            self._status = -1
-            return None
-
-    def read(self) -> int | None:
-        try:
-            if self._fd is not None:
-                return int(os.pread(self._fd, 128, 0).split()[1]) * self._page
-            if self._process is not None:
-                return int(self._process.memory_info().rss)
-        except (OSError, ValueError, IndexError):
-            return None
-        except Exception:  # noqa: BLE001 - psutil errors
-            return None
-        return None
+def _quiet_global_hook_warning() -> None:
+    # Our global module hooks exist only on measured steps; torch warns that they fire twice through a
+    # torch.compile'd module, which is harmless for counting root calls and not the user's concern.
+    warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks",
+                            category=UserWarning)
 
 
 CLOSURE_PASSES_MEASURED = 2  # forward/backward passes of an optimizer closure counted op by op in a measured step
@@ -140,9 +80,10 @@ class AgentSession:
         self.sink = sink
         self.step = 0
         self.accountant = TensorAccountant()
+        self.models = MeasuredModels(self.accountant)
         self.phases = PhaseTracker(self._phase_changed, self._saw_root_module)
         self.accountant.module_stack = self.phases.module_stack
-        self.accountant.namer = self._storage_names
+        self.accountant.namer = self.models.namer(lambda: self._optimizers)
         accounting = settings.accounting
         if settings.memory_budget and not torch.cuda.is_available():
             accounting = "exact"  # the budget is enforced at every allocation
@@ -180,7 +121,6 @@ class AgentSession:
         self.resume: RunResume | None = None
         self.doctor = Doctor(self) if settings.doctor else None
         self._resume_from = plan.resume_from
-        self._modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._grad_watched: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
         self._grad_hooks: list[Any] = []
@@ -199,6 +139,8 @@ class AgentSession:
 
     # -- lifetime ------------------------------------------------------------------------------------
     def start(self) -> None:
+        _once_per_process()
+        _quiet_global_hook_warning()
         _LIVE_SESSIONS.add(self)
         if self._no_probe:
             self.emit(Note(level="info", step=None, message=(
@@ -277,7 +219,7 @@ class AgentSession:
 
     @property
     def root_modules(self) -> list[torch.nn.Module]:
-        return list(self._modules)
+        return list(self.models.modules)
 
     def resident_bytes(self) -> int | None:
         """The process's resident memory now (None where it cannot be read)."""
@@ -324,18 +266,15 @@ class AgentSession:
         self.phases.set("optimizer")
         if optimizer not in self._optimizers:
             self._optimizers.add(optimizer)
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            count = sum(p.numel() for p in params)
+            count = sum(p.numel() for p in optimizer_params(optimizer))
             self.emit(Note(level="info", step=self.step + 1,
                            message=f"optimizer {type(optimizer).__name__} steps {count:,} parameters"))
         if self._measuring:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            self.accountant.classify(params, PARAMETERS)
-            self.accountant.classify([p.grad for p in params if p.grad is not None], GRADIENTS)
+            self.models.step_began(optimizer)
 
     def _step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._measuring:
-            self.accountant.classify(_state_tensors(optimizer), OPTIMIZER_STATE)
+            self.models.step_ended(optimizer)
         self.ledger.stepped(optimizer)
         self.phases.in_step = False
         self._end_step()
@@ -408,38 +347,7 @@ class AgentSession:
         self._saw_root_module(module)
 
     def _saw_root_module(self, module: torch.nn.Module) -> None:
-        if module not in self._modules:
-            self._modules.add(module)
-            self.accountant.classify(list(module.parameters()) + list(module.buffers()), PARAMETERS)
-
-    def _storage_names(self) -> dict[tuple[int, int], str]:
-        """What the model's storages are (``fc1.weight``, ``fc1.weight.grad``, ``fc1.weight exp_avg (AdamW)``),
-        by storage (pointer, bytes): built only when the tensors at a new peak are listed."""
-        names: dict[int, str] = {}
-        by_param: dict[int, str] = {}
-
-        def add(tensor: Any, name: str) -> None:
-            if isinstance(tensor, torch.Tensor):
-                try:
-                    storage = tensor.untyped_storage()
-                    names.setdefault((storage.data_ptr(), storage.nbytes()), name)
-                except (RuntimeError, NotImplementedError, TypeError):
-                    pass
-
-        for module in list(self._modules):
-            for name, param in module.named_parameters(remove_duplicate=True):
-                by_param[id(param)] = name
-                add(param, name)
-                add(param.grad, f"{name}.grad")
-            for name, buffer in module.named_buffers():
-                add(buffer, name)
-        for optimizer in [*self._optimizers]:
-            kind = type(optimizer).__name__
-            for param, state in list(optimizer.state.items()):
-                label = by_param.get(id(param), "parameter")
-                for key, value in state.items():
-                    add(value, f"{label} {key} ({kind})")
-        return names
+        self.models.root_module(module)
 
     # -- measuring windows ---------------------------------------------------------------------------
     def _start_measuring(self, ops: bool, census: bool) -> None:
@@ -476,20 +384,7 @@ class AgentSession:
 
     def _census(self) -> None:
         """Count tensors created while accounting was off, so a window starts from the true total."""
-        acct = self.accountant
-        for module in list(self._modules):
-            acct.classify(list(module.parameters()) + list(module.buffers()), PARAMETERS, census=True)
-        for optimizer in list(self._optimizers):
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            acct.classify(params, PARAMETERS, census=True)
-            acct.classify([p.grad for p in params if p.grad is not None], GRADIENTS, census=True)
-            acct.classify(_state_tensors(optimizer), OPTIMIZER_STATE, census=True)
-        tensor_type = torch.Tensor
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # some objects warn when their class is looked at
-            for obj in gc.get_objects():
-                if issubclass(type(obj), tensor_type):
-                    acct.track(obj, ACTIVATIONS)
+        self.models.census(self._optimizers, ACTIVATIONS)
 
     # -- samples ---------------------------------------------------------------------------------------
     def _sample(self, span: str, seconds: float | None = None) -> MemorySample:

@@ -26,7 +26,6 @@ from torchdoctor.agent import bootstrap
 _BASELINE_MODULES = frozenset(sys.modules) - {__name__}
 _BASELINE_FILTERS = list(warnings.filters)
 
-import copy  # noqa: E402 - after the baseline on purpose
 import gc  # noqa: E402
 import importlib  # noqa: E402
 import importlib.abc  # noqa: E402
@@ -42,89 +41,11 @@ from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
+from torchdoctor.agent.hidden_modules import HiddenModules  # noqa: E402
 from torchdoctor.agent.lifeline import parent_death_signal  # noqa: E402
 from torchdoctor.channel import Channel, ChannelClosed  # noqa: E402
 
 _SHIELDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # ignored by the server, default again in children
-_RESTORE_ALL = frozenset({"torch"})  # importing one of these brings back everything the zygote loaded
-_MISSING = object()
-_IMPORT_ATTRS = ("__spec__", "__loader__", "__package__", "__path__", "__file__", "__cached__")
-
-
-# -- the child's modules --------------------------------------------------------------------------------
-class _Restore(importlib.abc.Loader):
-    """Loader of one hidden module: puts the zygote's module object back instead of executing anything."""
-
-    def __init__(self, hidden: HiddenModules, name: str) -> None:
-        self._hidden = hidden
-        self._name = name
-        self._attrs: dict[str, Any] = {}
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
-        module = self._hidden.restore(self._name)
-        namespace = getattr(module, "__dict__", {})
-        self._attrs = {name: namespace.get(name, _MISSING) for name in _IMPORT_ATTRS}
-        return module
-
-    def exec_module(self, module: Any) -> None:
-        # The import system stamped our spec (and maybe our loader) on the module: give it back its own.
-        namespace = getattr(module, "__dict__", None)
-        if namespace is None:
-            return
-        for name, value in self._attrs.items():
-            if value is _MISSING:
-                namespace.pop(name, None)
-            else:
-                namespace[name] = value
-
-
-class HiddenModules(importlib.abc.MetaPathFinder):
-    """The modules the zygote loaded that a fresh process would not have yet, kept out of ``sys.modules``.
-
-    Importing one puts it back with its submodules (the very objects: nothing runs again); importing torch puts
-    everything back, as ``import torch`` in a fresh process loads nearly all of it, and re-adds the warning
-    filters torch's import installed. It sits first in ``sys.meta_path`` so that no finder loads a second copy.
-    """
-
-    def __init__(self, stash: dict[str, Any], torch_filters: list[Any]) -> None:
-        self._stash = stash
-        self._torch_filters = torch_filters
-
-    @classmethod
-    def install(cls, baseline: frozenset[str], torch_filters: list[Any]) -> HiddenModules:
-        stash = {name: sys.modules.pop(name) for name in list(sys.modules)
-                 if name not in baseline and sys.modules[name] is not None}
-        stash.pop("__mp_main__", None)  # multiprocessing's alias of __main__: made afresh when it comes back
-        hidden = cls(stash, torch_filters)
-        sys.meta_path.insert(0, hidden)
-        return hidden
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in self._stash:
-            return None
-        original = getattr(self._stash[fullname], "__spec__", None)
-        if isinstance(original, importlib.machinery.ModuleSpec):
-            spec = copy.copy(original)  # origin, search locations and all, for whoever only looks (find_spec)
-        else:
-            spec = importlib.machinery.ModuleSpec(fullname, None)
-        spec.loader = _Restore(self, fullname)  # a fresh one each time: the torch watcher wraps its exec_module
-        return spec
-
-    def restore(self, name: str) -> Any:
-        """Put ``name`` back in sys.modules (with its submodules, or everything for torch); returns it."""
-        everything = name.partition(".")[0] in _RESTORE_ALL
-        names = list(self._stash) if everything else [n for n in self._stash if n == name or n.startswith(name + ".")]
-        for restored in names:
-            sys.modules.setdefault(restored, self._stash.pop(restored))
-        if "multiprocessing" in names and "__main__" in sys.modules:
-            sys.modules["__mp_main__"] = sys.modules["__main__"]  # what `import multiprocessing` does
-        if everything and self._torch_filters:
-            warnings.filters[:0] = self._torch_filters
-            warnings._filters_mutated()  # type: ignore[attr-defined]
-            self._torch_filters = []
-        if not self._stash and self in sys.meta_path:
-            sys.meta_path.remove(self)
-        return sys.modules[name]
 
 
 # -- what a child is made from ----------------------------------------------------------------------------
@@ -133,7 +54,7 @@ class _Template:
     """What the server captured for its children: how a fresh interpreter's state looked, and what to close."""
 
     path: list[str]
-    stdio: list[tuple[str, str]]  # (encoding, errors) of stdin, stdout, stderr
+    stdio: list[tuple[str, str | None]]  # (encoding, errors) of stdin, stdout, stderr
     unbuffered: bool  # python -u / PYTHONUNBUFFERED
     torch_filters: list[Any]
     server_pid: int
@@ -142,7 +63,8 @@ class _Template:
     mask: set[int] = field(default_factory=set)
 
 
-def _stdio_stream(fd: int, write: bool, name: str, encoding: str, errors: str, unbuffered: bool) -> io.TextIOWrapper:
+def _stdio_stream(fd: int, write: bool, name: str, encoding: str, errors: str | None,
+                  unbuffered: bool) -> io.TextIOWrapper:
     """sys.stdin/stdout/stderr as CPython's start-up builds them (Python/pylifecycle.c, create_stdio)."""
     buffering = 0 if (unbuffered and write) else -1
     buffer: Any = io.open(fd, "wb" if write else "rb", buffering, closefd=False)  # noqa: SIM115
@@ -158,9 +80,10 @@ def _fresh_stdio(template: _Template) -> None:
     old = {id(sys.stdout): 1, id(sys.stderr): 2}
     streams = [_stdio_stream(fd, fd > 0, name, encoding, errors, template.unbuffered)
                for fd, name, (encoding, errors) in zip((0, 1, 2), ("<stdin>", "<stdout>", "<stderr>"), template.stdio)]
-    sys.stdin = sys.__stdin__ = streams[0]
-    sys.stdout = sys.__stdout__ = streams[1]
-    sys.stderr = sys.__stderr__ = streams[2]
+    # the originals too, as a fresh interpreter has them (typeshed marks them Final: no one else should)
+    sys.stdin = sys.__stdin__ = streams[0]  # type: ignore[misc]
+    sys.stdout = sys.__stdout__ = streams[1]  # type: ignore[misc]
+    sys.stderr = sys.__stderr__ = streams[2]  # type: ignore[misc]
     # Logging handlers made while the zygote imported torch hold its streams: point them at the new ones.
     logging = sys.modules.get("logging")
     if logging is not None:
@@ -176,7 +99,7 @@ def _fresh_process_state() -> None:
     mp_process = sys.modules.get("multiprocessing.process")
     if mp_process is not None:
         mp_process.current_process().authkey = os.urandom(32)
-        mp_process.ORIGINAL_DIR = os.path.abspath(os.getcwd())
+        mp_process.ORIGINAL_DIR = os.path.abspath(os.getcwd())  # type: ignore[attr-defined]  # not in typeshed
 
 
 def _become(request: dict[str, Any], fds: list[int], template: _Template) -> None:
@@ -204,7 +127,7 @@ def _become(request: dict[str, Any], fds: list[int], template: _Template) -> Non
     sys.orig_argv = [sys.orig_argv[0], *request["argv"]]  # as `python ARGS` would show them
     _fresh_stdio(template)
     _fresh_process_state()
-    warnings.filters[:] = _BASELINE_FILTERS
+    warnings.filters[:] = _BASELINE_FILTERS  # type: ignore[index]  # a list at run time; typeshed: Sequence
     warnings._filters_mutated()  # type: ignore[attr-defined]
     HiddenModules.install(_BASELINE_MODULES, template.torch_filters)
     importlib.invalidate_caches()  # the script's folder may have changed since the zygote looked
@@ -248,7 +171,8 @@ class _Server:
 
     def run(self) -> None:
         while True:
-            select.select([self.channel.sock, self.wake], [], [], 5.0)
+            watched: list[Any] = [self.channel.sock, self.wake]
+            select.select(watched, [], [], 5.0)
             self._drain_wake()
             self._reap()
             try:

@@ -20,11 +20,9 @@ it costs nothing unless asked: importing it does not import torch, and an unmark
 
 from __future__ import annotations
 
-import functools
 import gc
 import re
-import weakref
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,57 +141,6 @@ def _record(item: pytest.Item, peaks: list[DevicePeak], limit: MemoryLimit | Non
 
 
 # -- measuring -------------------------------------------------------------------------------------------
-class _BackwardPhase:
-    """Marks ``torch.autograd.backward``/``grad`` as the backward phase while a test is measured.
-
-    Not PhaseTracker's own wrappers: those mark themselves as torchdoctor's, and a ``torchdoctor.watch()`` or
-    ``ResilientStep`` started inside the test would then skip installing its own (micro-batching needs it).
-    These nest under or over the session's, and one that cannot be removed (wrapped again by someone else)
-    stays in place as a pass-through."""
-
-    def __init__(self, set_phase: Callable[[str], None], get_phase: Callable[[], str],
-                 after: Callable[[], None]) -> None:
-        self.active = False
-        self._set_phase, self._get_phase, self._after = set_phase, get_phase, after
-        self._installed: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
-
-    def install(self) -> None:
-        import torch
-
-        self.active = True
-        for name in ("backward", "grad"):
-            if name not in self._installed:
-                original = getattr(torch.autograd, name)
-                wrapper = self._wrap(original)
-                setattr(torch.autograd, name, wrapper)
-                self._installed[name] = (original, wrapper)
-
-    def remove(self) -> None:
-        import torch
-
-        self.active = False
-        for name, (original, wrapper) in list(self._installed.items()):
-            if getattr(torch.autograd, name) is wrapper:
-                setattr(torch.autograd, name, original)
-                del self._installed[name]
-
-    def _wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(original)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not self.active:
-                return original(*args, **kwargs)
-            before = self._get_phase()
-            self._set_phase("backward")
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self._after()
-                # Inside an optimizer closure (LBFGS) the step goes on; elsewhere backward ends the pass.
-                self._set_phase("optimizer" if before == "optimizer" else "other")
-
-        return wrapper
-
-
 class _Measurer:
     """The session's tensor accounting, opened around each measured test.
 
@@ -202,22 +149,22 @@ class _Measurer:
     adds what was made while it was closed (fixtures, other tests' leftovers)."""
 
     def __init__(self) -> None:
+        import torch
+
         from torchdoctor.agent.hooks.phases import PhaseTracker
+        from torchdoctor.agent.memory import allocator_probe
         from torchdoctor.agent.memory.accounting import TensorAccountant
+        from torchdoctor.agent.memory.measuring import MeasuredModels
 
         self.accountant = TensorAccountant()
-        self.phases = PhaseTracker(self.accountant.set_phase, self._saw_root_module)
+        self.models = MeasuredModels(self.accountant)
+        self.phases = PhaseTracker(self.accountant.set_phase, self.models.root_module)
         self.accountant.module_stack = self.phases.module_stack  # each storage labelled with the module making it
-        self.backward = _BackwardPhase(self.phases.set, lambda: self.phases.phase, self._classify_gradients)
-        self._modules: weakref.WeakSet[Any] = weakref.WeakSet()  # weak: a dropped model must free its memory
+        self.phases.after_backward = self.models.gradients
         self._handles: list[Any] = []
         self.warned_stranded = False
         # the CPU's figures are the allocator's from here on (kernels' own buffers included); what is alive now
         # is counted by a census, the allocator never having seen it
-        import torch
-
-        from torchdoctor.agent.memory import allocator_probe
-
         probe, _ = allocator_probe.start(torch)
         if probe is not None:
             self._census()
@@ -226,13 +173,13 @@ class _Measurer:
     def start(self) -> None:
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-        self._modules = weakref.WeakSet()
+        self.models.modules.clear()
         self._census()
         self.phases.set("other")
         self.accountant.set_phase("other")
         self.accountant.reset_span()
         self.phases.install_module_hooks()
-        self.backward.install()
+        self.phases.install_autograd_wrappers()  # layers: they stack with a watch() or ResilientStep in the test
         self._handles = [register_optimizer_step_pre_hook(self._step_pre),
                          register_optimizer_step_post_hook(self._step_post)]
         self.accountant.open()
@@ -244,54 +191,28 @@ class _Measurer:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self.backward.remove()
+        self.phases.remove_autograd_wrappers()
         self.phases.remove_module_hooks()
+        self.phases.in_step = False
         self.phases.set("other")
         return peaks_from_figures(self.accountant.figures()), clean
 
     def _census(self) -> None:
         """Count the tensors alive now (unreachable garbage collected first, so a figure does not depend on
-        when the collector last ran): parameters and their gradients by kind, the rest as activations/other."""
-        import torch
-
-        from torchdoctor.agent.memory.accounting import GRADIENTS, INPUTS_DATA, PARAMETERS
-        from torchdoctor.agent.memory.live import live_tensors
+        when the collector last ran): parameters and their gradients by kind, the rest as inputs and data."""
+        from torchdoctor.agent.memory.accounting import INPUTS_DATA
 
         gc.collect()
-        tensors = [t for t in live_tensors() if t.device.type != "meta"]
-        params = [t for t in tensors if isinstance(t, torch.nn.Parameter)]
-        for tensor in tensors:
-            self.accountant.track(tensor, INPUTS_DATA)  # new storages only (fixtures' data); known ones keep their kind
-        self.accountant.classify(params, PARAMETERS, census=True)
-        self.accountant.classify([p.grad for p in params if p.grad is not None], GRADIENTS, census=True)
-
-    def _saw_root_module(self, module: Any) -> None:
-        from torchdoctor.agent.memory.accounting import PARAMETERS
-
-        self._modules.add(module)
-        self.accountant.classify(list(module.parameters()) + list(module.buffers()), PARAMETERS)
-
-    def _classify_gradients(self) -> None:
-        from torchdoctor.agent.memory.accounting import GRADIENTS
-
-        grads = [p.grad for m in list(self._modules) for p in m.parameters() if p.grad is not None]
-        self.accountant.classify(grads, GRADIENTS)
+        self.models.census((), INPUTS_DATA)
 
     def _step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        from torchdoctor.agent.memory.accounting import GRADIENTS, PARAMETERS
-
+        self.phases.in_step = True
         self.phases.set("optimizer")
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.accountant.classify(params, PARAMETERS)
-        self.accountant.classify([p.grad for p in params if p.grad is not None], GRADIENTS)
+        self.models.step_began(optimizer)
 
     def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        import torch
-
-        from torchdoctor.agent.memory.accounting import OPTIMIZER_STATE
-
-        state = [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
-        self.accountant.classify(state, OPTIMIZER_STATE)
+        self.models.step_ended(optimizer)
+        self.phases.in_step = False
         self.phases.set("other")
 
 
@@ -331,7 +252,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     limit = None
     if marker is not None:
         try:
-            limit = limit_from_marker(marker.args, marker.kwargs)
+            limit = limit_from_marker(marker.args, dict(marker.kwargs))
         except LimitError as exc:
             raise pytest.fail.Exception(f"torch_memory marker: {exc}", pytrace=False) from None
     measurer = _measurer(item.config)
@@ -367,8 +288,9 @@ class PeakSummary:
         props = {str(pair[0]): pair[1] for pair in report.user_properties if len(pair) == 2}
         if PEAK_PROPERTY in props:
             limit = props.get(LIMIT_PROPERTY)
-            self.rows.append((report.nodeid, int(props[PEAK_PROPERTY]), str(props.get(DEVICE_PROPERTY, "-")),
-                              int(limit) if limit is not None else None))
+            peak: Any = props[PEAK_PROPERTY]  # ints, as written by the measuring hook
+            self.rows.append((report.nodeid, int(peak), str(props.get(DEVICE_PROPERTY, "-")),
+                              int(limit) if isinstance(limit, int) else None))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         terminalreporter.write_sep("=", "torchdoctor: peak tensor memory per test")

@@ -211,11 +211,11 @@ def _recovery(report: dict[str, Any]) -> Group | None:
             held = " · ".join(f"{CATEGORY_LABELS[k]} {format_bytes(v)}" for k, v in breakdown.items()
                               if k in CATEGORY_LABELS)
             rows.append(Text(f"  at the OOM the device held: {held}"))
-        held = recovery.get("held_at_oom") or []
-        if held:
+        alive = recovery.get("held_at_oom") or []
+        if alive:
             rows.append(Text("  largest tensors alive at the OOM: " + "; ".join(
                 f"{format_bytes(t['bytes'])} {tensor_shape(t)} {t.get('dtype', '')} ({tensor_what(t)})"
-                for t in held[:4])))
+                for t in alive[:4])))
         for idea in recovery.get("suggestions") or []:
             rows.append(Text(f"  • {idea}"))
     return Group(*rows)

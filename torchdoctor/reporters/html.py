@@ -7,6 +7,7 @@ environment. Without matplotlib the page has the same tables and says how to get
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
@@ -260,9 +261,9 @@ def _when(peak: dict[str, Any]) -> str:
     return escape(peak_when(peak))
 
 
-def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]], numeric: frozenset[int] | set[int] = frozenset(),
-           header: bool = True, table_id: str | None = None) -> str:
-    def cell(tag: str, i: int, value: str) -> str:
+def _table(headers: tuple[str, ...], rows: Sequence[tuple[object, ...]],
+           numeric: frozenset[int] | set[int] = frozenset(), header: bool = True, table_id: str | None = None) -> str:
+    def cell(tag: str, i: int, value: object) -> str:
         return f'<{tag}{" class=num" if i in numeric else ""}>{escape(str(value))}</{tag}>'
 
     head = "<tr>" + "".join(cell("th", i, h) for i, h in enumerate(headers)) + "</tr>" if header else ""

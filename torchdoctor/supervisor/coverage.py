@@ -46,8 +46,8 @@ def _rss_above_measured(state: RunState) -> list[str]:
     def rss_of(sample: Any) -> int | None:
         return sample.rss_peak_bytes or sample.rss_bytes
 
-    measured = [(rss_of(s), _cpu_tensor_peak(s)) for s in state.samples if s.measured]
-    measured = [(rss, tensors) for rss, tensors in measured if rss and tensors is not None]
+    figures = [(rss_of(s), _cpu_tensor_peak(s)) for s in state.samples if s.measured]
+    measured = [(rss, tensors) for rss, tensors in figures if rss and tensors is not None]
     if not measured:
         return []
     other = max(rss - tensors for rss, tensors in measured)  # resident memory that is not tensors

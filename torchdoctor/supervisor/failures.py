@@ -76,20 +76,23 @@ def describe_failure(state: RunState, returncode: int, script_args: tuple[str, .
     training = ({k: v for k, v in state.training.to_dict().items() if k not in ("v", "kind", "t")}
                 if state.training else None)
     step_peak = state.step_peaks.get(oom.get("device", "")) if oom else None
-    common = {"loaders": loaders, "argument": argument, "has_workers": workers, "phase": phase,
-              "oom_killer": oom_killer, "oom": oom, "training": training,
-              "step_peak": step_peak.to_dict() if step_peak else None}
+    peak = step_peak.to_dict() if step_peak else None
+
+    def failure(kind: str, message: str = "") -> Failure:
+        return Failure(kind, phase=phase, message=message, loaders=loaders, argument=argument, has_workers=workers,
+                       oom_killer=oom_killer, oom=oom, training=training, step_peak=peak)
+
     if state.resume is not None and state.resume.restart:
-        return Failure("resume-abandoned", message=state.resume.message, **common)
+        return failure("resume-abandoned", message=state.resume.message)
     if returncode == 0:
-        return Failure("success", **common)
+        return failure("success")
     if returncode == -signal.SIGKILL and (finished is None or finished.exception is None):
-        return Failure("host-kill", message="killed by SIGKILL (the kernel's OOM killer?)", **common)
+        return failure("host-kill", message="killed by SIGKILL (the kernel's OOM killer?)")
     if finished is not None and finished.oom:
-        return Failure("oom", message=finished.message or "", **common)
+        return failure("oom", message=finished.message or "")
     if finished is not None and "does not require grad" in (finished.message or ""):
-        return Failure("eval-needs-grad", message=finished.message or "", **common)
-    return Failure("other", message=(finished.message or "") if finished else "", **common)
+        return failure("eval-needs-grad", message=finished.message or "")
+    return failure("other", message=(finished.message or "") if finished else "")
 
 
 def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failure, seconds: float,

@@ -351,7 +351,11 @@ def training_invariants(attempts: list[dict[str, Any]]) -> list[dict[str, Any]] 
     found = [check(asked, done, plan) for check in checks] + (resumed or [])
     for number, attempt in enumerate(attempts[1:-1], start=2):  # attempt 1 died before a loss: a later one?
         index = next((i for i, item in enumerate(found) if item and item["key"] == "numerics"), None)
-        if index is None or found[index]["status"] != UNKNOWN or "computed no loss" not in found[index]["evidence"]:
+        if index is None:
+            break
+        current = found[index]
+        assert current is not None  # the item ``index`` was found for
+        if current["status"] != UNKNOWN or "computed no loss" not in current["evidence"]:
             break
         earlier = attempt.get("training") or {}
         if (attempt.get("plan") or {}).get("amp"):

@@ -13,6 +13,8 @@ allowed), loops that stop by their own count.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torchdoctor.plan import Plan
 from torchdoctor.supervisor.recovery_types import (  # noqa: F401 - the planner's inputs, imported from here
     Decision,
@@ -62,7 +64,8 @@ def _broken_remedy(plan: Plan, failure: Failure, previous: Failure | None) -> st
     return last if last in TRIES and last not in plan.excluded else None
 
 
-UNDO = {"eval-no-grad": {"eval_no_grad": False}, "eval-split": {"eval_loaders": (), "eval_parts": 1},
+UNDO: dict[str, dict[str, Any]] = {
+        "eval-no-grad": {"eval_no_grad": False}, "eval-split": {"eval_loaders": (), "eval_parts": 1},
         "optimizer-foreach": {"foreach_off": False}, "checkpoint": {"checkpoint": False},
         "offload": {"offload": False}, "amp": {"amp": None},
         "micro-batch": {"micro_batches": 1, "micro_size": None, "train_loaders": (), "batch_arg": None,

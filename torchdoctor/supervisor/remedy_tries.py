@@ -166,7 +166,7 @@ def _split_loaders(plan: Plan, failure: Failure, facts: FailureFacts, options: R
             endless = facts.endless(loader.index)
             if endless:
                 return endless
-    smallest = min(lo.batch_size for lo in training)  # type: ignore[type-var]
+    smallest = min(lo.batch_size or 0 for lo in training)  # every one has a batch size (filtered above)
     current = plan.micro_size or -(-smallest // plan.micro_batches)
     micro, chosen = next_micro(smallest, current, failure, facts, divisor=False)
     if micro < options.min_batch_size or current <= 1:

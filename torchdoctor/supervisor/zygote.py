@@ -244,7 +244,8 @@ class Zygote:
             raise ZygoteError(why)
         request_id = self._next_id
         self._next_id += 1
-        request = {"type": "spawn", "id": request_id, "argv": [str(a) for a in argv],
+        args = [str(a) for a in argv]
+        request = {"type": "spawn", "id": request_id, "argv": args,
                    "env": {str(k): str(v) for k, v in env.items()}, "cwd": os.path.abspath(cwd)}
         try:
             self._channel.send(request, [stdin, stdout, stderr], timeout=timeout)
@@ -264,7 +265,7 @@ class Zygote:
         if reply["type"] == "error":
             raise ZygoteError(f"the zygote could not start the attempt: {reply.get('message')}")
         child = self._spawned.pop(reply["pid"])
-        child.args = request["argv"]
+        child.args = args
         return child
 
     def close(self, timeout: float = 5.0) -> None:

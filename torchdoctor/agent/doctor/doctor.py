@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from torchdoctor.agent.doctor.evidence import SCALED_BY_SCALER, first_tensor
+from torchdoctor.agent.doctor.evidence import SCALED_BY_SCALER, first_tensor, node_metadata
 from torchdoctor.agent.doctor.gradients import GradientChecks
 from torchdoctor.agent.doctor.graphs import GraphChecks
 from torchdoctor.agent.doctor.memory import MemoryChecks
@@ -87,7 +87,7 @@ class Doctor:
             def scale(scaler: Any, outputs: Any) -> Any:
                 scaled = original(scaler, outputs)
                 if isinstance(scaled, torch.Tensor) and scaled.grad_fn is not None and scaler.is_enabled():
-                    scaled.grad_fn.metadata[SCALED_BY_SCALER] = True
+                    node_metadata(scaled.grad_fn)[SCALED_BY_SCALER] = True
                 return scaled
             return scale
 

@@ -8,6 +8,7 @@ import gc
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import torch
@@ -83,12 +84,18 @@ class LossShape:
     padded: bool = False  # ... and some targets were ignored (ignore_index)
 
 
+def node_metadata(node: torch.autograd.graph.Node) -> dict[Any, Any]:
+    """The ``metadata`` dict autograd keeps on a graph node."""
+    return node.metadata  # type: ignore[return-value]  # a property at run time; torch's stub declares a method
+
+
 def loss_shape(tensor: torch.Tensor, exact_tokens: bool) -> LossShape:
     node = tensor.grad_fn
     if node is None:
         return LossShape("", False, False)
-    if node.metadata.get(SCALED_BY_SCALER):  # GradScaler.scale(loss): look at the loss itself
+    if node_metadata(node).get(SCALED_BY_SCALER):  # GradScaler.scale(loss): look at the loss itself
         node = node.next_functions[0][0]
+        assert node is not None  # ``loss * scale`` requires grad through the loss: its first input has a node
     scaled = node.name() in SCALE_NODES
     if scaled:
         inner = [child for child, _ in node.next_functions if child is not None]
@@ -102,8 +109,9 @@ def loss_shape(tensor: torch.Tensor, exact_tokens: bool) -> LossShape:
         return LossShape(name, False, scaled)
     tokens = padded = None
     if exact_tokens and name.startswith("NllLoss") and getattr(node, "_saved_weight", None) is None:
-        tokens = int(node._saved_total_weight)
-        padded = tokens < node._saved_target.numel()
+        # autograd's generated node classes carry ``_saved_*`` attributes that torch's ``Node`` stub does not declare
+        tokens = int(node._saved_total_weight)  # type: ignore[attr-defined]
+        padded = tokens < node._saved_target.numel()  # type: ignore[attr-defined]
     return LossShape(name, True, scaled, tokens, bool(padded))
 
 
@@ -174,7 +182,8 @@ def _reduction(node: Any, samples: int | None, depth: int) -> Reduction:
         return Reduction("mean" if every else "token-mean", tokens)
     if name in LOSS_NODES:
         reduction = getattr(node, "_saved_reduction", None)
-        return {MEAN_REDUCTION: Reduction("mean"), SUM_REDUCTION: Reduction("sum")}.get(reduction, UNKNOWN)
+        reductions: dict[object, Reduction] = {MEAN_REDUCTION: Reduction("mean"), SUM_REDUCTION: Reduction("sum")}
+        return reductions.get(reduction, UNKNOWN)
     children = [child for child, _ in node.next_functions if child is not None]
     if name in PASS_NODES and len(children) == 1:
         return _reduction(children[0], samples, depth + 1)
@@ -219,7 +228,7 @@ def _variable_for(target: Any) -> str | None:
             for key, value in referrer.items():
                 if value is target and not key.startswith("__"):
                     return key
-    frame = sys._getframe(1)  # functions on the stack (running frames are not gc referrers)
+    frame: FrameType | None = sys._getframe(1)  # functions on the stack (running frames are not gc referrers)
     while frame is not None:
         if is_user_file(frame.f_code.co_filename):
             for key, value in frame.f_locals.items():

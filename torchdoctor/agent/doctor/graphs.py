@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from torchdoctor.agent.doctor.evidence import graph_nodes, holder_of, param_names
+from torchdoctor.agent.doctor.evidence import graph_nodes, holder_of, node_metadata, param_names
 from torchdoctor.agent.hooks.locations import is_user_file, shown_path, user_location
 from torchdoctor.agent.memory.live import live_tensors
 
@@ -130,7 +130,9 @@ class GraphChecks:
         name = line = None
         for tensor in holders:
             name = name or holder_of(tensor)
-            trace = tensor.grad_fn.metadata.get("traceback_")
+            node = tensor.grad_fn
+            assert node is not None  # a holder's graph reached a probe
+            trace = node_metadata(node).get("traceback_")
             if trace and line is None:
                 line = _user_line(trace)
         return name, line

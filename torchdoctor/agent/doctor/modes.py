@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules import module as module_hooks
 
 from torchdoctor.agent.doctor.evidence import first_tensor, saved_bytes, storage_key
+from torchdoctor.agent.hooks.forward import FORWARD_CALLS
 from torchdoctor.agent.hooks.locations import user_location
 from torchdoctor.sizes import format_bytes
 
@@ -61,7 +61,7 @@ class ModeChecks:
         self._where = user_location()
         self._backwards_at = session.backwards_total
         if self._pre_hook is None:
-            self._pre_hook = module_hooks.register_module_forward_pre_hook(self._first_forward)
+            self._pre_hook = FORWARD_CALLS.subscribe(pre=self._first_forward)
 
     def before_backward(self) -> None:
         loaders = self.doctor.session.recovery.loaders
@@ -82,7 +82,7 @@ class ModeChecks:
         self.remove()
 
     # -- the first forward of an evaluation pass ---------------------------------------------------------------
-    def _first_forward(self, module: nn.Module, args: Any) -> None:
+    def _first_forward(self, module: nn.Module, args: Any, depth: int) -> None:
         if self._pre_hook is not None:
             self._pre_hook.remove()
             self._pre_hook = None

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
+from types import FrameType
 
 import torch
 
 import torchdoctor
 
-_SKIP = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (torch, torchdoctor))
+_SKIP = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (torch.__file__, torchdoctor.__file__))
 _STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
 
 
@@ -22,7 +23,7 @@ def is_user_file(filename: str) -> bool:
 
 
 def user_location(skip: int = 1) -> str | None:
-    frame = sys._getframe(skip)
+    frame: FrameType | None = sys._getframe(skip)
     while frame is not None:
         filename = frame.f_code.co_filename
         if is_user_file(filename):

@@ -1,9 +1,9 @@
 """Which phase the training loop is in: forward, backward, optimizer, evaluation or other.
 
-Forward and evaluation come from global module forward hooks on the outermost module call (evaluation =
-a forward in eval mode or under ``no_grad``); backward from a wrapper around ``torch.autograd.backward`` and
-``torch.autograd.grad``; optimizer from the global optimizer step hooks (installed by the session).
-Global module hooks disable the module fast path, so the session installs them only while it measures.
+Forward and evaluation come from the outermost module call, seen through the process's one global forward hook
+pair (``hooks/forward.py``; evaluation = a forward in eval mode or under ``no_grad``); backward from layers over
+``torch.autograd.backward`` and ``torch.autograd.grad``; optimizer from the global optimizer step hooks (installed
+by the session). Global module hooks disable the module fast path, so the session subscribes only while it measures.
 While they are on, ``module_stack`` holds the names of the modules running (``layers.0.fc1 (Linear)``),
 innermost last: the accountant labels each new storage with it.
 """
@@ -16,7 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.nn.modules import module as module_hooks
+
+from torchdoctor.agent.hooks.forward import FORWARD_CALLS, Subscription
+from torchdoctor.agent.hooks.patching import ClassPatches
 
 
 class PhaseTracker:
@@ -26,12 +28,11 @@ class PhaseTracker:
         self.phase = "other"
         self._on_change = on_change
         self._on_root_module = on_root_module
-        self._depth = 0
-        self._module_handles: list[Any] = []
+        self._subscription: Subscription | None = None
         self.module_stack: list[str] = []
         self.names_wanted = True  # keep module_stack (the accountant names a storage's module); off: phases only
         self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
-        self._originals: dict[str, Callable[..., Any]] = {}
+        self._patches = ClassPatches()
         self.failed_in: str | None = None  # the phase an exception left (backward, optimizer), for OOM reports
         # Set by the session while micro-batching: change backward's arguments, and hear that it ran.
         self.transform_backward: Callable[[tuple, dict], tuple[tuple, dict]] | None = None
@@ -50,25 +51,18 @@ class PhaseTracker:
 
     # -- module hooks (only while measuring) ----------------------------------------------------------
     def install_module_hooks(self) -> None:
-        if self._module_handles:
-            return
-        self._depth = 0
-        self._module_handles = [
-            module_hooks.register_module_forward_pre_hook(self._forward_pre),
-            module_hooks.register_module_forward_hook(self._forward_post, always_call=True),
-        ]
+        if self._subscription is None:
+            self._subscription = FORWARD_CALLS.subscribe(self._forward_pre, self._forward_post)
 
     def remove_module_hooks(self) -> None:
-        for handle in self._module_handles:
-            handle.remove()
-        self._module_handles = []
-        self._depth = 0
+        if self._subscription is not None:
+            self._subscription.remove()
+            self._subscription = None
         self.module_stack.clear()
 
-    def _forward_pre(self, module: torch.nn.Module, args: Any) -> None:
-        self._depth += 1
+    def _forward_pre(self, module: torch.nn.Module, args: Any, depth: int) -> None:
         # A forward inside backward is a checkpointed block's recomputation: no root model, no phase change.
-        if self._depth == 1 and self.phase != "backward":
+        if depth == 1 and self.phase != "backward":
             self._on_root_module(module)
             if self.root_forward is not None:
                 self.root_forward(module, args)
@@ -79,13 +73,12 @@ class PhaseTracker:
         # torch 2.13); a compiled region's storages are labelled with the module that called it.
         if self.names_wanted and not torch.compiler.is_compiling():
             name = self._names.get(module)
-            if name is None and self._depth == 1:
+            if name is None and depth == 1:
                 self._name_modules(module)
                 name = self._names.get(module)
             self.module_stack.append(name or type(module).__name__)
 
-    def _forward_post(self, *args: Any) -> None:  # (module, args, output); output is None on an exception
-        self._depth = max(0, self._depth - 1)
+    def _forward_post(self, module: torch.nn.Module, depth: int) -> None:
         if self.module_stack and not torch.compiler.is_compiling():
             self.module_stack.pop()
 
@@ -97,17 +90,13 @@ class PhaseTracker:
 
     # -- autograd wrappers (for the whole run) ----------------------------------------------------------
     def install_autograd_wrappers(self) -> None:
-        for name in ("backward", "grad"):
-            original = getattr(torch.autograd, name)
-            if getattr(original, "__torchdoctor_wrapped__", False):
-                continue
-            self._originals[name] = original
-            setattr(torch.autograd, name, self._wrap_backward(original, name == "backward"))
+        """Layers over ``torch.autograd.backward`` and ``grad``: they stack over or under another session's (a
+        ``watch()`` in a script under ``torchdoctor run``, the pytest plugin around either)."""
+        self._patches.wrap(torch.autograd, "backward", lambda original: self._wrap_backward(original, True))
+        self._patches.wrap(torch.autograd, "grad", lambda original: self._wrap_backward(original, False))
 
     def remove_autograd_wrappers(self) -> None:
-        for name, original in self._originals.items():
-            setattr(torch.autograd, name, original)
-        self._originals = {}
+        self._patches.restore()
 
     def _wrap_backward(self, original: Callable[..., Any], is_backward: bool) -> Callable[..., Any]:
         @functools.wraps(original)
@@ -127,5 +116,4 @@ class PhaseTracker:
                 # Inside an optimizer closure (LBFGS) the step goes on; elsewhere backward ends the pass.
                 self.set("optimizer" if self.in_step else "other")
 
-        wrapper.__torchdoctor_wrapped__ = True  # type: ignore[attr-defined]
         return wrapper

@@ -195,7 +195,7 @@ class TensorAccountant(TorchDispatchMode):
         return True
 
     # -- the dispatch hot path -------------------------------------------------------------------------
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         cpu = self._cpu if self.is_open else None
         guarded = cpu is not None and self.budget is not None and self.budget[0] == "cpu"
         before = cpu.total() if guarded else 0
@@ -369,7 +369,7 @@ class TensorAccountant(TorchDispatchMode):
         probe = self.probe
         if probe is not None:  # the allocator's figures (storages it did not allocate are left alone)
             probe.classify(_cpu_storages(tensors), cat, -1 if only_from is None else only_from)
-            if not (census or self.is_open or self._cpu.before_probe):
+            if not (census or self.is_open or (self._cpu is not None and self._cpu.before_probe)):
                 return  # no storage is counted here
         for tensor in tensors:
             try:

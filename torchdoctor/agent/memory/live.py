@@ -18,7 +18,8 @@ import torch
 
 
 def _tensor_types() -> set[type]:
-    found, todo = set(), [torch.Tensor]
+    found: set[type] = set()
+    todo: list[type] = [torch.Tensor]
     while todo:
         cls = todo.pop()
         if cls not in found:
@@ -75,7 +76,8 @@ def _holders(exc: BaseException, ignore: tuple[Any, ...]) -> list[str]:
             continue
         if isinstance(referrer, dict):
             for module in list(sys.modules.values()):
-                if getattr(module, "__dict__", None) is referrer:
+                namespace: object = getattr(module, "__dict__", None)  # object: the 'is' below keeps referrer a dict
+                if namespace is referrer:
                     for name, value in referrer.items():
                         if value is exc:
                             names.append(f"global {name!r} of module {module.__name__}")

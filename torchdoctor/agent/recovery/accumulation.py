@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -88,12 +88,12 @@ class Accumulator:
 
 def scale_backward_args(args: tuple[Any, ...], kwargs: dict[str, Any], scale: float) -> tuple[tuple, dict]:
     """Arguments of ``torch.autograd.backward`` whose gradient is multiplied by ``scale``."""
-    args = list(args)
-    tensors = args[0] if args else kwargs.get("tensors")
+    arg_list = list(args)
+    tensors: Any = arg_list[0] if arg_list else kwargs.get("tensors")  # a tensor or a sequence of them
     if "grad_tensors" in kwargs:
         grads = kwargs["grad_tensors"]
     else:
-        grads = args[1] if len(args) > 1 else None
+        grads = arg_list[1] if len(arg_list) > 1 else None
     single = isinstance(tensors, torch.Tensor)
     tensor_list = [tensors] if single else list(tensors)
     if grads is None:
@@ -102,11 +102,11 @@ def scale_backward_args(args: tuple[Any, ...], kwargs: dict[str, Any], scale: fl
         grad_list = [grads] if isinstance(grads, torch.Tensor) else list(grads)
         scaled = [g * scale if g is not None else torch.full_like(t, scale) for g, t in zip(grad_list, tensor_list)]
     new_grads: Any = scaled[0] if single else scaled
-    if "grad_tensors" in kwargs or len(args) <= 1:
+    if "grad_tensors" in kwargs or len(arg_list) <= 1:
         kwargs = {**kwargs, "grad_tensors": new_grads}
     else:
-        args[1] = new_grads
-    return tuple(args), kwargs
+        arg_list[1] = new_grads
+    return tuple(arg_list), kwargs
 
 
 class AccumulationGates:
@@ -126,7 +126,8 @@ class AccumulationGates:
             return [p for o in constructions.optimizers.alive() for g in o.param_groups for p in g["params"]]
 
         def gate_step(opt: torch.optim.Optimizer) -> None:
-            step = opt.step  # the hooked, bound step; wrapped per instance so every caller is gated
+            # the hooked, bound step; wrapped per instance so every caller is gated
+            step = cast(types.MethodType, opt.step)
 
             def gated_step(self: Any, *a: Any, **k: Any) -> Any:
                 if not acc.allow_step():
@@ -135,7 +136,8 @@ class AccumulationGates:
                 return step(*a, **k)
 
             # A bound method, as LR schedulers expect when they wrap optimizer.step in turn.
-            opt.step = types.MethodType(functools.wraps(step.__func__)(gated_step), opt)
+            opt.step = types.MethodType(  # type: ignore[method-assign]  # a per-instance patch, on purpose
+                functools.wraps(step.__func__)(gated_step), opt)
 
         constructions.on_optimizer.append(gate_step)
         self._listener = (constructions, gate_step)

@@ -125,7 +125,9 @@ class ActivationCheckpointing:
                     return remedy._checkpointed(original, module, args, kwargs)
                 ranges = remedy.segments.get(module)
                 if ranges is not None and len(args) == 1 and not kwargs:
-                    module.forward = functools.partial(remedy._segmented_forward, module, ranges)
+                    sequential = module
+                    assert isinstance(sequential, nn.Sequential)  # segments holds the Sequentials find_blocks found
+                    module.forward = functools.partial(remedy._segmented_forward, sequential, ranges)
                     try:
                         return original(module, *args)
                     finally:

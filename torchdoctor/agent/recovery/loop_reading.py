@@ -15,6 +15,8 @@ import ast
 import functools
 import os
 import sys
+from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from torchdoctor.agent.hooks.locations import is_user_file, shown_path
@@ -72,7 +74,7 @@ def _enclosing(tree: ast.AST, line: int) -> list[ast.AST]:
     return path
 
 
-def _assigned(scopes: list[ast.AST]) -> dict[str, set[str]]:
+def _assigned(scopes: Sequence[ast.AST]) -> dict[str, set[str]]:
     """name -> the names in what is assigned to it, in these scopes (not descending into nested functions)."""
     out: dict[str, set[str]] = {}
     for scope in scopes:
@@ -125,7 +127,7 @@ def read_loop(filename: str, line: int, batch_names: set[str], accumulation_name
 
 def training_loop(batch_names: set[str], accumulation_names: set[str]) -> dict[str, Any] | None:
     """The loop around the innermost user frame on the stack that is inside one."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if is_user_file(filename):

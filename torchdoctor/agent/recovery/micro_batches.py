@@ -42,7 +42,7 @@ def split_sizes(n: int, parts: int, size: int | None = None) -> list[int]:
 
 def whole_batches(loader: DataLoader) -> int | None:
     """Batches in one pass over ``loader`` as the script asked for them (before any split); None if unknown."""
-    sampler = loader.batch_sampler
+    sampler: Any = loader.batch_sampler  # the script's own: perhaps without a length (the TypeError below)
     if isinstance(sampler, MicroBatchSampler):
         sampler = sampler.inner
     try:
@@ -158,7 +158,7 @@ class LoaderWatch:
                 else:
                     it = original(loader)
                 if isinstance(it, _BaseDataLoaderIter):
-                    it._torchdoctor_pass = record
+                    it._torchdoctor_pass = record  # type: ignore[attr-defined]  # our tag on torch's iterator
                 return it
             return __iter__
 

@@ -8,8 +8,8 @@ import contextlib
 from typing import Any
 
 import torch
-from torch.nn.modules import module as module_hooks
 
+from torchdoctor.agent.hooks.forward import FORWARD_CALLS, Subscription
 from torchdoctor.agent.hooks.locations import user_location
 from torchdoctor.agent.recovery.activation_checkpointing import ActivationCheckpointing
 
@@ -32,29 +32,24 @@ class ForwardRemedies:
         self.autocast_forwards = 0
         self.offloaded_forwards = 0
         self._phases = phases  # a forward inside backward is a checkpoint's recomputation: left alone
-        self._depth = 0
         self._stack: contextlib.ExitStack | None = None
-        self._handles: list[Any] = []
+        self._subscription: Subscription | None = None
 
     def install(self) -> None:
-        if self.eval_no_grad or self.amp or self.offload or self.checkpointing:
-            self._handles = [
-                module_hooks.register_module_forward_pre_hook(self._pre),
-                module_hooks.register_module_forward_hook(self._post, always_call=True),
-            ]
+        if (self.eval_no_grad or self.amp or self.offload or self.checkpointing) and self._subscription is None:
+            self._subscription = FORWARD_CALLS.subscribe(self._pre, self._post)
         if self.checkpointing is not None:
             self.checkpointing.install()
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if self._subscription is not None:
+            self._subscription.remove()
+            self._subscription = None
         if self.checkpointing is not None:
             self.checkpointing.remove()
 
-    def _pre(self, module: torch.nn.Module, args: Any) -> None:
-        self._depth += 1
-        if self._depth != 1 or (self._phases is not None and self._phases.phase == "backward"):
+    def _pre(self, module: torch.nn.Module, args: Any, depth: int) -> None:
+        if depth != 1 or (self._phases is not None and self._phases.phase == "backward"):
             return
         stack = contextlib.ExitStack()
         training = module.training and torch.is_grad_enabled()
@@ -78,8 +73,7 @@ class ForwardRemedies:
                 self.offloaded_forwards += 1
         self._stack = stack
 
-    def _post(self, *args: Any) -> None:
-        self._depth = max(0, self._depth - 1)
-        if self._depth == 0 and self._stack is not None:
+    def _post(self, module: torch.nn.Module, depth: int) -> None:
+        if depth == 1 and self._stack is not None:
             stack, self._stack = self._stack, None
             stack.close()

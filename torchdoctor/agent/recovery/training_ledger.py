@@ -121,7 +121,7 @@ class Updater:
     items: Counter = field(default_factory=Counter)  # steps by the input elements they took
     first: list[dict[str, Any]] = field(default_factory=list)
 
-    def tally(self, now: Counts, parts: list[list[float]] | None = None) -> dict[str, Any]:
+    def tally(self, now: Counts, parts: list[list[float | None]] | None = None) -> dict[str, Any]:
         """The figures of the step in progress (since this updater's previous step)."""
         before = self.since
         tally: dict[str, Any] = {
@@ -142,7 +142,7 @@ class Updater:
                 tally["parts"] = parts[before.parts:now.parts]  # [samples, fingerprint] of each batch, in order
         return tally
 
-    def stepped(self, now: Counts, parts: list[list[float]] | None = None) -> None:
+    def stepped(self, now: Counts, parts: list[list[float | None]] | None = None) -> None:
         tally = self.tally(now, parts)
         self.steps += 1
         self.samples[tally["samples"]] += 1
@@ -153,7 +153,7 @@ class Updater:
             self.first.append(tally)
         self.since = now.copy()
 
-    def to_dict(self, now: Counts, parts: list[list[float]] | None = None) -> dict[str, Any]:
+    def to_dict(self, now: Counts, parts: list[list[float | None]] | None = None) -> dict[str, Any]:
         pending = self.tally(now, parts)
         return {"name": self.name, "steps": self.steps, "samples": {str(k): v for k, v in self.samples.items()},
                 "tokens": {str(k): v for k, v in self.tokens.items()},
@@ -208,7 +208,7 @@ class TrainingLedger:
         # batches consumed since the last backward: (loader, samples, fingerprint or None, elements)
         self._drawn: list[tuple[int | None, int, float | None, int]] = []
         self._forward: tuple[int, float | None, int] | None = None  # the first training root forward's batch since
-        self.parts: list[list[float]] = []  # [samples, fingerprint] of each batch of the first steps, in order
+        self.parts: list[list[float | None]] = []  # [samples, fingerprint] of each batch of the first steps, in order
         self.loader_fed = False  # a DataLoader fed a backward pass: loop iterations are its batches
         self.broken: str | None = None  # why the ledger stopped measuring (an error in it), if it did
         self.reductions: Counter = Counter()
@@ -303,7 +303,8 @@ class TrainingLedger:
     def _reduction_of(self, loss: torch.Tensor | None) -> Reduction:
         if loss is None or loss.grad_fn is None:
             return Reduction("unknown")
-        pending = self._drawn or ([] if self._matched else list(self._queue))
+        pending: list[tuple[Any, ...]] = self._drawn or ([] if self._matched else list(self._queue))
+        samples: int | None
         if pending:
             samples = pending[-1][1]
         else:
