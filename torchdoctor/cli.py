@@ -160,41 +160,25 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
     torchdoctor ci train.py --steps 5 --budget 6GiB
     torchdoctor ci --update-baseline train.py      # record .torchdoctor/baseline.json
     """
-    import json
     import os
-    import time
 
     from torchdoctor.files import write_text_atomic
+    from torchdoctor.reporters import ci as ci_report
     from torchdoctor.sizes import parse_size
-    from torchdoctor.supervisor import gate as ci_gate
-    from torchdoctor.supervisor.attempt_loop import Supervisor
-    from torchdoctor.supervisor.recovery_planner import RecoveryOptions
-    from torchdoctor.supervisor.run_config import RunConfig
+    from torchdoctor.supervisor.gate import GateRequest, record_baseline, run_gate
 
-    limit = parse_size(budget) if budget is not None else None
-    allowed = _fraction(max_increase)
+    request = GateRequest(script=script, is_module=is_module, script_args=script_args, steps=steps,
+                          budget=parse_size(budget) if budget is not None else None, baseline_path=baseline_path,
+                          max_increase=_fraction(max_increase), update_baseline=update_baseline, fail_on=fail_on,
+                          run_dir=run_dir, tensorboard_dir=tensorboard_dir, wandb=use_wandb)
     for option, target in (("--markdown", markdown_path), ("--junit", junit_path), ("--html", html_path)):
         if target:
             _check_output(option, target)
-    default_baseline = os.path.join(".torchdoctor", "baseline.json")
-    path = baseline_path or default_baseline
-    baseline = None
-    if not update_baseline and (baseline_path is not None or os.path.exists(default_baseline)):
-        baseline = ci_gate.read_baseline(path)  # bad input fails before the script runs
-    began = time.monotonic()
-    config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=True,
-                       live=False, accounting="exact", max_steps=steps, recovery=RecoveryOptions(max_retries=0),
-                       tensorboard_dir=tensorboard_dir, wandb=use_wandb)
-    supervisor = Supervisor(config)
-    supervisor.run()
-    with open(os.path.join(supervisor.run_dir, "report.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
-    rows, problems = ci_gate.evaluate(report, limit, baseline, allowed)
-    findings = report.get("findings") or []
-    failing_findings = ci_gate.finding_problems(findings, fail_on)
-    seconds = time.monotonic() - began
-    click.echo(ci_gate.text_table(rows))
-    markdown = ci_gate.markdown(rows, problems + failing_findings, script, report.get("steps") or 0, findings)
+    baseline = request.read_baseline()  # bad input fails before the script runs
+    outcome = run_gate(request, baseline)
+    failures = outcome.problems + outcome.failing_findings
+    click.echo(ci_report.text_table(outcome.rows))
+    markdown = ci_report.markdown(outcome.rows, failures, script, outcome.steps, outcome.findings)
     if markdown_path:
         write_text_atomic(markdown_path, markdown)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -202,25 +186,22 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
         with open(summary, "a", encoding="utf-8") as handle:  # GitHub's job summary is appended to
             handle.write(markdown)
     if junit_path:
-        write_text_atomic(junit_path, ci_gate.junit(rows, problems + failing_findings, script, seconds, findings,
-                                                    failing_findings))
+        write_text_atomic(junit_path, ci_report.junit(outcome.rows, failures, script, outcome.seconds,
+                                                      outcome.findings, outcome.failing_findings))
     if html_path:
-        _write_html(html_path, report)
-    for problem in problems + failing_findings:
+        _write_html(html_path, outcome.report)
+    for problem in failures:
         click.echo(f"torchdoctor ci: FAIL: {problem}", err=True)
     if update_baseline:
-        if problems and not any(r.problem for r in rows):  # the run itself failed: keep the old baseline
-            click.echo(f"torchdoctor ci: baseline not updated (the run failed); {path} is unchanged", err=True)
-            return 1
-        ci_gate.write_baseline(path, report, report.get("steps") or 0)
-        click.echo(f"torchdoctor ci: baseline written to {path}")
-        return 0
+        written, message = record_baseline(request, outcome)
+        click.echo(f"torchdoctor ci: {message}", err=not written)
+        return 0 if written else 1
     if baseline is None:
-        click.echo(f"torchdoctor ci: no baseline compared (record one with --update-baseline: {path})")
-    failed = bool(problems or failing_findings)
-    click.echo(f"torchdoctor ci: {'FAIL' if failed else 'pass'} · report: "
-               f"{os.path.join(supervisor.run_dir, 'report.json')}")
-    return 1 if failed else 0
+        click.echo(f"torchdoctor ci: no baseline compared (record one with --update-baseline: "
+                   f"{request.baseline_file})")
+    click.echo(f"torchdoctor ci: {'FAIL' if outcome.failed else 'pass'} · report: "
+               f"{os.path.join(outcome.run_dir, 'report.json')}")
+    return 1 if outcome.failed else 0
 
 
 def _fraction(text: str) -> float:

@@ -27,6 +27,10 @@ ENV_DOCTOR = "TORCHDOCTOR_DOCTOR"
 ENV_MAX_STEPS = "TORCHDOCTOR_MAX_STEPS"
 
 
+# The option names a script's batch size goes by (argparse dests, also read from its command line by the supervisor).
+BATCH_OPTIONS = ("batch_size", "train_batch_size", "per_device_train_batch_size", "micro_batch_size", "bs",
+                 "batchsize")
+
 @dataclass(frozen=True)
 class AgentSettings:
     """What the agent inside the child needs to know.

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 SCHEMA_VERSION = 1
 
@@ -22,10 +22,13 @@ SCHEMA_VERSION = 1
 # saved by autograd for the backward), activations_other (the rest born in a forward, backward or evaluation:
 # temporaries, outputs not saved), optimizer_temporaries (born in optimizer.step and
 # not kept in optimizer.state), inputs_data (born outside all of those: batches, datasets, targets, metrics).
-# With the CPU allocator probe (agent/allocator_probe.py) kernels' own buffers (oneDNN reorders, RNN workspaces) are
-# counted in the category of the phase that made them, as the tensors are.
-# What runs (agent/phases.py tells them apart), in the order reports list them.
-PHASES = ("forward", "backward", "optimizer", "evaluation", "other")
+# With the CPU allocator probe (agent/memory/allocator_probe.py) kernels' own buffers (oneDNN reorders, RNN
+# workspaces) are counted in the category of the phase that made them, as the tensors are.
+# What runs (agent/hooks/phases.py tells them apart), in the order reports list them.
+Phase = Literal["forward", "backward", "optimizer", "evaluation", "other"]
+PHASES: tuple[Phase, ...] = get_args(Phase)
+# How a script's process ended (exit_status in supervisor/attempt_loop.py)
+Outcome = Literal["success", "failed", "interrupted", "killed"]
 
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other", "optimizer_temporaries",
               "inputs_data", "activations_saved")
@@ -212,7 +215,7 @@ class ProcessExited(Event):
     kind: ClassVar[str] = "process_exited"
     returncode: int  # Popen's: negative for a signal
     exit_code: int  # what ``torchdoctor run`` returns
-    outcome: str  # "success" | "failed" | "interrupted" | "killed"
+    outcome: Outcome
     signal: str | None = None
 
 

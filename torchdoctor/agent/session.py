@@ -26,7 +26,6 @@ from torchdoctor.agent.memory import allocator_probe
 from torchdoctor.agent.memory.accounting import (
     ACTIVATIONS,
     ACTIVATIONS_SAVED,
-    GRADIENTS,
     TensorAccountant,
 )
 from torchdoctor.agent.memory.cuda import CudaFigures
@@ -80,10 +79,10 @@ class AgentSession:
         self.sink = sink
         self.step = 0
         self.accountant = TensorAccountant()
-        self.models = MeasuredModels(self.accountant)
+        self.models = MeasuredModels(self.accountant, measuring=lambda: self._measuring)
         self.phases = PhaseTracker(self._phase_changed, self._saw_root_module)
         self.accountant.module_stack = self.phases.module_stack
-        self.accountant.namer = self.models.namer(lambda: self._optimizers)
+        self.accountant.namer = self.models.namer(lambda: self.constructions.optimizers.stepped())
         accounting = settings.accounting
         if settings.memory_budget and not torch.cuda.is_available():
             accounting = "exact"  # the budget is enforced at every allocation
@@ -121,9 +120,6 @@ class AgentSession:
         self.resume: RunResume | None = None
         self.doctor = Doctor(self) if settings.doctor else None
         self._resume_from = plan.resume_from
-        self._optimizers: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-        self._grad_watched: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
-        self._grad_hooks: list[Any] = []
         self._handles: list[Any] = []
         self._closure_noted = False
         self._closure_paused = False
@@ -153,7 +149,7 @@ class AgentSession:
         self.phases.install_autograd_wrappers()
         self.constructions.install()
         if self.schedule.mode != "off":
-            self.constructions.on_optimizer.append(self._watch_gradients)
+            self.constructions.on_optimizer.append(self.models.watch_gradients)
         self.constructions.on_optimizer.append(self.ledger.optimizer_made)
         self.zero_grad_hooks.install()
         self.zero_grad_hooks.listeners.append(self._zero_grad_seen)
@@ -188,10 +184,11 @@ class AgentSession:
         self._stop_measuring()
         if self.saved_activations is not None:
             self.saved_activations.remove()
-        for handle in self._handles + self._grad_hooks:
+        self.models.remove_gradient_hooks()
+        for handle in self._handles:
             handle.remove()
-        self._handles, self._grad_hooks = [], []
-        for listener in (self._watch_gradients, self.ledger.optimizer_made):
+        self._handles = []
+        for listener in (self.models.watch_gradients, self.ledger.optimizer_made):
             if listener in self.constructions.on_optimizer:
                 self.constructions.on_optimizer.remove(listener)
         self.phases.remove_autograd_wrappers()
@@ -254,6 +251,9 @@ class AgentSession:
             self.checkpoints.saw_backward(tensors)
 
     def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        record = self.constructions.optimizers.record(optimizer)
+        record.steps += 1
+        record.last_step = self.step + 1
         if self.resume is not None:
             self.resume.before_step(self.constructions.optimizers.alive() or [optimizer], optimizer)
         if self.checkpoints is not None:
@@ -264,8 +264,7 @@ class AgentSession:
             self.ledger.closure = True
         self.phases.in_step = True
         self.phases.set("optimizer")
-        if optimizer not in self._optimizers:
-            self._optimizers.add(optimizer)
+        if record.steps == 1:
             count = sum(p.numel() for p in optimizer_params(optimizer))
             self.emit(Note(level="info", step=self.step + 1,
                            message=f"optimizer {type(optimizer).__name__} steps {count:,} parameters"))
@@ -284,11 +283,11 @@ class AgentSession:
         step, for the figures, the sampling, ``ci --steps`` and the budget, as ``optimizer.step()`` does."""
         if self.ledger.manual_updates > self._manual_updates:
             self._manual_updates = self.ledger.manual_updates
-            if not self._optimizers:
+            if not self.constructions.optimizers.stepped():
                 self._end_step()
 
     def _zero_grad_seen(self, params: Any, allowed: bool) -> None:
-        if not self._optimizers:
+        if not self.constructions.optimizers.stepped():
             self.ledger.check_manual_update()  # an update made since the last backward ends the step here
             self.manual_updates_seen()
 
@@ -316,19 +315,6 @@ class AgentSession:
         self._span_start = time.perf_counter()
         if self.settings.max_steps and self.step >= self.settings.max_steps:
             raise StepsDone(f"{self.step} optimizer steps taken, as asked")
-
-    def _watch_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        """A gradient is a gradient as soon as autograd puts it in ``.grad`` (mid-backward peaks, accumulation),
-        not only when the optimizer steps: one hook per parameter, which counts only on measured steps."""
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                if param.requires_grad and param not in self._grad_watched:
-                    self._grad_watched.add(param)
-                    self._grad_hooks.append(param.register_post_accumulate_grad_hook(self._gradient_made))
-
-    def _gradient_made(self, param: torch.Tensor) -> None:
-        if self._measuring and param.grad is not None:
-            self.accountant.classify((param.grad,), GRADIENTS)
 
     def _phase_changed(self, phase: str) -> None:
         self.accountant.set_phase(phase)
@@ -384,7 +370,7 @@ class AgentSession:
 
     def _census(self) -> None:
         """Count tensors created while accounting was off, so a window starts from the true total."""
-        self.models.census(self._optimizers, ACTIVATIONS)
+        self.models.census(self.constructions.optimizers.stepped(), ACTIVATIONS)
 
     # -- samples ---------------------------------------------------------------------------------------
     def _sample(self, span: str, seconds: float | None = None) -> MemorySample:

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from torchdoctor.errors import UsageError
+from torchdoctor.reporters.text import CATEGORY_SHORT_LABELS
 from torchdoctor.sizes import format_bytes, parse_size
 
 MARKER = "torch_memory"
@@ -36,9 +37,6 @@ PEAK_PROPERTY = "torch_memory_peak_bytes"  # in report.user_properties, so --jun
 DEVICE_PROPERTY = "torch_memory_peak_device"
 LIMIT_PROPERTY = "torch_memory_limit_bytes"
 _DEVICE = re.compile(r"^[a-z_]+(:[0-9]+)?$")
-_LABELS = {"parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",
-           "activations_saved": "saved for backward", "activations_other": "activations/other",
-           "optimizer_temporaries": "optimizer temporaries", "inputs_data": "inputs/data"}
 _MEASURER = pytest.StashKey["_Measurer"]()
 
 
@@ -101,7 +99,8 @@ class DevicePeak:
     breakdown: dict[str, int]
 
     def describe(self) -> str:
-        held = ", ".join(f"{_LABELS.get(k, k)} {format_bytes(v)}" for k, v in self.breakdown.items() if v > 0)
+        held = ", ".join(f"{CATEGORY_SHORT_LABELS.get(k, k)} {format_bytes(v)}"
+                         for k, v in self.breakdown.items() if v > 0)
         return f"phase at the peak: {self.phase}; breakdown: {held or 'nothing'}"
 
 

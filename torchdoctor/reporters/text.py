@@ -13,6 +13,10 @@ CATEGORY_LABELS = {
     "activations_other": "other activations / temporaries",
     "inputs_data": "inputs / data / other",
 }
+# the same, short, for one-line messages (the pytest plugin's failures)
+CATEGORY_SHORT_LABELS = {"parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",
+                         "activations_saved": "saved for backward", "activations_other": "activations/other",
+                         "optimizer_temporaries": "optimizer temporaries", "inputs_data": "inputs/data"}
 BARS = "▁▂▃▄▅▆▇█"
 NOT_MEASURED = "·"
 

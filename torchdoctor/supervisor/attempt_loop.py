@@ -18,7 +18,7 @@ from typing import IO, Any
 from torchdoctor.checks import at_or_above
 from torchdoctor.config import AgentSettings
 from torchdoctor.devices import host_info, oom_kill_count, open_nvml
-from torchdoctor.events import ProcessExited
+from torchdoctor.events import Outcome, ProcessExited
 from torchdoctor.files import committed, write_json_atomic
 from torchdoctor.plan import Plan
 from torchdoctor.supervisor.child import BOOT, PACKAGE_ROOT, Launcher, in_terminal_foreground, probe_process
@@ -38,7 +38,8 @@ from torchdoctor.supervisor.zygote import ZygoteProcess
 ZYGOTE_AFTER_S = 10.0
 
 
-def exit_status(returncode: int, finished_exception: str | None, signalled: int | None) -> tuple[int, str, str | None]:
+def exit_status(returncode: int, finished_exception: str | None,
+                signalled: int | None) -> tuple[int, Outcome, str | None]:
     """Map the child's Popen return code to (torchdoctor's exit code, outcome, signal name).
 
     A script's own exit code is returned unchanged; death by signal N becomes 128 + N, as shells show it.
@@ -46,7 +47,7 @@ def exit_status(returncode: int, finished_exception: str | None, signalled: int 
     if returncode < 0:
         signum = -returncode
         name = signal_name(signum)
-        outcome = "interrupted" if signum in (signal.SIGINT, signal.SIGTERM) or signalled else "killed"
+        outcome: Outcome = "interrupted" if signum in (signal.SIGINT, signal.SIGTERM) or signalled else "killed"
         return 128 + signum, outcome, name
     if returncode == 0:
         return 0, "success", None

@@ -6,12 +6,12 @@ import re
 import signal
 from typing import Any
 
+from torchdoctor.config import BATCH_OPTIONS
 from torchdoctor.plan import Plan
 from torchdoctor.sizes import format_bytes
-from torchdoctor.supervisor.recovery_planner import Failure, LoaderInfo, RecoveryOptions
+from torchdoctor.supervisor.recovery_types import Failure, FailureKind, LoaderInfo, RecoveryOptions
 from torchdoctor.supervisor.state import RunState
 
-BATCH_KEYS = ("batch_size", "train_batch_size", "per_device_train_batch_size", "micro_batch_size", "bs", "batchsize")
 _KEY_VALUE = re.compile(r"^--([A-Za-z_][A-Za-z0-9_-]*)=(\d+)$")
 
 
@@ -24,7 +24,7 @@ def signal_name(signum: int) -> str:
 
 def command_line_batch(script_args: tuple[str, ...], wanted: str | None) -> tuple[str, int] | None:
     """A ``--batch_size=12`` style override on the script's command line (nanoGPT's configurator)."""
-    names = {wanted.lstrip("-").replace("-", "_").lower()} if wanted else set(BATCH_KEYS)
+    names = {wanted.lstrip("-").replace("-", "_").lower()} if wanted else set(BATCH_OPTIONS)
     for arg in script_args:
         match = _KEY_VALUE.match(arg)
         if match and match.group(1).replace("-", "_").lower() in names:
@@ -78,7 +78,7 @@ def describe_failure(state: RunState, returncode: int, script_args: tuple[str, .
     step_peak = state.step_peaks.get(oom.get("device", "")) if oom else None
     peak = step_peak.to_dict() if step_peak else None
 
-    def failure(kind: str, message: str = "") -> Failure:
+    def failure(kind: FailureKind, message: str = "") -> Failure:
         return Failure(kind, phase=phase, message=message, loaders=loaders, argument=argument, has_workers=workers,
                        oom_killer=oom_killer, oom=oom, training=training, step_peak=peak)
 

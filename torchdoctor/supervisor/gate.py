@@ -1,8 +1,9 @@
 """The memory gate of ``torchdoctor ci``: the figures of a run's report against a budget and a baseline.
 
-Pure functions on report.json data (no torch): what is measured (peak tensor bytes per device, exact and the same
-from run to run, with the peak of each phase; on a GPU also the CUDA allocator's allocated and reserved peaks),
-the baseline file, the verdict, and its Markdown and JUnit renderings.
+What is measured (peak tensor bytes per device, exact and the same from run to run, with the peak of each phase; on
+a GPU also the CUDA allocator's allocated and reserved peaks), the baseline file, the verdict (pure functions on
+report.json data), and :func:`run_gate`, which runs the script's first steps under the supervisor and judges them.
+The table, Markdown and JUnit renderings are ``reporters/ci.py``'s; the CLI prints.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 from torchdoctor.checks import at_or_above
 from torchdoctor.errors import UsageError
@@ -131,69 +131,87 @@ def write_baseline(path: str, report: dict[str, Any], steps: int) -> dict[str, i
     return figures
 
 
-# -- renderings --------------------------------------------------------------------------------------------------
-def _cells(row: Row) -> list[str]:
-    change = row.change
-    delta = "" if row.baseline is None else f"{format_bytes(row.current - row.baseline)}"
-    if change is not None:
-        delta += f" ({change:+.1%})"
-    status = "" if not row.gated else ("FAIL" if row.problem else "ok")
-    return [row.label, format_bytes(row.current), "—" if row.baseline is None else format_bytes(row.baseline),
-            "—" if row.budget is None else format_bytes(row.budget), delta or "—", status]
+# -- one gated run ---------------------------------------------------------------------------------------------
+DEFAULT_BASELINE = os.path.join(".torchdoctor", "baseline.json")
 
 
-HEADER = ["figure", "current", "baseline", "budget", "change", "status"]
+@dataclass(frozen=True)
+class GateRequest:
+    script: str
+    is_module: bool = False
+    script_args: tuple[str, ...] = ()
+    steps: int = 5
+    budget: int | None = None
+    baseline_path: str | None = None  # None: DEFAULT_BASELINE when it exists
+    max_increase: float = 0.05
+    update_baseline: bool = False
+    fail_on: str | None = None
+    run_dir: str | None = None
+    tensorboard_dir: str | None = None
+    wandb: bool = False
+
+    @property
+    def baseline_file(self) -> str:
+        return self.baseline_path or DEFAULT_BASELINE
+
+    def read_baseline(self) -> dict[str, int] | None:
+        """The baseline to compare with (None: none asked for and none recorded, or it is being re-recorded);
+        a bad one raises before anything runs."""
+        if self.update_baseline or (self.baseline_path is None and not os.path.exists(DEFAULT_BASELINE)):
+            return None
+        return read_baseline(self.baseline_file)
 
 
-def text_table(rows: list[Row]) -> str:
-    table = [HEADER] + [_cells(row) for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table)
+@dataclass
+class GateOutcome:
+    report: dict[str, Any]
+    run_dir: str
+    rows: list[Row]
+    problems: list[str]  # the figures' and the run's
+    failing_findings: list[str]  # the doctor's, under --fail-on
+    seconds: float
+    baseline: dict[str, int] | None
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.problems or self.failing_findings)
+
+    @property
+    def steps(self) -> int:
+        return self.report.get("steps") or 0
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        return self.report.get("findings") or []
 
 
-def markdown(rows: list[Row], problems: list[str], script: str, steps: int, findings: list[dict[str, Any]]) -> str:
-    verdict = "❌ fails" if problems else "✅ passes"
-    lines = [f"### torchdoctor ci: {script} {verdict}", "",
-             f"{steps} optimizer steps, exact tensor accounting.", "",
-             "| " + " | ".join(HEADER) + " |", "| --- | ---: | ---: | ---: | ---: | --- |"]
-    for row in rows:
-        cells = [c.replace("|", "\\|").strip() or " " for c in _cells(row)]
-        lines.append("| " + " | ".join(cells) + " |")
-    if problems:
-        lines += [""] + [f"- {p}" for p in problems]
-    if findings:
-        lines += ["", "Training-loop findings:", ""]
-        lines += [f"- **{f['id']}** ({f['severity']}) {f['title']} at `{f.get('location') or '?'}`: {f['evidence']}"
-                  for f in findings]
-    return "\n".join(lines) + "\n"
+def run_gate(request: GateRequest, baseline: dict[str, int] | None) -> GateOutcome:
+    """Run the script's first ``request.steps`` optimizer steps under the supervisor (exact accounting, no
+    recovery) and judge its figures against the budget and ``baseline``."""
+    from torchdoctor.supervisor.attempt_loop import Supervisor
+    from torchdoctor.supervisor.recovery_planner import RecoveryOptions
+    from torchdoctor.supervisor.report import load_report
+    from torchdoctor.supervisor.run_config import RunConfig
+
+    began = time.monotonic()
+    config = RunConfig(target=request.script, is_module=request.is_module, script_args=request.script_args,
+                       run_dir=request.run_dir, quiet=True, live=False, accounting="exact", max_steps=request.steps,
+                       recovery=RecoveryOptions(max_retries=0), tensorboard_dir=request.tensorboard_dir,
+                       wandb=request.wandb)
+    supervisor = Supervisor(config)
+    supervisor.run()
+    report = load_report(supervisor.run_dir)
+    rows, problems = evaluate(report, request.budget, baseline, request.max_increase)
+    failing = finding_problems(report.get("findings") or [], request.fail_on)
+    return GateOutcome(report, supervisor.run_dir, rows, problems, failing, time.monotonic() - began, baseline)
 
 
-def junit(rows: list[Row], problems: list[str], script: str, seconds: float,
-          findings: list[dict[str, Any]] | None = None, failing_findings: list[str] | None = None) -> str:
-    """One test suite: a test case for the run itself, one per gated figure, and one for the training-loop checks
-    (failing on the findings ``--fail-on`` selects; every finding is listed in its output)."""
-    cases: list[tuple[str, list[str], str]] = []
-    run_problems = [p for p in problems if not any(p == row.problem for row in rows) and p not in
-                    (failing_findings or [])]
-    cases.append(("run", run_problems, ""))
-    for row in rows:
-        if row.gated:
-            cases.append((row.label, [row.problem] if row.problem else [], ""))
-    listed = "\n".join(f"{f['id']} {f['severity']}: {f['title']} at {f.get('location') or '?'}: {f['evidence']}"
-                        for f in findings or [])
-    cases.append(("training-loop checks", list(failing_findings or []), listed))
-    failures = sum(1 for _, found, _ in cases if found)
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           f'<testsuites name="torchdoctor ci" tests="{len(cases)}" failures="{failures}" errors="0" '
-           f'time="{seconds:.3f}">',
-           f'  <testsuite name={quoteattr("torchdoctor ci " + script)} tests="{len(cases)}" failures="{failures}" '
-           f'errors="0" skipped="0" time="{seconds:.3f}">']
-    for name, found, output in cases:
-        out.append(f'    <testcase classname="torchdoctor.ci" name={quoteattr(name.strip())} time="0">')
-        for problem in found:
-            out.append(f'      <failure message={quoteattr(problem)} type="MemoryGate">{escape(problem)}</failure>')
-        if output:
-            out.append(f"      <system-out>{escape(output)}</system-out>")
-        out.append("    </testcase>")
-    out += ["  </testsuite>", "</testsuites>"]
-    return "\n".join(out) + "\n"
+def record_baseline(request: GateRequest, outcome: GateOutcome) -> tuple[bool, str]:
+    """``--update-baseline``: the run's figures become the baseline, unless the run itself failed (the old
+    baseline is then kept). (written, what to tell the user)."""
+    path = request.baseline_file
+    if outcome.problems and not any(r.problem for r in outcome.rows):
+        return False, f"baseline not updated (the run failed); {path} is unchanged"
+    write_baseline(path, outcome.report, outcome.steps)
+    return True, f"baseline written to {path}"

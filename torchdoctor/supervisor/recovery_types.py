@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torchdoctor.plan import REMEDIES, Plan
 
+FailureKind = Literal["oom", "host-kill", "eval-needs-grad", "resume-abandoned", "success", "other"]
 ENDLESS_BATCHES = 1_000_000  # a pass this long is a sampler drawn from until the loop's own count stops it
 
 
@@ -29,7 +30,7 @@ class LoaderInfo:
 
 @dataclass(frozen=True)
 class Failure:
-    kind: str  # "oom" | "host-kill" | "eval-needs-grad" | "resume-abandoned" | "success" | "other"
+    kind: FailureKind
     phase: str | None = None
     message: str = ""
     loaders: tuple[LoaderInfo, ...] = ()

@@ -94,6 +94,7 @@ def build_report(state: RunState, *, run_dir: str | None, environment: dict[str,
     exited = state.exited
     finished = state.finished
     duration = (state.last_t - state.first_t) if state.first_t and state.last_t else None
+    outcome: str  # an Outcome, or "unknown" when the process's end was not recorded
     if exited is not None:
         outcome, exit_code = exited.outcome, exited.exit_code
     elif finished is not None:

@@ -54,8 +54,6 @@ class Doctor:
         self.params = ParameterChecks(self)
         self.memory = MemoryChecks(self)
         # per optimizer (by id): steps it took, and the session's step count right after its last one
-        self.steps_taken: dict[int, int] = {}
-        self.last_step: dict[int, int] = {}
         self._patches = ClassPatches()
         self._roots: list[weakref.ref[torch.nn.Module]] | None = None
         self._finished = False
@@ -79,7 +77,6 @@ class Doctor:
         hooks.before.append(self.gradients.before_reset)
         hooks.listeners.append(self.zero_grad)
         session.clip_hooks.listeners.append(self.params.clipping)
-        session.constructions.on_optimizer.append(self.params.optimizer_created)
         session.recovery.loaders.pass_listeners.append(self.pass_opened)
 
         def mark_scaled(original: Any) -> Any:
@@ -98,7 +95,6 @@ class Doctor:
         hooks = session.zero_grad_hooks
         for registry, fn in ((hooks.before, self.gradients.before_reset), (hooks.listeners, self.zero_grad),
                              (session.clip_hooks.listeners, self.params.clipping),
-                             (session.constructions.on_optimizer, self.params.optimizer_created),
                              (session.recovery.loaders.pass_listeners, self.pass_opened)):
             if fn in registry:
                 registry.remove(fn)
@@ -140,8 +136,6 @@ class Doctor:
                 listed.append(optimizer_params(optimizer))
             return listed[0]
 
-        self.steps_taken[id(optimizer)] = self.steps_taken.get(id(optimizer), 0) + 1
-        self.last_step[id(optimizer)] = step
         self.gradients.before_step(step, params, watched)
         self.windows.before_step(optimizer, step, watched)
         self.graphs.before_step(optimizer, step, params, watched)

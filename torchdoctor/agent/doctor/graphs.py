@@ -176,7 +176,7 @@ class GraphChecks:
         if not leaves:
             return False
         for optimizer in self.doctor.session.constructions.optimizers.alive():
-            if self.doctor.last_step.get(id(optimizer), 0) > seen and any(
+            if self.doctor.session.constructions.optimizers.record(optimizer).last_step > seen and any(
                     id(p) in leaves for group in optimizer.param_groups for p in group["params"]):
                 return True
         return False

@@ -21,39 +21,39 @@ import torch
 
 from torchdoctor.agent.doctor.evidence import listed, param_names
 from torchdoctor.agent.hooks.calls import optimizer_params
+from torchdoctor.agent.hooks.constructions import OptimizerRecord
 from torchdoctor.agent.hooks.locations import user_location
 
 MIN_STEPS = 3  # steps an optimizer must take before "never got a gradient" is said
 
 
 class _Tracked:
-    def __init__(self, optimizer: torch.optim.Optimizer, where: str | None) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, record: OptimizerRecord) -> None:
         # the trainable parameters that have not had a gradient at any step yet
         self.never = [weakref.ref(p) for p in optimizer_params(optimizer) if p.requires_grad]
         self.size = len(self.never)
-        self.where = where
+        self.where = record.created_at
         self.name = type(optimizer).__name__
+        self.record = record  # its steps (the record, not the optimizer: a finding may outlive it)
 
 
 class ParameterChecks:
     def __init__(self, doctor: Any) -> None:
         self.doctor = doctor
-        self._optimizers: dict[int, _Tracked] = {}
-        self._created_at: dict[int, str | None] = {}
+        self._tracked: list[_Tracked] = []  # every optimizer that stepped, in the order of their first steps
         self._leaf_backward: str | None = None
         self._checked_outside = False
-
-    def optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
-        self._created_at[id(optimizer)] = user_location()
 
     def before_backward(self, loss: torch.Tensor | None) -> None:
         if loss is not None and loss.grad_fn is None and loss.requires_grad and self._leaf_backward is None:
             self._leaf_backward = user_location()
 
     def before_step(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        tracked = self._optimizers.get(id(optimizer))
+        record = self.doctor.session.constructions.optimizers.record(optimizer)
+        tracked = record.notes.get("parameters")
         if tracked is None:
-            tracked = self._optimizers[id(optimizer)] = _Tracked(optimizer, self._created_at.get(id(optimizer)))
+            tracked = record.notes["parameters"] = _Tracked(optimizer, record)
+            self._tracked.append(tracked)
         if tracked.never:
             tracked.never = [ref for ref in tracked.never if (p := ref()) is not None and p.grad is None]
         if step >= 2 and not self._checked_outside:
@@ -89,9 +89,9 @@ class ParameterChecks:
     def finish(self) -> None:
         if "TD102" in self.doctor.reported:
             return  # the gradients were there and a zero_grad before the step removed them: that is the finding
-        for key, tracked in self._optimizers.items():
+        for tracked in self._tracked:
             never = [p for ref in tracked.never if (p := ref()) is not None and p.requires_grad and p.grad is None]
-            steps = self.doctor.steps_taken.get(key, 0)
+            steps = tracked.record.steps
             if steps < MIN_STEPS or not never:
                 continue
             if len(never) == tracked.size:
@@ -127,7 +127,7 @@ class ParameterChecks:
             return
         shapes = Counter(tuple(p.shape) for p in outside.values())
         for optimizer in optimizers:
-            tracked = self._optimizers.get(id(optimizer))
+            tracked = self.doctor.session.constructions.optimizers.record(optimizer).notes.get("parameters")
             if tracked is None or len(tracked.never) != tracked.size or not tracked.size:
                 continue
             wanted = Counter(tuple(p.shape) for ref in tracked.never if (p := ref()) is not None)
@@ -139,7 +139,7 @@ class ParameterChecks:
                     f"holds another copy of the model (made before the model was re-created or copied)"))
                 return
         names = param_names(list(outside.values()), roots)
-        where = next((t.where for t in self._optimizers.values() if t.where), None) or user_location()
+        where = next((t.where for t in self._tracked if t.where), None) or user_location()
         self.doctor.report("TD114", where, (
             f"step {step}: {len(outside)} trainable parameter tensors have gradients but are in no optimizer "
             f"({listed(names)}): they are never updated"))

@@ -66,7 +66,7 @@ class WindowChecks:
         retained, self._retained = self._retained, False
         if self._leftover is not None:
             self._check_leftover(step)
-        steps = self.doctor.steps_taken[id(optimizer)]
+        steps = self.doctor.session.constructions.optimizers.record(optimizer).steps
         if watched or steps == 1:
             self._check_schedulers(optimizer, step, steps)
         if watched and len(window) >= 2 and not retained and not self._own_accumulation:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from torchdoctor.agent.hooks.locations import user_location
 from torchdoctor.agent.hooks.patching import ClassPatches
 
 
@@ -35,9 +37,43 @@ class _Registry:
         return [obj for ref in self._refs if (obj := ref()) is not None]
 
 
+@dataclass
+class OptimizerRecord:
+    """What the agent knows of one optimizer: one record per optimizer object (never keyed by ``id()``, which a
+    re-created optimizer can reuse), kept by the registry while the optimizer lives and by whoever holds it after."""
+
+    created_at: str | None = None  # the user's line that made it (None: made before the session started)
+    steps: int = 0  # its step() calls seen
+    last_step: int = 0  # the session's step number at its latest step()
+    notes: dict[str, Any] = field(default_factory=dict)  # what other parts of the agent keep per optimizer
+
+
+class _Optimizers(_Registry):
+    """The optimizer registry, with one record per optimizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._records: weakref.WeakKeyDictionary[Any, OptimizerRecord] = weakref.WeakKeyDictionary()
+
+    def add(self, obj: Any) -> bool:
+        added = super().add(obj)
+        if added:
+            self._records[obj] = OptimizerRecord()
+        return added
+
+    def record(self, optimizer: Any) -> OptimizerRecord:
+        """``optimizer``'s record (registered now if it was made before the session started)."""
+        self.add(optimizer)
+        return self._records[optimizer]
+
+    def stepped(self) -> list[Any]:
+        """The live optimizers that have stepped, in creation order."""
+        return [o for o in self.alive() if self._records[o].steps]
+
+
 class Constructions:
     def __init__(self) -> None:
-        self.optimizers = _Registry()
+        self.optimizers = _Optimizers()
         self.schedulers = _Registry()
         self.scalers = _Registry()
         self.on_optimizer: list[Callable[[torch.optim.Optimizer], None]] = []
@@ -50,6 +86,8 @@ class Constructions:
                 def __init__(obj: Any, *args: Any, **kwargs: Any) -> None:
                     original(obj, *args, **kwargs)
                     if registry.add(obj):
+                        if isinstance(registry, _Optimizers):
+                            registry.record(obj).created_at = user_location()
                         for listener in listeners or ():
                             listener(obj)
                 return __init__

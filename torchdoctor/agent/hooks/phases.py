@@ -19,13 +19,14 @@ import torch
 
 from torchdoctor.agent.hooks.forward import FORWARD_CALLS, Subscription
 from torchdoctor.agent.hooks.patching import ClassPatches
+from torchdoctor.events import Phase
 
 
 class PhaseTracker:
     """Keeps ``phase`` and tells ``on_change(phase)`` when it changes."""
 
     def __init__(self, on_change: Callable[[str], None], on_root_module: Callable[[torch.nn.Module], None]) -> None:
-        self.phase = "other"
+        self.phase: Phase = "other"
         self._on_change = on_change
         self._on_root_module = on_root_module
         self._subscription: Subscription | None = None
@@ -44,7 +45,7 @@ class PhaseTracker:
         self.in_step = False
         self.root_grad: bool | None = None  # whether the last outermost module call had autograd on
 
-    def set(self, phase: str) -> None:
+    def set(self, phase: Phase) -> None:
         if phase != self.phase:
             self.phase = phase
             self._on_change(phase)

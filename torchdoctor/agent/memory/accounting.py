@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
-from torchdoctor.events import CATEGORIES
+from torchdoctor.agent.memory.device_ledger import DeviceLedger, StorageEntry, oom_size
 
 PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, OPTIMIZER_TEMPORARIES, INPUTS_DATA, ACTIVATIONS_SAVED = range(7)
 # the category of a storage by the phase it was born in (until it is classified as something else)
@@ -36,100 +36,6 @@ TOP_TENSORS = 8  # the largest storages listed at a new peak
 
 def born_as(phase: str) -> int:
     return BORN_AS.get(phase, ACTIVATIONS)
-
-
-def _size(n: int) -> str:
-    """Sizes as torch's own OOM messages write them (``20.00 MiB``)."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.2f} {unit}" if unit != "B" else f"{n} bytes"
-        value /= 1024
-    return f"{n} bytes"
-
-
-class DeviceLedger:
-    """Running figures for one device within the current span (between two optimizer steps).
-
-    With the CPU allocator probe the figures (bytes held, the peak, each phase's peak, the breakdown at the peak)
-    are the probe's, kept natively at every allocation; the storages counted here then only name the largest
-    tensors at a peak (and count what was alive before the probe, which the allocator never reported)."""
-
-    __slots__ = ("current", "cats", "span_peak", "span_peak_seq", "span_peak_cats", "span_peak_phase",
-                 "phase_peaks", "died_after_peak", "run_peak", "probe", "unseen", "before_probe")
-
-    def __init__(self, probe: Any = None) -> None:
-        self.current = 0  # bytes of the live storages it counts (with a probe: the tensors; the total is the probe's)
-        self.cats = [0] * len(CATEGORIES)
-        self.run_peak = -1  # the largest span peak listed so far (its top tensors were sent then)
-        self.probe = probe  # the CPU allocator's figures (AllocatorProbe), or None: the storages are the figures
-        # storages alive before the probe was attached (in process: the pytest plugin) and their bytes: the
-        # allocator never reported them, and does not report their frees
-        self.before_probe: dict[int, _Entry] = {}
-        self.unseen = 0
-        self.reset_span("other", 0)
-
-    def total(self) -> int:
-        """The bytes held now: the allocator's, or the counted storages'."""
-        return self.unseen + self.probe.current() if self.probe is not None else self.current
-
-    def height(self) -> int:
-        """With the probe: the most the allocator held since the peak was last reset."""
-        return self.unseen + self.probe.peak()
-
-    @staticmethod
-    def breakdown(cats: list[int]) -> dict[str, int]:
-        return dict(zip(CATEGORIES, cats))
-
-    def _with_unseen(self, cats: list[int]) -> list[int]:
-        """The probe's categories plus those of the storages alive before it."""
-        out = list(cats[:len(CATEGORIES)])
-        for entry in self.before_probe.values():
-            out[entry.cat] += entry.nbytes
-        return out
-
-    def add_unseen(self, entry: _Entry) -> None:
-        """A storage alive before the probe: the allocator never reported it, nor will it report its free."""
-        entry.ledger = self
-        self.before_probe[entry.ptr] = entry
-        self.unseen += entry.nbytes
-
-    def cats_now(self) -> list[int]:
-        """The bytes held now by category."""
-        if self.probe is None:
-            return list(self.cats)
-        return self._with_unseen(self.probe.read()["categories"])
-
-    def reset_span(self, phase: str, seq: int) -> None:
-        total = self.unseen + self.probe.reset_peak() if self.probe is not None else self.current
-        self.span_peak = total
-        self.span_peak_seq = seq
-        self.span_peak_cats = list(self.cats)
-        self.span_peak_phase = phase
-        self.phase_peaks = {phase: total}
-        self.died_after_peak: list[_Entry] = []  # storages alive at the span's peak that died since
-
-    def allocator_peak(self, seq: int) -> None:
-        """With the probe, after an op: whether the allocator reached a new peak of the span since the last look
-        (which storages were alive at the peak, for the largest tensors listed there)."""
-        peak = self.height()
-        if peak > self.span_peak:
-            self.span_peak = peak
-            self.span_peak_seq = seq
-            if self.died_after_peak:
-                self.died_after_peak = []
-
-    def figures(self) -> dict[str, Any]:
-        if self.probe is None:
-            return {"tensor_bytes": self.current, "tensor_peak": self.span_peak, "peak_phase": self.span_peak_phase,
-                    "phase_peaks": dict(self.phase_peaks), "breakdown": self.breakdown(self.span_peak_cats)}
-        read = self.probe.read()
-        unseen = self.unseen
-        self.span_peak = max(self.span_peak, unseen + read["peak"])
-        return {"tensor_bytes": unseen + read["current"], "tensor_peak": unseen + read["peak"],
-                "peak_phase": read["peak_phase"],
-                "phase_peaks": {phase: unseen + bytes_ for phase, bytes_ in read["phase_peaks"].items()},
-                "breakdown": self.breakdown(self._with_unseen(read["peak_categories"]))}
 
 
 def _cpu_storages(tensors: Iterable[torch.Tensor]) -> list[int]:
@@ -146,33 +52,13 @@ def _cpu_storages(tensors: Iterable[torch.Tensor]) -> list[int]:
         return out
 
 
-class _Entry:
-    __slots__ = ("ptr", "nbytes", "ledger", "cat", "seq", "shape", "dtype", "phase", "module")
-
-    def __init__(self, ptr: int, nbytes: int, ledger: DeviceLedger, cat: int, seq: int, shape: Any, dtype: Any,
-                 phase: str, module: str | None) -> None:
-        self.ptr = ptr
-        self.nbytes = nbytes
-        self.ledger = ledger
-        self.cat = cat
-        self.seq = seq
-        self.shape = shape
-        self.dtype = dtype
-        self.phase = phase
-        self.module = module
-
-    def describe(self, name: str | None) -> dict[str, Any]:
-        return {"bytes": self.nbytes, "shape": list(self.shape), "dtype": str(self.dtype).replace("torch.", ""),
-                "category": CATEGORIES[self.cat], "phase": self.phase, "module": self.module, "name": name}
-
-
 class TensorAccountant(TorchDispatchMode):
     """Counts live tensor storages per device while it is entered (``open()``/``close()``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ledgers: dict[str, DeviceLedger] = {}
-        self._live: dict[int, _Entry] = {}
+        self._live: dict[int, StorageEntry] = {}
         self._seq = 0
         self.phase = "other"
         self.budget: tuple[str, int] | None = None  # (device, bytes): allocations beyond it raise an OOM
@@ -305,7 +191,7 @@ class TensorAccountant(TorchDispatchMode):
             cat = born_as(self.phase)
         self._seq += 1
         stack = self.module_stack
-        entry = _Entry(ptr, nbytes, ledger, cat, self._seq, tensor.shape, tensor.dtype, self.phase,
+        entry = StorageEntry(ptr, nbytes, ledger, cat, self._seq, tensor.shape, tensor.dtype, self.phase,
                        stack[-1] if stack else None)
         self._live[ptr] = entry
         ledger.current += nbytes
@@ -334,9 +220,9 @@ class TensorAccountant(TorchDispatchMode):
         in_use = ledger.current if in_use is None else in_use
         free = max(0, capacity - in_use)
         # The CUDA message's shape (" out of memory. Tried to allocate ..."), so tools that match it retry too.
-        message = (f"{device.upper()} out of memory. Tried to allocate {_size(nbytes)}. Device {device} has a "
-                   f"total capacity of {_size(capacity)} (torchdoctor memory budget) of which {_size(free)} is "
-                   f"free. Of the allocated memory {_size(in_use)} is allocated by "
+        message = (f"{device.upper()} out of memory. Tried to allocate {oom_size(nbytes)}. Device {device} has a "
+                   f"total capacity of {oom_size(capacity)} (torchdoctor memory budget) of which {oom_size(free)} is "
+                   f"free. Of the allocated memory {oom_size(in_use)} is allocated by "
                    f"{'the CPU allocator' if ledger.probe is not None else 'tensors'}.")
         if self.on_budget_exceeded is not None:
             alive = heapq.nlargest(5, (e for e in self._live.values() if e.ledger is ledger), key=lambda e: e.nbytes)
@@ -348,7 +234,7 @@ class TensorAccountant(TorchDispatchMode):
                                      "top_tensors": [e.describe(names.get((e.ptr, e.nbytes))) for e in alive]})
         raise torch.OutOfMemoryError(message)
 
-    def _release(self, ptr: int, entry: _Entry) -> None:
+    def _release(self, ptr: int, entry: StorageEntry) -> None:
         if self._live.get(ptr) is entry:
             del self._live[ptr]
             ledger = entry.ledger

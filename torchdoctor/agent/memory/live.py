@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 
-def _tensor_types() -> set[type]:
+def _subclasses(base: type) -> set[type]:
     found: set[type] = set()
-    todo: list[type] = [torch.Tensor]
+    todo: list[type] = [base]
     while todo:
         cls = todo.pop()
         if cls not in found:
@@ -28,11 +28,17 @@ def _tensor_types() -> set[type]:
     return found
 
 
-def live_tensors() -> list[torch.Tensor]:
-    """Every tensor alive in the process: one scan of the garbage collector's objects, by exact type (an
-    isinstance test per object costs three times as much)."""
-    types_ = _tensor_types()
+def live_instances(base: type) -> list[Any]:
+    """Every object alive in the process whose class is ``base`` or a subclass: the one scan of the garbage
+    collector's objects, by exact type (an isinstance test per object costs three times as much, and lets weakref
+    proxies through)."""
+    types_ = _subclasses(base)
     return [obj for obj in gc.get_objects() if type(obj) in types_]
+
+
+def live_tensors() -> list[torch.Tensor]:
+    """Every tensor alive in the process."""
+    return live_instances(torch.Tensor)
 
 
 def live_tensor_bytes() -> dict[str, int]:

@@ -26,9 +26,29 @@ def state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 class MeasuredModels:
     """The root modules seen and the classification of their storages in ``accountant``."""
 
-    def __init__(self, accountant: TensorAccountant) -> None:
+    def __init__(self, accountant: TensorAccountant, measuring: Callable[[], bool] = lambda: True) -> None:
         self.accountant = accountant
         self.modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # weak: a dropped model frees memory
+        self._measuring = measuring  # whether storages are classified now
+        self._grad_watched: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
+        self._grad_hooks: list[Any] = []
+
+    def watch_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """A gradient is a gradient as soon as autograd puts it in ``.grad`` (mid-backward peaks, accumulation),
+        not only when the optimizer steps: one hook per parameter, which counts only while measuring."""
+        for param in optimizer_params(optimizer):
+            if param.requires_grad and param not in self._grad_watched:
+                self._grad_watched.add(param)
+                self._grad_hooks.append(param.register_post_accumulate_grad_hook(self._gradient_made))
+
+    def _gradient_made(self, param: torch.Tensor) -> None:
+        if param.grad is not None and self._measuring():
+            self.accountant.classify((param.grad,), GRADIENTS)
+
+    def remove_gradient_hooks(self) -> None:
+        for handle in self._grad_hooks:
+            handle.remove()
+        self._grad_hooks = []
 
     def root_module(self, module: torch.nn.Module) -> None:
         """A model's outermost call (or a model named by the caller): its parameters and buffers."""

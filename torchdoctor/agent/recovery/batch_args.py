@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from torchdoctor.agent.hooks.patching import ClassPatches
+from torchdoctor.config import BATCH_OPTIONS
 from torchdoctor.events import BatchSource
 
-BATCH_DESTS = ("batch_size", "train_batch_size", "per_device_train_batch_size", "micro_batch_size", "bs",
-               "batchsize")
+BATCH_DESTS = BATCH_OPTIONS
 ACCUMULATION_DESTS = ("gradient_accumulation_steps", "grad_accum_steps", "grad_accumulation_steps",
                       "accumulate_grad_batches", "accumulation_steps", "gradient_accumulation", "grad_accum",
                       "accum_steps", "accum_iter", "accum_iters", "update_freq")

@@ -15,181 +15,29 @@ first training forward of a root module since then (seen on measured steps, wher
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections import Counter, deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from torchdoctor.agent.doctor.evidence import Reduction, first_tensor, graph_nodes, loss_reduction
+from torchdoctor.agent.doctor.evidence import Reduction, first_tensor, loss_reduction
 from torchdoctor.agent.recovery.activation_checkpointing import find_blocks
+from torchdoctor.agent.recovery.training_counts import (
+    FIRST_STEPS,
+    MANUAL,
+    MAX_PARTS,
+    Counts,
+    ManualUpdates,
+    Updater,
+    batch_samples,
+    describe_optimizer,
+    fingerprint,
+    guarded,
+    storage_of,
+)
 from torchdoctor.agent.resume.training_state import root_modules
 from torchdoctor.events import TrainingFigures
-
-FIRST_STEPS = 8  # steps whose loss and data fingerprint are read (each a device sync on a GPU)
-MAX_PARTS = 256  # batches of those steps listed one by one (data order compared sample for sample)
-MANUAL = "manual updates"
-
-
-def batch_samples(data: Any) -> tuple[int | None, Any]:
-    """The leading dimension of a batch's first tensor (its samples), and that tensor."""
-    tensor = first_tensor(data)
-    if tensor is None or tensor.dim() == 0:
-        return None, None
-    return int(tensor.shape[0]), tensor
-
-
-def _storage(tensor: Any) -> int | None:
-    try:
-        return int(tensor.untyped_storage().data_ptr())
-    except (RuntimeError, NotImplementedError, TypeError, AttributeError):
-        return None
-
-
-def fingerprint(tensor: Any) -> float | None:
-    try:
-        return float(tensor.detach().sum(dtype=torch.float64))  # no float64 copy of the batch
-    except (RuntimeError, TypeError):
-        return None
-
-
-def _guarded(method: Any) -> Any:
-    """The ledger measures; it must never break the script: the first error switches it off and is reported."""
-    @functools.wraps(method)
-    def guarded(self: TrainingLedger, *args: Any, **kwargs: Any) -> Any:
-        if self.broken is not None:
-            return None  # nothing more is measured
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - a measurement error is reported, not raised into the script
-            self.broken = f"{method.__name__}: {type(exc).__name__}: {exc}"[:300]
-            return None
-    return guarded
-
-
-def describe_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Its class, its size and whether its step runs the foreach implementation (temporaries of all parameters)."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    foreach: bool | None = None
-    try:
-        from torch.optim.optimizer import _default_to_fused_or_foreach
-
-        choices = [group.get("foreach") for group in optimizer.param_groups]
-        if any(choice is None for choice in choices):
-            default = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)[1]
-            choices = [default if choice is None else choice for choice in choices]
-        foreach = any(bool(choice) for choice in choices) and not any(g.get("fused") for g in optimizer.param_groups)
-    except Exception:  # noqa: BLE001 - a private torch helper: unknown rather than wrong
-        foreach = None
-    sizes = sorted({p.numel() * p.element_size() for p in params})
-    return {"name": type(optimizer).__name__, "params": sum(p.numel() for p in params), "foreach": foreach,
-            "param_bytes": sizes[-64:]}
-
-
-@dataclass
-class Counts:
-    """Running totals; a step's figures are the difference between two of these."""
-
-    samples: int = 0
-    items: int = 0  # elements of the inputs (tokens of a seq-first batch, whose leading dimension is its length)
-    tokens: int = 0
-    token_backwards: int = 0  # backward passes whose loss showed its tokens
-    backwards: int = 0
-    iterations: int = 0
-    loss: float = 0.0
-    loss_read: int = 0  # backward passes whose loss value was read
-    drew: int = 0  # backward passes that consumed a batch (delivered, or seen in a forward)
-    print_sum: float = 0.0
-    print_read: int = 0  # ... whose data's fingerprint was read
-    parts: int = 0  # batches (or micro-batches) listed with their samples and fingerprint, in the first steps
-
-    def copy(self) -> Counts:
-        return Counts(**self.__dict__)
-
-
-@dataclass
-class Updater:
-    """One optimizer's steps (or the script's manual updates)."""
-
-    name: str
-    steps: int = 0
-    since: Counts = field(default_factory=Counts)
-    samples: Counter = field(default_factory=Counter)
-    tokens: Counter = field(default_factory=Counter)
-    items: Counter = field(default_factory=Counter)  # steps by the input elements they took
-    first: list[dict[str, Any]] = field(default_factory=list)
-
-    def tally(self, now: Counts, parts: list[list[float | None]] | None = None) -> dict[str, Any]:
-        """The figures of the step in progress (since this updater's previous step)."""
-        before = self.since
-        tally: dict[str, Any] = {
-            "samples": now.samples - before.samples,
-            "items": now.items - before.items,
-            "backwards": now.backwards - before.backwards,
-            "iterations": now.iterations - before.iterations,
-        }
-        backwards = tally["backwards"]
-        if backwards and now.token_backwards - before.token_backwards == backwards:
-            tally["tokens"] = now.tokens - before.tokens
-        if backwards and now.loss_read - before.loss_read == backwards:
-            tally["loss"] = now.loss - before.loss
-        drew = now.drew - before.drew
-        if drew and now.print_read - before.print_read == drew:
-            tally["fingerprint"] = now.print_sum - before.print_sum
-            if parts is not None and now.parts > before.parts:
-                tally["parts"] = parts[before.parts:now.parts]  # [samples, fingerprint] of each batch, in order
-        return tally
-
-    def stepped(self, now: Counts, parts: list[list[float | None]] | None = None) -> None:
-        tally = self.tally(now, parts)
-        self.steps += 1
-        self.samples[tally["samples"]] += 1
-        if "tokens" in tally:
-            self.tokens[tally["tokens"]] += 1
-        self.items[tally["items"]] += 1
-        if len(self.first) < FIRST_STEPS:
-            self.first.append(tally)
-        self.since = now.copy()
-
-    def to_dict(self, now: Counts, parts: list[list[float | None]] | None = None) -> dict[str, Any]:
-        pending = self.tally(now, parts)
-        return {"name": self.name, "steps": self.steps, "samples": {str(k): v for k, v in self.samples.items()},
-                "tokens": {str(k): v for k, v in self.tokens.items()},
-                "items": {str(k): v for k, v in self.items.items()}, "first": self.first,
-                "pending": pending if pending["backwards"] or pending["samples"] else None}
-
-
-class ManualUpdates:
-    """Parameter updates made outside ``torch.optim`` (``p.data.add_(p.grad, alpha=-lr)``): a small parameter the
-    loss reaches is compared with its copy at each backward pass; a change is an update."""
-
-    def __init__(self) -> None:
-        self._param: weakref.ref[torch.Tensor] | None = None
-        self._copy: torch.Tensor | None = None
-
-    def changed(self, loss: torch.Tensor | None) -> bool:
-        param = self._param() if self._param is not None else None
-        if param is None:
-            self._pick(loss)
-            return False
-        changed = self._copy is not None and not torch.equal(param.detach(), self._copy)
-        if changed:
-            self._copy = param.detach().clone()
-        return changed
-
-    def _pick(self, loss: torch.Tensor | None) -> None:
-        if loss is None or loss.grad_fn is None:
-            return
-        best = None
-        for node in graph_nodes(loss.grad_fn, limit=5_000):
-            variable = getattr(node, "variable", None)
-            if isinstance(variable, torch.Tensor) and (best is None or variable.numel() < best.numel()):
-                best = variable
-        if best is not None and best.numel() <= 1 << 16:
-            self._param = weakref.ref(best)
-            self._copy = best.detach().clone()
 
 
 class TrainingLedger:
@@ -243,7 +91,7 @@ class TrainingLedger:
         return first is None or first.steps < FIRST_STEPS
 
     # -- what the loop does ------------------------------------------------------------------------------
-    @_guarded
+    @guarded
     def delivered(self, loader: int | None, data: Any) -> None:
         """A DataLoader handed the script a batch (or micro-batch). It counts for the backward pass that follows the
         training forward it is fed to, found by its storage (a loader wrapper that fetches ahead, as accelerate's
@@ -254,7 +102,7 @@ class TrainingLedger:
             return
         if not self._matched and self._queue and self._queue[-1][0] != loader:
             self._queue.clear()  # an evaluation pass in between: its batches feed no backward
-        self._queue.append((loader, samples, fingerprint(tensor) if self._reading() else None, _storage(tensor),
+        self._queue.append((loader, samples, fingerprint(tensor) if self._reading() else None, storage_of(tensor),
                             tensor.numel()))
 
     def _consume(self, value: Any) -> None:
@@ -262,7 +110,7 @@ class TrainingLedger:
         if not self._queue:
             return
         _, tensor = batch_samples(value)
-        ptr = _storage(tensor) if tensor is not None else None
+        ptr = storage_of(tensor) if tensor is not None else None
         if ptr is None:
             return
         # newest first: a freed batch's memory is reused by later ones, so an older entry may share the address
@@ -275,7 +123,7 @@ class TrainingLedger:
                     self._queue.popleft()
                 return
 
-    @_guarded
+    @guarded
     def root_forward(self, module: torch.nn.Module, args: Any) -> None:
         """The outermost module call (measured steps only); a training one may say what the batch was."""
         if module.training and torch.is_grad_enabled():
@@ -287,7 +135,7 @@ class TrainingLedger:
             self._watch_model(module)
             self.device = next((p.device.type for p in module.parameters()), self.device)
 
-    @_guarded
+    @guarded
     def _root_pre(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
         """Every call of a model that trained (a hook on the model itself: keyword inputs, unmeasured steps)."""
         if module.training and torch.is_grad_enabled() and not self.in_backward():
@@ -311,14 +159,14 @@ class TrainingLedger:
             samples = self._forward[0] if self._forward is not None else None
         return loss_reduction(loss, samples)
 
-    @_guarded
+    @guarded
     def normalise_loss(self, divisor: float) -> None:
         """The window's gradients were divided by ``divisor`` (token-mean accumulation): so is its loss."""
         first = self._first_updater()
         base = first.since.loss if first is not None else 0.0
         self.now.loss = base + (self.now.loss - base) / divisor
 
-    @_guarded
+    @guarded
     def backward(self, loss: torch.Tensor | None, scale: float, reduction: Reduction | None = None) -> None:
         """A backward pass from ``loss`` whose gradient torchdoctor scales by ``scale``."""
         now = self.now
@@ -371,7 +219,7 @@ class TrainingLedger:
             self.parts.extend([n, p] for n, p, _ in drawn)
             self.now.parts = len(self.parts)
 
-    @_guarded
+    @guarded
     def stepped(self, optimizer: torch.optim.Optimizer) -> None:
         self._step_drew = False
         updater = self._updaters.get(optimizer)
@@ -391,7 +239,7 @@ class TrainingLedger:
         if not self._order and self.now.backwards and self._probe.changed(None):
             self._manual_update()
 
-    @_guarded
+    @guarded
     def optimizer_made(self, optimizer: torch.optim.Optimizer) -> None:
         """The models an optimizer trains are watched from now on, before their first forward (a scan of live
         modules, once per optimizer)."""
@@ -419,7 +267,7 @@ class TrainingLedger:
                 if module.num_batches_tracked is not None:
                     self._bn_tracked.append((weakref.ref(module), int(module.num_batches_tracked)))
 
-    @_guarded
+    @guarded
     def _bn_pre(self, module: torch.nn.Module, args: Any) -> None:
         if self.in_backward():  # a checkpointed block's recomputation, not a training forward
             return

@@ -17,26 +17,20 @@ is taken where no backward pass has run since the last optimizer step.
 
 from __future__ import annotations
 
-import gc
 import hashlib
-import warnings
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from torchdoctor.agent.memory.live import live_instances
+
 
 def root_modules() -> list[nn.Module]:
     """Every live module that is no other live module's child (one scan of the garbage collector's objects)."""
-    modules = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # some objects warn when their class is looked at
-        for obj in gc.get_objects():
-            # weakref proxies pass isinstance (Lightning holds its module through one): only real modules
-            if isinstance(obj, nn.Module) and not isinstance(obj, weakref.ProxyTypes):
-                modules.append(obj)
+    # by exact type: a weakref proxy (Lightning holds its module through one) is not a module
+    modules: list[nn.Module] = live_instances(nn.Module)
     children = {id(child) for module in modules for child in module.children()}
     return [m for m in modules if id(m) not in children]
 
