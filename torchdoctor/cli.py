@@ -37,6 +37,12 @@ def cli() -> None:
                    "when measuring costs more than 1%).")
 @click.option("--log-interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
               help="Seconds between progress lines when not in a terminal.")
+@click.option("--stall-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="End the run (outcome 'stalled', exit 124) after this long without progress: no optimizer step "
+                   "and the main thread in one place. Without it a stall is shown after 60 s, with its stacks.")
+@click.option("--stop-grace", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="When the run must stop (Ctrl-C, SIGTERM, --stall-timeout): seconds the script has after each "
+                   "signal before the next, stronger one (SIGINT, SIGTERM, then SIGKILL).")
 @click.option("--memory-budget", metavar="SIZE", default=None,
               help="Behave as if the device had SIZE of memory (e.g. 6GiB): on CUDA through "
                    "set_per_process_memory_fraction, on CPU by exact tensor accounting that raises "
@@ -81,7 +87,8 @@ def cli() -> None:
 @click.argument("script", metavar="SCRIPT|MODULE")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
-        log_interval: float, memory_budget: str | None, host_memory_limit: str | None, no_atomic_save: bool,
+        log_interval: float, stall_timeout: float | None, stop_grace: float, memory_budget: str | None,
+        host_memory_limit: str | None, no_atomic_save: bool,
         checkpoint_every: int, max_retries: int, min_batch_size: int, remedies: str, no_amp: bool,
         no_keep_effective_batch: bool, batch_arg: str | None, relaunch: str, allow_batchnorm_split: bool,
         fail_on: str | None,
@@ -114,10 +121,13 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     if host_limit is not None and host_limit < HOST_LIMIT_MIN:
         raise UsageError(f"--host-memory-limit {host_memory_limit} is below {HOST_LIMIT_MIN >> 20}MiB: Python and "
                          f"torch cannot even start in that")
-    if not math.isfinite(log_interval):
-        raise UsageError(f"--log-interval must be a number of seconds, not {log_interval}")
+    for option, seconds in (("--log-interval", log_interval), ("--stall-timeout", stall_timeout),
+                            ("--stop-grace", stop_grace)):
+        if seconds is not None and not math.isfinite(seconds):
+            raise UsageError(f"{option} must be a number of seconds, not {seconds}")
     config = RunConfig(target=script, is_module=is_module, script_args=script_args, run_dir=run_dir, quiet=quiet,
-                       live=live, log_interval=log_interval, accounting=accounting, sample_every=sample_every,
+                       live=live, log_interval=log_interval, stall_timeout=stall_timeout, stop_grace=stop_grace,
+                       accounting=accounting, sample_every=sample_every,
                        memory_budget=budget, host_memory_limit=host_limit, atomic_save=not no_atomic_save,
                        checkpoint_every=checkpoint_every, recovery=recovery, doctor=not no_doctor, fail_on=fail_on,
                        tensorboard_dir=tensorboard_dir, wandb=use_wandb, relaunch=relaunch)
@@ -179,29 +189,45 @@ def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | Non
     failures = outcome.problems + outcome.failing_findings
     click.echo(ci_report.text_table(outcome.rows))
     markdown = ci_report.markdown(outcome.rows, failures, script, outcome.steps, outcome.findings)
+    unwritten: list[str] = []  # outputs asked for that could not be written (a full disk): each said in one line
+
+    def write(option: str, path: str, text: str, append: bool = False) -> None:
+        try:
+            if append:
+                with open(path, "a", encoding="utf-8") as handle:  # GitHub's job summary is appended to
+                    handle.write(text)
+            else:
+                write_text_atomic(path, text)
+        except OSError as exc:
+            unwritten.append(f"cannot write {option} {path} ({exc.strerror or exc})")
+
     if markdown_path:
-        write_text_atomic(markdown_path, markdown)
+        write("--markdown", markdown_path, markdown)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary and summary != markdown_path:
-        with open(summary, "a", encoding="utf-8") as handle:  # GitHub's job summary is appended to
-            handle.write(markdown)
+        write("$GITHUB_STEP_SUMMARY", summary, markdown, append=True)
     if junit_path:
-        write_text_atomic(junit_path, ci_report.junit(outcome.rows, failures, script, outcome.seconds,
-                                                      outcome.findings, outcome.failing_findings))
+        write("--junit", junit_path, ci_report.junit(outcome.rows, failures, script, outcome.seconds,
+                                                     outcome.findings, outcome.failing_findings))
     if html_path:
-        _write_html(html_path, outcome.report)
+        try:
+            _write_html(html_path, outcome.report)
+        except UsageError as exc:
+            unwritten.append(str(exc))
+    for line in unwritten:
+        click.echo(f"torchdoctor ci: {line}", err=True)
     for problem in failures:
         click.echo(f"torchdoctor ci: FAIL: {problem}", err=True)
     if update_baseline:
         written, message = record_baseline(request, outcome)
         click.echo(f"torchdoctor ci: {message}", err=not written)
-        return 0 if written else 1
+        return 0 if written and not unwritten else 1
     if baseline is None:
         click.echo(f"torchdoctor ci: no baseline compared (record one with --update-baseline: "
                    f"{request.baseline_file})")
     click.echo(f"torchdoctor ci: {'FAIL' if outcome.failed else 'pass'} · report: "
                f"{os.path.join(outcome.run_dir, 'report.json')}")
-    return 1 if outcome.failed else 0
+    return 1 if outcome.failed or unwritten else 0
 
 
 def _fraction(text: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 from torchdoctor.errors import UsageError
@@ -26,6 +27,8 @@ ENV_CHECKPOINT_EVERY = "TORCHDOCTOR_CHECKPOINT_EVERY"
 ENV_DOCTOR = "TORCHDOCTOR_DOCTOR"
 ENV_MAX_STEPS = "TORCHDOCTOR_MAX_STEPS"
 
+# Sent by the supervisor to a stalled child: the agent's faulthandler writes every thread's stack to faulthandler.log.
+STACKS_SIGNAL = signal.SIGUSR1
 
 # The option names a script's batch size goes by (argparse dests, also read from its command line by the supervisor).
 BATCH_OPTIONS = ("batch_size", "train_batch_size", "per_device_train_batch_size", "micro_batch_size", "bs",

@@ -150,3 +150,28 @@ def oom_kill_count() -> int | None:
         except (OSError, ValueError):
             continue
     return None
+
+
+def cgroup_memory_peak(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> int | None:
+    """The kernel's own memory high-water mark of this process's cgroup (v2 ``memory.peak``, v1
+    ``memory.max_usage_in_bytes``): every process of the group counted, at any instant, not sampled. None where
+    there is no such file or it cannot be read."""
+    try:
+        with open(os.path.join(proc_root, "self", "cgroup"), encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: 0::/path
+            candidates.append(os.path.join(cgroup_root, path.lstrip("/"), "memory.peak"))
+        elif "memory" in controllers.split(","):
+            candidates.append(os.path.join(cgroup_root, "memory", path.lstrip("/"), "memory.max_usage_in_bytes"))
+    for candidate in candidates:
+        try:
+            with open(candidate, encoding="ascii") as handle:
+                return int(handle.read().strip())
+        except (OSError, ValueError):
+            continue
+    return None

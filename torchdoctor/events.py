@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 Phase = Literal["forward", "backward", "optimizer", "evaluation", "other"]
 PHASES: tuple[Phase, ...] = get_args(Phase)
 # How a script's process ended (exit_status in supervisor/attempt_loop.py)
-Outcome = Literal["success", "failed", "interrupted", "killed"]
+Outcome = Literal["success", "failed", "interrupted", "killed", "stalled"]
 
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations_other", "optimizer_temporaries",
               "inputs_data", "activations_saved")
@@ -152,6 +152,8 @@ class ProcessSample(Event):
     rss_bytes: int | None
     children_rss_bytes: int | None
     device_used: dict[str, int] = field(default_factory=dict)
+    # the cgroup's own high-water mark when it rose during this run (the kernel's figure, not a sample)
+    cgroup_peak_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -217,12 +219,33 @@ class ProcessExited(Event):
     exit_code: int  # what ``torchdoctor run`` returns
     outcome: Outcome
     signal: str | None = None
+    # how the supervisor stopped it, when it did: {"reason", "signals" sent in order, "grace_s"}
+    stop: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Heartbeat(Event):
+    """The agent is alive: where the script's main thread is now (the innermost frame of the user's code)."""
+
+    kind: ClassVar[str] = "heartbeat"
+    where: str | None
+
+
+@dataclass(frozen=True)
+class Stall(Event):
+    """No progress (no optimizer step, the main thread in one place) for ``seconds``, as the supervisor saw it."""
+
+    kind: ClassVar[str] = "stall"
+    since: float  # wall time of the last progress
+    seconds: float
+    where: str | None
+    stacks: str | None = None  # every thread's Python stack (faulthandler), when they could be read
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (RunStarted, MemorySample, Note, Finding, OutOfMemory, BatchSource, ProcessSample, Resume,
-                TrainingFigures, RunFinished, ProcessExited)
+                TrainingFigures, RunFinished, ProcessExited, Heartbeat, Stall)
 }
 
 

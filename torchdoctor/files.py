@@ -9,6 +9,7 @@ renamed over the target, then the directory fsynced so the rename itself survive
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -105,3 +106,29 @@ def committed(directory: str) -> list[str]:
         return []
     found = [n for n in names if CHECKPOINT_NAME.match(n) and f"{n}.json" in names]
     return [os.path.join(directory, n) for n in sorted(found, reverse=True)]
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint whose bytes do not match its commit marker (truncated or corrupt)."""
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: str) -> dict[str, Any]:
+    """The commit marker of a checkpoint whose bytes match it (size, SHA-256); raises :class:`CheckpointDamaged`,
+    or OSError/ValueError when the marker cannot be read. Read without torch, so the supervisor can tell which
+    checkpoint a relaunch will resume from."""
+    with open(f"{path}.json", encoding="utf-8") as handle:
+        marker = json.load(handle)
+    size = os.path.getsize(path)
+    if size != marker["size"]:
+        raise CheckpointDamaged(f"{path} is truncated ({size} of {marker['size']} bytes)")
+    if sha256_of(path) != marker["sha256"]:
+        raise CheckpointDamaged(f"{path} is corrupt (its SHA-256 does not match its commit marker)")
+    return marker

@@ -47,3 +47,9 @@ def test_phase_rows_are_each_phases_largest_over_the_run_with_its_step():
     shown = {r.key: (r.label, r.current) for r in rows if not r.gated}
     assert shown["tensor_bytes:cpu:forward"] == ("  in forward (step 2)", 21 * KiB)
     assert shown["tensor_bytes:cpu:evaluation"] == ("  in evaluation (after the last step)", 40 * KiB)
+
+
+def test_a_baseline_that_holds_none_of_the_runs_figures_fails_saying_nothing_was_compared():
+    for baseline in ({}, {"tensor_bytes:cuda:0": 100 * KiB}):
+        problems = evaluate(report(100 * KiB), None, baseline, 0.05)[1]
+        assert len(problems) == 1 and "nothing was compared" in problems[0], problems

@@ -114,3 +114,32 @@ def test_pruning_removes_the_side_files_of_pruned_checkpoints(tmp_path):
     assert names == ["ckpt-000000003.pt", "ckpt-000000003.pt.json", "ckpt-000000003.pt.next.json",
                      "ckpt-000000004.pt", "ckpt-000000004.pt.json", "ckpt-000000004.pt.next.json"]
     assert json.loads((tmp_path / "ckpt-000000004.pt.json").read_text())["resume"] == {"resumable": True}
+
+
+def test_the_relaunch_message_names_the_checkpoint_the_agent_will_load_and_the_damaged_ones_skipped(tmp_path):
+    import json as json_module
+
+    from torchdoctor.files import sha256_of
+    from torchdoctor.supervisor.attempt_loop import Supervisor
+    from torchdoctor.supervisor.run_config import RunConfig
+
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    for step in (2, 4):
+        path = directory / f"ckpt-{step:09d}.pt"
+        path.write_bytes(b"checkpoint bytes %d" % step)
+        marker = {"format": "torchdoctor.checkpoint", "file": path.name, "size": path.stat().st_size,
+                  "sha256": sha256_of(str(path)), "step": step, "resume": {"resumable": True, "step": step}}
+        (directory / f"{path.name}.json").write_text(json_module.dumps(marker))
+    newest = directory / "ckpt-000000004.pt"
+    newest.write_bytes(b"checkpoint bytes X")  # same size, other bytes: corrupt
+    supervisor = Supervisor(RunConfig(target="train.py", checkpoint_every=2))
+    supervisor.run_dir = str(tmp_path)
+    source, message = supervisor._resume_source()
+    assert source == str(directory)
+    assert message.startswith("resuming from the checkpoint of step 2, ckpt-000000002.pt (ckpt-000000004.pt "
+                              "skipped: "), message
+    assert "is corrupt" in message
+    (directory / "ckpt-000000002.pt").write_bytes(b"short")
+    source, message = supervisor._resume_source()
+    assert source is None and message.startswith("restarting from the beginning: no intact checkpoint")

@@ -19,9 +19,11 @@ import sys
 import types
 import zipfile
 from types import TracebackType
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from torchdoctor.agent.emitter import FileEmitter, MemorySink
+from torchdoctor.agent.heartbeat import HeartbeatThread
+from torchdoctor.agent.hooks.patching import ClassPatches
 from torchdoctor.agent.import_hook import TorchImportWatcher
 from torchdoctor.agent.lifeline import die_with_parent
 from torchdoctor.config import AgentSettings
@@ -110,6 +112,15 @@ def _torch_version() -> str | None:
         return None
 
 
+def _flushing_exit(original: Any, sink: Any) -> Any:
+    def _exit(code: int) -> None:
+        try:
+            sink.close()  # nothing in a forked child (a DataLoader worker): the events are its parent's
+        finally:
+            original(code)
+    return _exit
+
+
 def main(argv: list[str] | None = None) -> None:
     is_module, target, script_args = _parse(list(sys.argv[1:] if argv is None else argv))
     settings = AgentSettings.from_env()
@@ -126,6 +137,11 @@ def main(argv: list[str] | None = None) -> None:
         # memory"), as a machine with less RAM would, instead of the kernel's OOM killer.
         resource.setrlimit(resource.RLIMIT_DATA, (settings.host_memory_limit, settings.host_memory_limit))
     sink = FileEmitter(settings.events_path) if settings.events_path else MemorySink()
+    heartbeat = HeartbeatThread(sink) if settings.events_path else None
+    if heartbeat is not None:
+        heartbeat.start(stacks_file=fault_file)
+    exits = ClassPatches()  # os._exit skips every cleanup: the events queued so far are written first
+    exits.wrap(os, "_exit", lambda original: _flushing_exit(original, sink))
     started: _Started = {"target": target, "is_module": is_module, "argv": [target, *script_args],
                          "python": platform.python_version(), "accounting": settings.accounting,
                          "sample_every": settings.sample_every, "attempt": settings.attempt}
@@ -184,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
         _print_exception(exc)
     finally:
         watcher.remove()
+        exits.restore()
+        if heartbeat is not None:
+            heartbeat.stop()
         oom = False
         if sessions:
             oom = sessions[0].record_failure(failure)

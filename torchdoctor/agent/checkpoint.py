@@ -28,7 +28,14 @@ from typing import Any
 import torch
 
 from torchdoctor.errors import TorchDoctorError
-from torchdoctor.files import CHECKPOINT_NAME, committed, fsync_dir, write_atomic
+from torchdoctor.files import (
+    CHECKPOINT_NAME,
+    CheckpointDamaged,
+    committed,
+    fsync_dir,
+    verify_checkpoint,
+    write_atomic,
+)
 
 FORMAT = "torchdoctor.checkpoint"
 FORMAT_VERSION = 1
@@ -95,14 +102,6 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # -- files ----------------------------------------------------------------------------------------------
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _HashingWriter:
     """A write-only file wrapper that hashes what passes through (torch.save needs only ``write``), so the commit
     marker's SHA-256 costs no second read of the file."""
@@ -196,12 +195,10 @@ def _prune(directory: str, keep: int) -> None:
 
 
 def _verify(path: str) -> dict[str, Any]:
-    with open(f"{path}.json", encoding="utf-8") as handle:
-        marker = json.load(handle)
-    if os.path.getsize(path) != marker["size"]:
-        raise CheckpointError(f"{path} is truncated ({os.path.getsize(path)} of {marker['size']} bytes)")
-    if _sha256(path) != marker["sha256"]:
-        raise CheckpointError(f"{path} is corrupt (its SHA-256 does not match its commit marker)")
+    try:
+        verify_checkpoint(path)
+    except CheckpointDamaged as exc:
+        raise CheckpointError(str(exc)) from None
     return _read(path)
 
 

@@ -17,6 +17,7 @@ from torchdoctor.reporters.text import (
     peak_when,
     recovery_facts,
     sparkline,
+    stall_and_stop,
     tensor_shape,
     tensor_what,
 )
@@ -255,6 +256,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     if timeline is not None:
         parts += [Text(""), timeline]
     parts += [Text(""), _accounting_note(report), _environment(report), _findings(report)]
+    parts += [Text(line[:1].upper() + line[1:] + ".", style="yellow") for line in stall_and_stop(report)]
     dropped = report.get("dropped_events")
     if dropped:
         parts.append(Text(f"{dropped} events were dropped (the event queue was full).", style="yellow"))

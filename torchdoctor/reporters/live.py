@@ -67,6 +67,9 @@ def status_table(state: RunState, capacity: dict[str, int | None]) -> Table:
 def progress_line(state: RunState, elapsed: float) -> str:
     rate = state.steps_per_second
     parts = [f"{state.steps} steps", f"{rate:.1f} steps/s" if rate else "– steps/s", format_duration(elapsed)]
+    if state.stalled and state.stall is not None:
+        parts[1] = (f"stalled for {format_duration(time.time() - state.stall.since)} at "
+                    f"{state.stall.where or 'an unknown place'}")
     return "  ·  ".join(parts)
 
 

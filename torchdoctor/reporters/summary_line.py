@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from torchdoctor.reporters.text import training_changes_short
+from torchdoctor.reporters.text import stall_and_stop, training_changes_short
 from torchdoctor.sizes import format_bytes
 
 
@@ -28,6 +28,7 @@ def summary_line(report: dict[str, Any]) -> str:
             parts.append(changed.replace("training changed:", "TRAINING CHANGED:", 1))
         elif recovery.get("invariants"):
             parts.append(f"recovered ({', '.join(recovery.get('remedies') or [])}); training kept, as measured")
+    parts += stall_and_stop(report)
     findings = report.get("findings") or []
     if findings:
         ids = ", ".join(sorted({f["id"] for f in findings}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 CATEGORY_LABELS = {
     "parameters": "parameters (+ buffers)",
@@ -128,3 +129,19 @@ def training_changes_short(recovery: dict) -> str | None:
         words.append(label)
     changed = any(i["status"] == "changed" for i in items)
     return ("training changed: " if changed else "training may have changed: ") + ", ".join(words)
+
+
+def stall_and_stop(report: dict[str, Any]) -> list[str]:
+    """What the report says of a stall and of how the run was stopped, one line each (none when neither)."""
+    lines = []
+    stall = report.get("stall") or {}
+    if stall:
+        stacks = " (every thread's Python stack is in report.json, stall.stacks)" if stall.get("stacks") else ""
+        lines.append(f"stalled for {format_duration(stall.get('seconds') or 0)} at "
+                     f"{stall.get('where') or 'an unknown place'}: no optimizer step, the main thread in one "
+                     f"place{stacks}")
+    stop = report.get("stop") or {}
+    if stop:
+        signals = ", then ".join(stop.get("signals") or []) or "no signal"
+        lines.append(f"stopped ({stop.get('reason')}): {signals}, {stop.get('grace_s')} s apart")
+    return lines

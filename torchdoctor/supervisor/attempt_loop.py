@@ -6,7 +6,6 @@ The supervisor never imports torch and never touches CUDA; what it knows comes f
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,10 +15,11 @@ from dataclasses import replace
 from typing import IO, Any
 
 from torchdoctor.checks import at_or_above
-from torchdoctor.config import AgentSettings
-from torchdoctor.devices import host_info, oom_kill_count, open_nvml
-from torchdoctor.events import Outcome, ProcessExited
-from torchdoctor.files import committed, write_json_atomic
+from torchdoctor.config import STACKS_SIGNAL, AgentSettings
+from torchdoctor.devices import cgroup_memory_peak, host_info, oom_kill_count, open_nvml
+from torchdoctor.errors import TorchDoctorError
+from torchdoctor.events import Outcome, ProcessExited, ProcessSample, Stall
+from torchdoctor.files import committed, verify_checkpoint, write_json_atomic
 from torchdoctor.plan import Plan
 from torchdoctor.supervisor.child import BOOT, PACKAGE_ROOT, Launcher, in_terminal_foreground, probe_process
 from torchdoctor.supervisor.event_tail import EventTail
@@ -27,8 +27,9 @@ from torchdoctor.supervisor.failures import attempt_record, describe_failure, sc
 from torchdoctor.supervisor.recovery_planner import next_plan
 from torchdoctor.supervisor.report import build_report
 from torchdoctor.supervisor.run_config import RunConfig
-from torchdoctor.supervisor.rundir import create_run_dir
+from torchdoctor.supervisor.rundir import claim_run_dir
 from torchdoctor.supervisor.state import RunState
+from torchdoctor.supervisor.stopping import StallWatch, StopLadder
 from torchdoctor.supervisor.target import check_module, check_script
 from torchdoctor.supervisor.terminal import PtyForwarder, open_pty, resize_pty
 from torchdoctor.supervisor.zygote import ZygoteProcess
@@ -36,6 +37,7 @@ from torchdoctor.supervisor.zygote import ZygoteProcess
 # --relaunch auto: a torch-preloaded zygote is started once attempt 1 has run this long (a run that ends sooner pays
 # nothing for it), at once under --memory-budget, or at the first failure that is relaunched; relaunches fork from it.
 ZYGOTE_AFTER_S = 10.0
+STALLED_EXIT = 124  # --stall-timeout ended the run (as GNU timeout exits)
 
 
 def exit_status(returncode: int, finished_exception: str | None,
@@ -67,6 +69,9 @@ class Supervisor:
         self._resume_blocked: str | None = None  # why a resume was abandoned: later attempts do not try again
         self._child: subprocess.Popen[bytes] | ZygoteProcess | None = None
         self._launcher = Launcher(config.relaunch)
+        self._stop = StopLadder(config.stop_grace)
+        self._cgroup_before = cgroup_memory_peak()  # a peak above this was reached during the run
+        self._stall = StallWatch(config.stall_timeout, time.monotonic())
         self._env_for_zygote: dict[str, str] = {}
         self._monitors: list[Any] = []  # monitoring tools fed every event (TensorBoard, W&B)
 
@@ -77,15 +82,22 @@ class Supervisor:
             check_module(cfg.target)
         else:
             check_script(cfg.target)
-        self.run_dir = create_run_dir(cfg.target, cfg.run_dir)
-        events_path = os.path.join(self.run_dir, "events.jsonl")
-        open(events_path, "w").close()
-        self._events_path = os.path.abspath(events_path)
-        if cfg.tensorboard_dir or cfg.wandb:
-            from torchdoctor.reporters.monitors import open_monitors
+        claimed = claim_run_dir(cfg.target, cfg.run_dir)  # events.jsonl made, atomically: the directory is ours
+        self.run_dir = claimed.path
+        self._events_path = os.path.abspath(claimed.events)
+        try:
+            if cfg.tensorboard_dir or cfg.wandb:
+                from torchdoctor.reporters.monitors import open_monitors
 
-            self._monitors = open_monitors(cfg.tensorboard_dir, cfg.wandb, run_dir=self.run_dir, target=cfg.target)
-        return self._settings(Plan(batch_arg=cfg.recovery.batch_arg))
+                self._monitors = open_monitors(cfg.tensorboard_dir, cfg.wandb, run_dir=self.run_dir,
+                                               target=cfg.target)
+            return self._settings(Plan(batch_arg=cfg.recovery.batch_arg))
+        except BaseException as exc:
+            claimed.release()  # nothing ran: a rerun may use the directory again
+            if isinstance(exc, OSError):
+                raise TorchDoctorError(f"cannot write the run directory {self.run_dir}: "
+                                       f"{exc.strerror or exc}") from None
+            raise
 
     def _settings(self, plan: Plan) -> tuple[list[str], dict[str, str]]:
         """The child's command line and environment for the attempt that follows ``plan``."""
@@ -154,7 +166,8 @@ class Supervisor:
                     if self.state.resume.status == "abandoned":
                         self._resume_blocked = self.state.resume.message
                 attempts.append(record)
-                if failure.kind == "success" or self._signalled or (failure.kind == "other" and answered is None):
+                if (failure.kind == "success" or self._signalled or self._stop.stopping
+                        or (failure.kind == "other" and answered is None)):
                     break
                 decision = next_plan(plan, failure, options, previous=answered)
                 record["decision"] = decision.reason
@@ -173,7 +186,12 @@ class Supervisor:
                 plan = replace(decision.plan, resume_from=resume_from)
                 if "remedies" in decision.changes:
                     options = replace(options, remedies=decision.changes["remedies"])  # type: ignore[arg-type]
-                command, env = self._settings(plan)
+                try:
+                    command, env = self._settings(plan)
+                except OSError as exc:  # a full disk: no plan for the next attempt, so there is none
+                    self._say(f"cannot write the next attempt's plan in {self.run_dir} ({exc.strerror or exc}); "
+                              f"stopping here")
+                    break
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -192,18 +210,24 @@ class Supervisor:
             return None, f"restarting from the beginning: {self._resume_blocked}"
         if not kept:
             return None, "restarting from the beginning: no checkpoint was written yet"
-        try:
-            with open(f"{kept[0]}.json", encoding="utf-8") as handle:
-                marker = json.load(handle)
-        except (OSError, ValueError):
-            marker = {}
+        skipped = []  # damaged ones: the agent skips them too, so the message names the one it will load
+        marker: dict[str, Any] = {}
+        for candidate in kept:
+            try:
+                marker = verify_checkpoint(candidate)
+                break
+            except (OSError, ValueError, KeyError) as exc:
+                skipped.append(f"{os.path.basename(candidate)} skipped: {exc}")
+        else:
+            return None, "restarting from the beginning: no intact checkpoint (" + "; ".join(skipped) + ")"
+        name = os.path.basename(candidate)
+        also = f" ({'; '.join(skipped)})" if skipped else ""
         resume = marker.get("resume") or {}
         if not resume.get("resumable"):
             why = resume.get("why") or "it is not a resume point"
-            return None, (f"restarting from the beginning, not from {os.path.basename(kept[0])}: {why}; the "
-                          f"checkpoint is kept for torchdoctor.load_checkpoint")
-        return os.path.abspath(directory), (f"resuming from the checkpoint of step {resume.get('step')}, "
-                                            f"{os.path.basename(kept[0])}")
+            return None, (f"restarting from the beginning, not from {name}: {why}; the checkpoint is kept for "
+                          f"torchdoctor.load_checkpoint{also}")
+        return os.path.abspath(directory), f"resuming from the checkpoint of step {resume.get('step')}, {name}{also}"
 
     def _say(self, message: str) -> None:
         stream = self.stdout if self._use_live() else self.stderr
@@ -246,6 +270,9 @@ class Supervisor:
         returncode = self._child.wait()
         for event in tail.read():
             self._apply(event)
+        peak = cgroup_memory_peak()  # the kernel's high-water mark: what 1 s samples miss before an OOM kill
+        if peak is not None and self._cgroup_before is not None and peak > self._cgroup_before:
+            self._apply(ProcessSample(rss_bytes=None, children_rss_bytes=None, cgroup_peak_bytes=peak))
         return returncode
 
     # -- processes ---------------------------------------------------------------------------------------
@@ -261,12 +288,50 @@ class Supervisor:
         child = self._child
         if child is None or child.poll() is not None:
             return
-        if signum == signal.SIGINT and in_terminal_foreground():
-            return  # the terminal delivered Ctrl-C to the child already
+        # Ctrl-C in our terminal reached the child already (same process group); a second one escalates at once
+        delivered = signum == signal.SIGINT and in_terminal_foreground()
+        self._stop.start(f"signal {signal_name(signum)}", child, time.monotonic(), first=signum,
+                         already_delivered=delivered)
+
+    def _watch_progress(self, child: Any) -> None:
+        """Stalls noticed (with the stacks), ``--stall-timeout`` applied, a stopping child signalled up the ladder."""
+        now = time.monotonic()
+        self._stall.progress(self.state.steps, self.state.where, now)
+        if self._stall.due_notice(now):
+            self._stall.noticed = True
+            seconds = self._stall.stalled_for(now)
+            self._apply(Stall(since=time.time() - seconds, seconds=round(seconds, 1), where=self.state.where,
+                              stacks=self._stacks(child)))
+            self._say(f"stalled for {seconds:.0f} s at {self.state.where or 'an unknown place'} (no optimizer step, "
+                      f"the main thread in one place); its Python stacks are in the report")
+        if self._stall.timed_out(now) and not self._stop.stopping:
+            self._say(f"no progress for {self._stall.timeout:g} s (--stall-timeout): stopping the script")
+            self._stop.start("stall-timeout", child, now)
+        before = len(self._stop.sent)
+        self._stop.tick(child, now)
+        if len(self._stop.sent) > before:
+            self._say(f"the script is still running {self._stop.grace:g} s after {self._stop.sent[-2]}: "
+                      f"sending {self._stop.sent[-1]}")
+
+    def _stacks(self, child: Any) -> str | None:
+        """Every thread's Python stack, written by the agent's faulthandler into faulthandler.log on SIGUSR1."""
+        path = os.path.join(self.run_dir, "faulthandler.log")
         try:
-            child.send_signal(signum)
-        except ProcessLookupError:
-            pass
+            offset = os.path.getsize(path)
+            child.send_signal(STACKS_SIGNAL)
+        except (OSError, ProcessLookupError):
+            return None
+        deadline, text, previous = time.monotonic() + 2.0, "", None
+        while time.monotonic() < deadline and (not text or text != previous):  # until written and no longer growing
+            time.sleep(0.1)
+            previous = text
+            try:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    handle.seek(offset)
+                    text = handle.read()
+            except OSError:
+                return None
+        return text.strip()[-20000:] or None
 
     def _watch(self, tail: EventTail, nvml: Any, view: Any) -> None:
         import psutil
@@ -287,6 +352,8 @@ class Supervisor:
             if (self.config.relaunch == "auto" and self._launcher.zygote is None and now - began >= ZYGOTE_AFTER_S
                     and self.config.recovery.max_retries > 0):
                 self._launcher.start_zygote(self._env_for_zygote)
+            if not done:
+                self._watch_progress(child)
             if not done and now - last_probe >= 1.0:
                 last_probe = now
                 self._apply(probe_process(proc, nvml))
@@ -308,7 +375,10 @@ class Supervisor:
         finished = self.state.finished
         exit_code, outcome, signame = exit_status(
             returncode, finished.exception if finished else None, self._signalled)
-        self._apply(ProcessExited(returncode=returncode, exit_code=exit_code, outcome=outcome, signal=signame))
+        if self._stop.reason == "stall-timeout":
+            exit_code, outcome = STALLED_EXIT, "stalled"
+        self._apply(ProcessExited(returncode=returncode, exit_code=exit_code, outcome=outcome, signal=signame,
+                                  stop=self._stop.to_dict()))
         started = self.state.started
         environment = {
             "host": host,
@@ -320,7 +390,11 @@ class Supervisor:
         report = build_report(self.state, run_dir=self.run_dir, environment=environment, attempts=attempts,
                               memory_budget=self.config.memory_budget)
         report_path = os.path.join(self.run_dir, "report.json")
-        write_json_atomic(report_path, report)
+        try:
+            write_json_atomic(report_path, report)
+        except OSError as exc:  # a full disk: the report is still shown, and rebuilt from the events later
+            self.stderr.write(f"[torchdoctor] could not write {report_path} ({exc.strerror or exc}); "
+                              f"`torchdoctor report {self.run_dir}` rebuilds it from events.jsonl\n")
         for monitor in self._monitors:
             monitor.close(report)
         self._show_final(report, live)

@@ -70,13 +70,57 @@ class Launcher:
             self.zygote.close()
 
 
+def descendants(pid: int) -> list[int] | None:
+    """The processes below ``pid`` (DataLoader workers and theirs), read from ``/proc/PID/task/TID/children``: only
+    the run's own tree is read, never every process on the machine (psutil's ``children()`` scans them all). None
+    where the kernel does not offer that file."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            if current == pid and not os.path.isdir("/proc/self/task"):
+                return None  # no /proc here
+            continue  # gone since its parent listed it
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children", encoding="ascii") as handle:
+                    kids = [int(k) for k in handle.read().split()]
+            except FileNotFoundError:
+                if current == pid and not os.path.exists(f"/proc/self/task/{os.getpid()}/children"):
+                    return None  # a kernel without CONFIG_PROC_CHILDREN
+                continue
+            except (OSError, ValueError):
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _resident(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def probe_process(proc: Any, nvml: Any) -> ProcessSample:
-    """The process's resident memory and its children's, read from outside, with the GPUs' used memory."""
+    """The process's resident memory and its descendants', read from outside, with the GPUs' used memory."""
     rss = children = None
     if proc is not None:
         try:
             rss = proc.memory_info().rss
-            children = sum(c.memory_info().rss for c in proc.children(recursive=True)) or None
+            kids = descendants(proc.pid)
+            if kids is None:
+                children = sum(c.memory_info().rss for c in proc.children(recursive=True)) or None
+            else:
+                children = sum(_resident(k) for k in kids) or None
         except Exception:  # noqa: BLE001 - the child may be exiting
             pass
     return ProcessSample(rss_bytes=rss, children_rss_bytes=children, device_used=nvml.used() if nvml else {})

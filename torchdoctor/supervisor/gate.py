@@ -89,6 +89,10 @@ def evaluate(report: dict[str, Any], budget: int | None, baseline: dict[str, int
         if problem:
             problems.append(problem)
         rows.append(Row(key, label, value, before, limit, gated, problem))
+    if baseline is not None and figures and not any(r.gated and r.baseline is not None for r in rows):
+        held = ", ".join(sorted(baseline)) or "no figures"
+        problems.append(f"the baseline holds none of the figures this run measured (it holds {held}): nothing was "
+                        f"compared with it; record it again with --update-baseline")
     return rows, problems
 
 

@@ -29,6 +29,7 @@ KIND_LABELS = {
     "device_used": "device used (NVML, whole GPU)",
     "process_rss": "process RSS (host memory)",
     "workers_rss": "child processes' RSS (DataLoader workers)",
+    "cgroup_peak": "cgroup memory peak (the kernel's, every process in the group)",
 }
 
 
@@ -146,6 +147,9 @@ def build_report(state: RunState, *, run_dir: str | None, environment: dict[str,
         "ooms": [{k: v for k, v in o.to_dict().items() if k not in ("v", "kind")} for o in state.ooms],
         "attempts": attempts or [],
         "recovery": recovery_summary(attempts or [], outcome),
+        "stall": ({k: v for k, v in state.stall.to_dict().items() if k not in ("v", "kind", "t")}
+                  if state.stall else None),
+        "stop": exited.stop if exited else None,
     }
 
 

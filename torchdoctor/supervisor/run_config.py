@@ -31,3 +31,5 @@ class RunConfig:
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     relaunch: str = "auto"  # "auto" | "fork": relaunches fork from a torch-preloaded zygote; "fresh": new processes
     extra_env: dict[str, str] = field(default_factory=dict)
+    stall_timeout: float | None = None  # end the run after this many seconds without progress (outcome "stalled")
+    stop_grace: float = 10.0  # seconds a signalled script has to end before the next, stronger signal

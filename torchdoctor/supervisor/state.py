@@ -10,6 +10,7 @@ from torchdoctor.events import (
     BatchSource,
     Event,
     Finding,
+    Heartbeat,
     MemorySample,
     Note,
     OutOfMemory,
@@ -18,6 +19,7 @@ from torchdoctor.events import (
     Resume,
     RunFinished,
     RunStarted,
+    Stall,
     TrainingFigures,
 )
 from torchdoctor.sizes import format_bytes
@@ -73,6 +75,9 @@ class RunState:
     measured_steps: int = 0
     last_measured: MemorySample | None = None
     last_notable: str | None = None  # what the live view shows as the last notable event
+    where: str | None = None  # where the script's main thread was at the last heartbeat
+    stall: Stall | None = None  # the run's longest stall (no progress), as the supervisor found it
+    stalled: bool = False  # stalled now (until the next step)
     # (t, steps) of recent step samples, for steps/s
     _recent: list[tuple[float, int]] = field(default_factory=list)
 
@@ -85,9 +90,11 @@ class RunState:
         elif isinstance(event, MemorySample):
             self._apply_sample(event)
         elif isinstance(event, ProcessSample):
-            self.last_process = event
+            if event.rss_bytes is not None or self.last_process is None:
+                self.last_process = event
             self._raise_peak("host", "process_rss", event.rss_bytes, None, None)
             self._raise_peak("host", "workers_rss", event.children_rss_bytes, None, None)
+            self._raise_peak("host", "cgroup_peak", event.cgroup_peak_bytes, None, None)
             for device, used in event.device_used.items():
                 self._raise_peak(device, "device_used", used, None, None)
         elif isinstance(event, Note):
@@ -110,10 +117,18 @@ class RunState:
             self.finished = event
         elif isinstance(event, ProcessExited):
             self.exited = event
+        elif isinstance(event, Heartbeat):
+            self.where = event.where
+        elif isinstance(event, Stall):
+            if self.stall is None or event.seconds >= self.stall.seconds or event.since != self.stall.since:
+                self.stall = event
+            self.stalled = True
+            self.last_notable = f"stalled for {event.seconds:.0f} s at {event.where or 'an unknown place'}"
 
     def _apply_sample(self, sample: MemorySample) -> None:
         self.samples.append(sample)
         if sample.span == "step":
+            self.stalled = False
             self.steps = max(self.steps, sample.step)
             self._recent.append((sample.t, sample.step))
             del self._recent[:-50]
