@@ -71,6 +71,19 @@ def run_python(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.C
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent to reap it is dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def read_report(run_dir: Path) -> dict:
     return json.loads((run_dir / "report.json").read_text())
 

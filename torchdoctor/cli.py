@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Any
 
 import click
 
@@ -17,6 +18,27 @@ from torchdoctor.errors import TorchDoctorError, UsageError
 from torchdoctor.plan import REMEDIES
 
 
+# Options and arguments that `run` and `ci` share, declared once.
+def _module_option(command: Any) -> Any:
+    return click.option("-m", "is_module", is_flag=True,
+                        help="Run a module, like python -m (the next word is its name).")(command)
+
+
+def _monitor_options(command: Any) -> Any:
+    command = click.option("--wandb", "use_wandb", is_flag=True,
+                           help="Also log them to Weights & Biases (needs wandb; WANDB_MODE=offline works without a "
+                                "network).")(command)
+    return click.option("--tensorboard", "tensorboard_dir", metavar="DIR", default=None,
+                        help="Also write the memory figures (per step, per phase) and OOM events for TensorBoard "
+                             "(needs the tensorboard extra).")(command)
+
+
+def _target_arguments(command: Any) -> Any:
+    command = click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")(command)
+    return click.argument("script", metavar="SCRIPT|MODULE")(command)
+
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="torchdoctor")
 def cli() -> None:
@@ -24,7 +46,7 @@ def cli() -> None:
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
-@click.option("-m", "is_module", is_flag=True, help="Run a module, like python -m (the next word is its name).")
+@_module_option
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Where to record the run (default ./torchdoctor-runs/<timestamp>-<script>/).")
 @click.option("-q", "--quiet", is_flag=True, help="No live view or progress lines; one summary line at the end.")
@@ -79,13 +101,8 @@ def cli() -> None:
               help="Exit 1 when the doctor reports findings of this severity or worse (for CI); the script's own "
                    "non-zero exit code still wins.")
 @click.option("--no-doctor", is_flag=True, help="Do not run the training-loop checks (findings).")
-@click.option("--tensorboard", "tensorboard_dir", metavar="DIR", default=None,
-              help="Also write the memory figures (per step, per phase) and OOM events for TensorBoard "
-                   "(needs the tensorboard extra).")
-@click.option("--wandb", "use_wandb", is_flag=True,
-              help="Also log them to Weights & Biases (needs wandb; WANDB_MODE=offline works without a network).")
-@click.argument("script", metavar="SCRIPT|MODULE")
-@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
+@_monitor_options
+@_target_arguments
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
         log_interval: float, stall_timeout: float | None, stop_grace: float, memory_budget: str | None,
         host_memory_limit: str | None, no_atomic_save: bool,
@@ -135,7 +152,7 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
-@click.option("-m", "is_module", is_flag=True, help="Run a module, like python -m (the next word is its name).")
+@_module_option
 @click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True,
               help="Optimizer steps to run before the script is stopped.")
 @click.option("--budget", metavar="SIZE", default=None, help="Fail when peak tensor memory exceeds this (e.g. 6GiB).")
@@ -149,17 +166,12 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
 @click.option("--junit", "junit_path", metavar="FILE", default=None, help="Write a JUnit XML report.")
 @click.option("--html", "html_path", metavar="FILE", default=None,
               help="Write the run's HTML report (charts with the html extra).")
-@click.option("--tensorboard", "tensorboard_dir", metavar="DIR", default=None,
-              help="Also write the memory figures (per step, per phase) and OOM events for TensorBoard "
-                   "(needs the tensorboard extra).")
-@click.option("--wandb", "use_wandb", is_flag=True,
-              help="Also log them to Weights & Biases (needs wandb; WANDB_MODE=offline works without a network).")
+@_monitor_options
 @click.option("--fail-on", type=click.Choice(("error", "warning")), default=None,
               help="Also fail when the doctor reports findings of this severity or worse.")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
               help="Where to record the run (report.json).")
-@click.argument("script", metavar="SCRIPT|MODULE")
-@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")
+@_target_arguments
 def ci(is_module: bool, steps: int, budget: str | None, baseline_path: str | None, max_increase: str,
        update_baseline: bool, markdown_path: str | None, junit_path: str | None, html_path: str | None,
        tensorboard_dir: str | None, use_wandb: bool, fail_on: str | None, run_dir: str | None, script: str,
@@ -239,6 +251,58 @@ def _fraction(text: str) -> float:
     if value < 0 or not math.isfinite(value):
         raise UsageError(f"--max-increase must be a percentage of 0 or more such as 5%, not {text!r}")
     return value
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@_module_option
+@click.option("--batch-sizes", metavar="B1,B2,...", default=None,
+              help="Batch sizes to estimate (set through the script's batch-size option) [default: the script's own].")
+@click.option("--batch-arg", metavar="OPTION", default=None,
+              help="The script's batch-size option (e.g. --batch-size), when it is not among the arguments given.")
+@click.option("--budget", metavar="SIZE", default=None,
+              help="Also find the largest batch whose peak fits SIZE (e.g. 24GiB), by fake runs.")
+@click.option("--steps", type=click.IntRange(min=1, max=20), default=2, show_default=True,
+              help="Optimizer steps to count (the first makes the optimizer's state).")
+@click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the estimate as JSON.")
+@_target_arguments
+def estimate(is_module: bool, batch_sizes: str | None, batch_arg: str | None, budget: str | None, steps: int,
+             json_path: str | None, script: str, script_args: tuple[str, ...]) -> int:
+    """Estimate peak memory without allocating it: the script's first steps on fake tensors.
+
+    \b
+    torchdoctor estimate train.py --batch-size 32
+    torchdoctor estimate --batch-sizes 8,32,128 --budget 24GiB train.py --batch-size 32
+    """
+    import json
+
+    from torchdoctor.files import write_text_atomic
+    from torchdoctor.reporters.estimate import estimate_text
+    from torchdoctor.sizes import parse_size
+    from torchdoctor.supervisor.estimate import EstimateRequest, run_estimate
+    from torchdoctor.supervisor.target import check_module, check_script
+
+    sizes: tuple[int, ...] = ()
+    if batch_sizes is not None:
+        try:
+            sizes = tuple(int(part) for part in batch_sizes.split(",") if part.strip())
+        except ValueError:
+            raise UsageError(f"--batch-sizes takes whole numbers separated by commas, not {batch_sizes!r}") from None
+        if not sizes or min(sizes) < 1:
+            raise UsageError(f"--batch-sizes takes batch sizes of 1 or more, not {batch_sizes!r}")
+    limit = parse_size(budget) if budget is not None else None
+    if json_path:
+        _check_output("--json", json_path)
+    check_module(script) if is_module else check_script(script)
+    request = EstimateRequest(script=script, is_module=is_module, script_args=script_args, batch_sizes=sizes,
+                              batch_arg=batch_arg, budget=limit, steps=steps)
+    document = run_estimate(request)
+    click.echo(estimate_text(document))
+    if json_path:
+        try:
+            write_text_atomic(json_path, json.dumps(document, indent=2))
+        except OSError as exc:
+            raise TorchDoctorError(f"cannot write --json {json_path}: {exc.strerror or exc}") from None
+    return 0
 
 
 @cli.command()

@@ -26,6 +26,7 @@ ENV_CHECKPOINT_DIR = "TORCHDOCTOR_CHECKPOINT_DIR"
 ENV_CHECKPOINT_EVERY = "TORCHDOCTOR_CHECKPOINT_EVERY"
 ENV_DOCTOR = "TORCHDOCTOR_DOCTOR"
 ENV_MAX_STEPS = "TORCHDOCTOR_MAX_STEPS"
+ENV_ESTIMATE = "TORCHDOCTOR_ESTIMATE"
 
 # Sent by the supervisor to a stalled child: the agent's faulthandler writes every thread's stack to faulthandler.log.
 STACKS_SIGNAL = signal.SIGUSR1
@@ -57,6 +58,7 @@ class AgentSettings:
     checkpoint_every: int = 0
     doctor: bool = True  # the training-loop checks (findings)
     max_steps: int = 0  # end the run after this many optimizer steps (0: run to the end)
+    estimate: bool = False  # torchdoctor estimate: run on fake tensors, count, stop after max_steps
 
     def __post_init__(self) -> None:
         if self.accounting not in ACCOUNTING_MODES:
@@ -87,6 +89,8 @@ class AgentSettings:
         env[ENV_DOCTOR] = "1" if self.doctor else "0"
         if self.max_steps:
             env[ENV_MAX_STEPS] = str(self.max_steps)
+        if self.estimate:
+            env[ENV_ESTIMATE] = "1"
         if self.checkpoint_dir and self.checkpoint_every:
             env[ENV_CHECKPOINT_DIR] = self.checkpoint_dir
             env[ENV_CHECKPOINT_EVERY] = str(self.checkpoint_every)
@@ -117,4 +121,5 @@ class AgentSettings:
             checkpoint_every=_int(ENV_CHECKPOINT_EVERY, 0),
             doctor=env.get(ENV_DOCTOR, "1") != "0",
             max_steps=_int(ENV_MAX_STEPS, 0),
+            estimate=env.get(ENV_ESTIMATE, "0") == "1",
         )

@@ -198,6 +198,20 @@ class TrainingFigures(Event):
 
 
 @dataclass(frozen=True)
+class Estimated(Event):
+    """``torchdoctor estimate``: the script's first optimizer steps, counted on fake tensors."""
+
+    kind: ClassVar[str] = "estimated"
+    batch_size: int | None  # the first training forward's batch (its first tensor's first dimension)
+    steps: list[dict[str, Any]]  # per step: peak_bytes, peak_phase, held_bytes, by_phase, by_kind
+    device: str  # where the script put its model ("cpu", "cuda:0"): the estimate is for it
+    stand_ins: int = 0  # values read back to Python (loss.item() ...), each given a stand-in
+    batch_option: str | None = None  # the script's argparse batch-size option, when it has one
+    steps_done: int = 0  # optimizer steps completed (the last entry of ``steps`` is partial when fewer than asked)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class RunFinished(Event):
     """The script ended, as seen from inside the child."""
 
@@ -245,7 +259,7 @@ class Stall(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (RunStarted, MemorySample, Note, Finding, OutOfMemory, BatchSource, ProcessSample, Resume,
-                TrainingFigures, RunFinished, ProcessExited, Heartbeat, Stall)
+                TrainingFigures, RunFinished, ProcessExited, Heartbeat, Stall, Estimated)
 }
 
 

@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Callable
 from typing import IO, Any
 
+from torchdoctor.errors import UsageError
+
 
 def fsync_dir(directory: str) -> None:
     """Make a rename in ``directory`` durable (a no-op where the filesystem does not support it)."""
@@ -132,3 +134,23 @@ def verify_checkpoint(path: str) -> dict[str, Any]:
     if sha256_of(path) != marker["sha256"]:
         raise CheckpointDamaged(f"{path} is corrupt (its SHA-256 does not match its commit marker)")
     return marker
+
+
+def read_versioned_json(path: str, schema: str, version: int, say: dict[str, str]) -> dict[str, Any]:
+    """A JSON document of ``schema`` at ``version`` (a report, a baseline), or :class:`UsageError` with the caller's
+    line for what is wrong: ``say`` maps ``missing``, ``unreadable``, ``foreign`` and ``version`` to a message, in
+    which ``{detail}`` is what was found (the error, or the version)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise UsageError(say["missing"]) from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UsageError(say["unreadable"].format(detail=exc)) from None
+    except RecursionError:
+        raise UsageError(say["unreadable"].format(detail="nested too deeply to be one")) from None
+    if not isinstance(data, dict) or data.get("schema") != schema:
+        raise UsageError(say["foreign"])
+    if data.get("schema_version") != version:
+        raise UsageError(say["version"].format(detail=repr(data.get("schema_version"))))
+    return data

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO, read_report, run_torchdoctor
+from tests.conftest import REPO, process_alive, read_report, run_torchdoctor
 
 STUBBORN = """
 import signal, sys, time
@@ -39,15 +39,6 @@ wait_for_a_peer_that_never_comes()
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as handle:
-        return handle.read().split(") ")[-1].split()[0] != "Z"
-
-
 def _child_pid(run_dir) -> int:
     for line in (run_dir / "events.jsonl").read_text().splitlines():
         event = json.loads(line)
@@ -75,7 +66,7 @@ def test_a_script_ignoring_sigint_and_sigterm_is_killed_after_the_grace_periods(
         if supervisor.poll() is None:
             os.killpg(supervisor.pid, signal.SIGKILL)
     report = read_report(run_dir)
-    assert not _alive(_child_pid(run_dir))
+    assert not process_alive(_child_pid(run_dir))
     assert report["stop"] == {"reason": "signal SIGTERM", "signals": ["SIGTERM", "SIGKILL"], "grace_s": 1.0}
     assert supervisor.returncode == 128 + signal.SIGKILL and report["outcome"] == "interrupted"
     assert 1.0 <= took < 30, took
@@ -100,7 +91,7 @@ def test_a_stalled_run_is_ended_by_stall_timeout_with_where_it_stalled_and_its_s
     assert report["stop"]["signals"][0] == "SIGINT"
     assert "stalled for" in result.stderr and "wait_for_a_peer_that_never_comes" in result.stderr
     assert "torchdoctor/supervisor" not in result.stderr  # no traceback of torchdoctor's own
-    assert not _alive(_child_pid(run_dir))
+    assert not process_alive(_child_pid(run_dir))
     assert took < 60
 
 

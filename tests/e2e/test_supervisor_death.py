@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO, run_torchdoctor
+from tests.conftest import REPO, process_alive, run_torchdoctor
 
 SLOW_TRAINING = """
 import time, torch
@@ -16,15 +16,6 @@ opt = torch.optim.SGD(model.parameters(), lr=0.1)
 for step in range(100000):
     opt.zero_grad(); model(torch.randn(2, 4)).sum().backward(); opt.step(); time.sleep(0.02)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as handle:  # a zombie waiting for init to reap it is dead
-        return handle.read().split(") ")[-1].split()[0] != "Z"
 
 
 def test_the_child_dies_with_a_killed_supervisor_and_report_rebuilds_from_events(tmp_path):
@@ -51,9 +42,9 @@ def test_the_child_dies_with_a_killed_supervisor_and_report_rebuilds_from_events
     supervisor.wait(timeout=30)
     # THEN its training child dies too (the kernel's parent-death signal), instead of training on under init
     deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
+    while process_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
+    assert not process_alive(child)
     # AND `torchdoctor report` rebuilds the report from the event stream, and says so
     assert not (run_dir / "report.json").exists()
     result = run_torchdoctor(["report", str(run_dir)], cwd=tmp_path)

@@ -6,8 +6,10 @@ from torchdoctor.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     BatchSource,
+    Estimated,
     EventError,
     Finding,
+    Heartbeat,
     MemorySample,
     Note,
     OutOfMemory,
@@ -16,6 +18,7 @@ from torchdoctor.events import (
     Resume,
     RunFinished,
     RunStarted,
+    Stall,
     TrainingFigures,
     event_from_dict,
     event_from_json,
@@ -44,6 +47,13 @@ EXAMPLES = [
                     batchnorm=None, closure=False, settings={}, remedies={"deferred_steps": 2}),
     RunFinished(exit_code=0, exception=None, message=None, steps=3, dropped_events=0),
     ProcessExited(returncode=-9, exit_code=137, outcome="killed", signal="SIGKILL"),
+    ProcessExited(returncode=-9, exit_code=124, outcome="stalled", signal="SIGKILL",
+                  stop={"reason": "stall-timeout", "signals": ["SIGINT", "SIGTERM", "SIGKILL"], "grace_s": 10.0}),
+    Heartbeat(where="train.py:12 in train"),
+    Stall(since=1.5e9, seconds=61.0, where="train.py:12 in train", stacks="Thread 0x1 (most recent call first):"),
+    Estimated(batch_size=32, steps=[{"peak_bytes": 10, "peak_phase": "forward", "held_bytes": 4,
+                                     "by_phase": {"forward": 10}, "by_kind": {"parameters": 4}}],
+              device="cpu", stand_ins=2, batch_option="--batch-size", steps_done=2),
 ]
 
 

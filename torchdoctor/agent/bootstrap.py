@@ -121,9 +121,9 @@ def _flushing_exit(original: Any, sink: Any) -> Any:
     return _exit
 
 
-def main(argv: list[str] | None = None) -> None:
-    is_module, target, script_args = _parse(list(sys.argv[1:] if argv is None else argv))
-    settings = AgentSettings.from_env()
+def _arm(settings: AgentSettings) -> Any:
+    """What the process needs before the script runs: death with the supervisor, faulthandler's file (returned:
+    it must stay open), the host memory limit."""
     if settings.events_path:  # started by a supervisor: never outlive it
         die_with_parent()
     fault_file = None
@@ -136,6 +136,83 @@ def main(argv: list[str] | None = None) -> None:
         # The data segment limit makes the C allocator fail for real ("DefaultCPUAllocator: can't allocate
         # memory"), as a machine with less RAM would, instead of the kernel's OOM killer.
         resource.setrlimit(resource.RLIMIT_DATA, (settings.host_memory_limit, settings.host_memory_limit))
+    return fault_file
+
+
+def _start_session(settings: AgentSettings, sink: Any, started: _Started) -> Any:
+    """Called right after the script's ``import torch`` completes."""
+    import torch
+
+    session: Any
+    if settings.estimate:
+        from torchdoctor.agent.estimate.session import EstimateSession
+
+        session = EstimateSession(settings, sink)
+        started["accounting"] = "off"
+        started["cpu_figures"] = "fake tensors (torchdoctor estimate)"
+    else:
+        from torchdoctor.agent.session import AgentSession
+
+        session = AgentSession(settings, sink)
+        started["accounting"] = session.schedule.mode  # exact when a CPU memory budget is enforced
+        started["cpu_figures"] = session.cpu_figures
+    sink.emit(RunStarted(pid=os.getpid(), torch_version=torch.__version__, cuda_version=torch.version.cuda,
+                         cuda_devices=torch.cuda.device_count() if torch.version.cuda else 0, **started))
+    session.start()
+    return session
+
+
+def _run_target(is_module: bool, target: str, script_args: list[str]) -> tuple[int, BaseException | None, bool]:
+    """Run the script as python would; (its exit code, what it failed with, whether Ctrl-C ended it)."""
+    sys.argv = [target, *script_args]  # for a module, run_module(alter_sys=True) puts its file in argv[0]
+    sys.path[0] = os.getcwd() if is_module else os.path.dirname(os.path.realpath(target))
+    try:
+        if is_module:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            _run_script(target)
+    except SystemExit as exc:
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+            return _exit_code_of(exc), exc, False
+        return _exit_code_of(exc), None, False
+    except StepsDone as exc:  # the steps asked for (torchdoctor ci --steps N): a successful end
+        print(f"[torchdoctor] stopped after {exc}", file=sys.stderr)
+    except ResumeAbandoned as exc:
+        print(f"[torchdoctor] resume abandoned: {exc}; the run restarts from the beginning", file=sys.stderr)
+        return RESUME_ABANDONED_EXIT, exc, False
+    except KeyboardInterrupt as exc:
+        _print_exception(exc)
+        return 128 + signal.SIGINT, exc, True
+    except BaseException as exc:  # noqa: BLE001 - the user's failure, reported as python would
+        _print_exception(exc)
+        return 1, exc, False
+    return 0, None, False
+
+
+def _record_end(sink: Any, sessions: list[Any], started: _Started, exit_code: int,
+                failure: BaseException | None) -> None:
+    oom = False
+    if sessions:
+        oom = sessions[0].record_failure(failure)
+        sessions[0].finish()
+    else:  # the script never imported torch: nothing to hook, but the run is still recorded
+        sink.emit(RunStarted(pid=os.getpid(), torch_version=_torch_version(), cuda_version=None,
+                             cuda_devices=0, **started))
+    sink.emit(RunFinished(
+        exit_code=exit_code,
+        exception=type(failure).__name__ if failure is not None else None,
+        message=str(failure)[:500] if failure is not None else None,
+        steps=sessions[0].step if sessions else 0,
+        dropped_events=getattr(sink, "dropped", 0),
+        oom=oom,
+    ))
+
+
+def main(argv: list[str] | None = None) -> None:
+    is_module, target, script_args = _parse(list(sys.argv[1:] if argv is None else argv))
+    settings = AgentSettings.from_env()
+    fault_file = _arm(settings)
     sink = FileEmitter(settings.events_path) if settings.events_path else MemorySink()
     heartbeat = HeartbeatThread(sink) if settings.events_path else None
     if heartbeat is not None:
@@ -145,79 +222,18 @@ def main(argv: list[str] | None = None) -> None:
     started: _Started = {"target": target, "is_module": is_module, "argv": [target, *script_args],
                          "python": platform.python_version(), "accounting": settings.accounting,
                          "sample_every": settings.sample_every, "attempt": settings.attempt}
-    sessions: list = []
-
-    def start_session() -> None:  # called right after the script's `import torch` completes
-        import torch
-
-        from torchdoctor.agent.session import AgentSession
-
-        session = AgentSession(settings, sink)
-        started["accounting"] = session.schedule.mode  # exact when a CPU memory budget is enforced
-        started["cpu_figures"] = session.cpu_figures
-        sink.emit(RunStarted(pid=os.getpid(), torch_version=torch.__version__, cuda_version=torch.version.cuda,
-                             cuda_devices=torch.cuda.device_count() if torch.version.cuda else 0, **started))
-        session.start()
-        sessions.append(session)
-
-    watcher = TorchImportWatcher(start_session)
-
-    if is_module:
-        sys.argv = [target, *script_args]  # run_module(alter_sys=True) puts the module's file in argv[0]
-        sys.path[0] = os.getcwd()
-    else:
-        sys.argv = [target, *script_args]
-        sys.path[0] = os.path.dirname(os.path.realpath(target))
-
-    exit_code = 0
-    failure: BaseException | None = None
-    interrupted = False
+    sessions: list[Any] = []
+    watcher = TorchImportWatcher(lambda: sessions.append(_start_session(settings, sink, started)))
+    exit_code, failure, interrupted = 1, None, False
     watcher.install()
     try:
-        if is_module:
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
-        else:
-            _run_script(target)
-    except SystemExit as exc:
-        exit_code = _exit_code_of(exc)
-        if not isinstance(exc.code, (int, type(None))):
-            failure = exc
-            print(exc.code, file=sys.stderr)
-    except StepsDone as exc:  # the steps asked for (torchdoctor ci --steps N): a successful end
-        print(f"[torchdoctor] stopped after {exc}", file=sys.stderr)
-    except ResumeAbandoned as exc:
-        exit_code = RESUME_ABANDONED_EXIT
-        failure = exc
-        print(f"[torchdoctor] resume abandoned: {exc}; the run restarts from the beginning", file=sys.stderr)
-    except KeyboardInterrupt as exc:
-        interrupted = True
-        exit_code = 128 + signal.SIGINT
-        failure = exc
-        _print_exception(exc)
-    except BaseException as exc:  # noqa: BLE001 - the user's failure, reported as python would
-        exit_code = 1
-        failure = exc
-        _print_exception(exc)
+        exit_code, failure, interrupted = _run_target(is_module, target, script_args)
     finally:
         watcher.remove()
         exits.restore()
         if heartbeat is not None:
             heartbeat.stop()
-        oom = False
-        if sessions:
-            oom = sessions[0].record_failure(failure)
-            sessions[0].finish()
-        else:  # the script never imported torch: nothing to hook, but the run is still recorded
-            sink.emit(RunStarted(pid=os.getpid(), torch_version=_torch_version(), cuda_version=None,
-                                 cuda_devices=0, **started))
-        sink.emit(RunFinished(
-            exit_code=exit_code,
-            exception=type(failure).__name__ if failure is not None else None,
-            message=str(failure)[:500] if failure is not None else None,
-            steps=sessions[0].step if sessions else 0,
-            dropped_events=getattr(sink, "dropped", 0),
-            oom=oom,
-        ))
+        _record_end(sink, sessions, started, exit_code, failure)
         sys.stdout.flush()
         sys.stderr.flush()
         sink.close()

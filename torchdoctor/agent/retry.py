@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from torchdoctor.agent.memory.live import Release, live_tensor_bytes, live_tensors, release
+from torchdoctor.agent.recovery.micro_batches import split_sizes
 from torchdoctor.oom import classify_oom
 from torchdoctor.plan import next_parts
 from torchdoctor.sizes import parse_size
@@ -154,11 +155,8 @@ def batch_length(batch: Any) -> int:
 def split_batch(batch: Any, parts: int) -> list[tuple[Any, float]]:
     """``parts`` consecutive micro-batches (tensors split on dim 0, structures recursively) and their weights."""
     n = batch_length(batch)
-    parts = max(1, min(parts, n))
-    base, extra = divmod(n, parts)
     bounds, start = [], 0
-    for i in range(parts):
-        size = base + (1 if i < extra else 0)
+    for size in split_sizes(n, parts):
         bounds.append((start, start + size))
         start += size
 

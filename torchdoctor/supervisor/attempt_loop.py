@@ -59,7 +59,8 @@ def exit_status(returncode: int, finished_exception: str | None,
 
 
 class Supervisor:
-    def __init__(self, config: RunConfig, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
+    def __init__(self, config: RunConfig, stdout: IO[str] | None = None, stderr: IO[str] | None = None,
+                 launcher: Launcher | None = None) -> None:
         self.config = config
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
@@ -68,7 +69,8 @@ class Supervisor:
         self._signalled: int | None = None
         self._resume_blocked: str | None = None  # why a resume was abandoned: later attempts do not try again
         self._child: subprocess.Popen[bytes] | ZygoteProcess | None = None
-        self._launcher = Launcher(config.relaunch)
+        self._owns_launcher = launcher is None  # one given (torchdoctor estimate's, with its zygote) is not closed
+        self._launcher = launcher or Launcher(config.relaunch)
         self._stop = StopLadder(config.stop_grace)
         self._cgroup_before = cgroup_memory_peak()  # a peak above this was reached during the run
         self._stall = StallWatch(config.stall_timeout, time.monotonic())
@@ -109,7 +111,7 @@ class Supervisor:
             fault_log=os.path.abspath(os.path.join(self.run_dir, "faulthandler.log")), attempt=plan.attempt,
             plan_path=plan_path, memory_budget=cfg.memory_budget, host_memory_limit=cfg.host_memory_limit,
             atomic_save=cfg.atomic_save, checkpoint_every=cfg.checkpoint_every, doctor=cfg.doctor,
-            max_steps=cfg.max_steps,
+            max_steps=cfg.max_steps, estimate=cfg.estimate,
             checkpoint_dir=os.path.abspath(os.path.join(self.run_dir, "checkpoints")) if cfg.checkpoint_every else None,
         )
         env = {**os.environ, **settings.to_env(), **cfg.extra_env}
@@ -197,7 +199,8 @@ class Supervisor:
                 signal.signal(sig, handler)
             if nvml is not None:
                 nvml.close()
-            self._launcher.close()
+            if self._owns_launcher:
+                self._launcher.close()
         return self._finish(returncode, host, gpus, nvml_why, live, attempts)
 
     def _resume_source(self) -> tuple[str | None, str]:
@@ -257,7 +260,12 @@ class Supervisor:
             else:
                 from torchdoctor.reporters.live import PlainProgress
 
-                self._child = self._launcher.launch(command, env)
+                if self.config.child_log:
+                    with open(self.config.child_log, "ab") as log:
+                        self._child = self._launcher.launch(command, env, stdout=log.fileno(),
+                                                            stderr=log.fileno())
+                else:
+                    self._child = self._launcher.launch(command, env)
                 if not self.config.quiet:
                     view = PlainProgress(self.stderr, self.config.log_interval)
             self._watch(tail, nvml, view)

@@ -30,8 +30,9 @@ def in_terminal_foreground() -> bool:
 class Launcher:
     """Starts each attempt's process: attempt 1 fresh, relaunches forked from the zygote when it can serve them."""
 
-    def __init__(self, relaunch: str) -> None:
+    def __init__(self, relaunch: str, fork_first: bool = False) -> None:
         self.relaunch = relaunch  # "auto" | "fork" | "fresh"
+        self.fork_first = fork_first  # attempt 1 forks too (torchdoctor estimate: one zygote for many runs)
         self.zygote: Zygote | None = None
         self.launched = ""  # how the latest process was started, for its attempt's record
 
@@ -50,8 +51,9 @@ class Launcher:
         """A relaunch forks from the zygote when it can (tens of milliseconds instead of a new interpreter and
         ``import torch``); attempt 1, and any attempt the zygote cannot serve, is a fresh process."""
         zygote = self.zygote
-        why = "the first attempt" if env.get("TORCHDOCTOR_ATTEMPT", "1") == "1" else "no zygote"
-        if zygote is not None and why != "the first attempt":
+        first = env.get("TORCHDOCTOR_ATTEMPT", "1") == "1" and not self.fork_first
+        why = "the first attempt" if first else "no zygote"
+        if zygote is not None and not first:
             zygote.ready(ZYGOTE_WAIT_S)
             ok, why = zygote.can_spawn(env)
             if ok:

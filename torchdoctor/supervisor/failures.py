@@ -32,7 +32,7 @@ def command_line_batch(script_args: tuple[str, ...], wanted: str | None) -> tupl
     return None
 
 
-def _replace_option(args: list[str], option: str, value: int) -> list[str]:
+def replace_option(args: list[str], option: str, value: int) -> list[str]:
     """``args`` without ``option`` (``--opt V`` or ``--opt=V``), then ``--opt=value`` at the end."""
     kept: list[str] = []
     skip = False
@@ -56,9 +56,9 @@ def script_args_for(script_args: tuple[str, ...], plan: Plan) -> list[str]:
     if plan.micro_batches <= 1:
         return args
     if plan.batch_arg and plan.batch_arg_size:
-        args = _replace_option(args, plan.batch_arg, plan.batch_arg_size // plan.micro_batches)
+        args = replace_option(args, plan.batch_arg, plan.batch_arg_size // plan.micro_batches)
     if plan.accumulation == "script" and plan.accumulation_arg and plan.accumulation_size:
-        args = _replace_option(args, plan.accumulation_arg, plan.accumulation_size * plan.micro_batches)
+        args = replace_option(args, plan.accumulation_arg, plan.accumulation_size * plan.micro_batches)
     return args
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from torchdoctor.checks import at_or_above
 from torchdoctor.errors import UsageError
 from torchdoctor.events import PHASES
-from torchdoctor.files import write_text_atomic
+from torchdoctor.files import read_versioned_json, write_text_atomic
 from torchdoctor.sizes import format_bytes
 
 BASELINE_SCHEMA = "torchdoctor.baseline"
@@ -106,18 +106,12 @@ def finding_problems(findings: list[dict[str, Any]], fail_on: str | None) -> lis
 
 # -- the baseline file ------------------------------------------------------------------------------------------
 def read_baseline(path: str) -> dict[str, int]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise UsageError(f"no baseline at {path}; record one with --update-baseline") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"baseline {path} cannot be read ({exc}); record it again with --update-baseline") from None
-    if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA:
-        raise UsageError(f"{path} is not a torchdoctor baseline; record one with --update-baseline")
-    if data.get("schema_version") != BASELINE_VERSION:
-        raise UsageError(f"baseline {path} has schema version {data.get('schema_version')!r}, this torchdoctor "
-                         f"reads {BASELINE_VERSION}; record it again with --update-baseline")
+    data = read_versioned_json(path, BASELINE_SCHEMA, BASELINE_VERSION, {
+        "missing": f"no baseline at {path}; record one with --update-baseline",
+        "unreadable": f"baseline {path} cannot be read ({{detail}}); record it again with --update-baseline",
+        "foreign": f"{path} is not a torchdoctor baseline; record one with --update-baseline",
+        "version": f"baseline {path} has schema version {{detail}}, this torchdoctor reads {BASELINE_VERSION}; "
+                   f"record it again with --update-baseline"})
     figures = data.get("figures")
     if not isinstance(figures, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                                 for v in figures.values()):

@@ -7,13 +7,13 @@ removes or renames a key.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from torchdoctor import __version__
 from torchdoctor.errors import UsageError
 from torchdoctor.events import MemorySample
+from torchdoctor.files import read_versioned_json
 from torchdoctor.supervisor.coverage import unmeasured_peaks
 from torchdoctor.supervisor.failures import suggestions
 from torchdoctor.supervisor.invariants import changes, training_invariants
@@ -162,20 +162,11 @@ def load_report(path: str) -> dict[str, Any]:
         path = os.path.join(path, "report.json")
         if not os.path.exists(path) and os.path.exists(events):
             return rebuild_report(os.path.dirname(path), events)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise UsageError(f"no report at {path} (give a run directory or its report.json)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read report {path}: {exc}") from None
-    except RecursionError:
-        raise UsageError(f"cannot read report {path}: nested too deeply to be a torchdoctor report") from None
-    if not isinstance(data, dict) or data.get("schema") != REPORT_SCHEMA:
-        raise UsageError(f"{path} is not a torchdoctor report")
-    if data.get("schema_version") != REPORT_SCHEMA_VERSION:
-        raise UsageError(f"{path} has report schema version {data.get('schema_version')}, "
-                         f"this torchdoctor reads {REPORT_SCHEMA_VERSION}")
+    data = read_versioned_json(path, REPORT_SCHEMA, REPORT_SCHEMA_VERSION, {
+        "missing": f"no report at {path} (give a run directory or its report.json)",
+        "unreadable": f"cannot read report {path}: {{detail}}",
+        "foreign": f"{path} is not a torchdoctor report",
+        "version": f"{path} has report schema version {{detail}}, this torchdoctor reads {REPORT_SCHEMA_VERSION}"})
     _check_shape(data, path)
     return data
 

@@ -33,3 +33,5 @@ class RunConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     stall_timeout: float | None = None  # end the run after this many seconds without progress (outcome "stalled")
     stop_grace: float = 10.0  # seconds a signalled script has to end before the next, stronger signal
+    estimate: bool = False  # torchdoctor estimate: the agent counts on fake tensors
+    child_log: str | None = None  # the script's stdout and stderr go to this file (not the terminal)

@@ -57,7 +57,7 @@ def claim_run_dir(target: str, run_dir: str | None) -> ClaimedRunDir:
                 n += 1
                 path = f"{base}-{n}"
             except OSError as exc:
-                raise UsageError(f"cannot make the run directory {path}: {exc.strerror or exc}") from None
+                raise UsageError(f"cannot write the run directory {path}: {exc.strerror or exc}") from None
     else:
         path = run_dir
         if os.path.exists(path) and not os.path.isdir(path):
@@ -68,7 +68,7 @@ def claim_run_dir(target: str, run_dir: str | None) -> ClaimedRunDir:
             created = not os.path.isdir(path)
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"cannot make the run directory {path}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot write the run directory {path}: {exc.strerror or exc}") from None
     events = os.path.join(path, "events.jsonl")
     try:
         os.close(os.open(events, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))

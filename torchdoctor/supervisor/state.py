@@ -8,6 +8,7 @@ from typing import Any
 
 from torchdoctor.events import (
     BatchSource,
+    Estimated,
     Event,
     Finding,
     Heartbeat,
@@ -78,6 +79,7 @@ class RunState:
     where: str | None = None  # where the script's main thread was at the last heartbeat
     stall: Stall | None = None  # the run's longest stall (no progress), as the supervisor found it
     stalled: bool = False  # stalled now (until the next step)
+    estimates: list[Estimated] = field(default_factory=list)  # torchdoctor estimate's counts
     # (t, steps) of recent step samples, for steps/s
     _recent: list[tuple[float, int]] = field(default_factory=list)
 
@@ -117,6 +119,8 @@ class RunState:
             self.finished = event
         elif isinstance(event, ProcessExited):
             self.exited = event
+        elif isinstance(event, Estimated):
+            self.estimates.append(event)
         elif isinstance(event, Heartbeat):
             self.where = event.where
         elif isinstance(event, Stall):

@@ -25,7 +25,7 @@ from torchdoctor.events import Phase
 class PhaseTracker:
     """Keeps ``phase`` and tells ``on_change(phase)`` when it changes."""
 
-    def __init__(self, on_change: Callable[[str], None], on_root_module: Callable[[torch.nn.Module], None]) -> None:
+    def __init__(self, on_change: Callable[[Phase], None], on_root_module: Callable[[torch.nn.Module], None]) -> None:
         self.phase: Phase = "other"
         self._on_change = on_change
         self._on_root_module = on_root_module

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from torchdoctor.agent.hooks.calls import optimizer_params
-from torchdoctor.agent.memory.accounting import GRADIENTS, OPTIMIZER_STATE, PARAMETERS, TensorAccountant
+from torchdoctor.agent.memory.accounting import GRADIENTS, OPTIMIZER_STATE, PARAMETERS
 from torchdoctor.agent.memory.live import live_tensors
 
 
@@ -23,10 +23,19 @@ def state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
             if isinstance(value, torch.Tensor)]
 
 
+class Counter(Protocol):
+    """What classifies storages: the accountant (real tensors), or the estimate's counter (fake tensors)."""
+
+    def classify(self, tensors: Iterable[Any], cat: int, census: bool = False,
+                 only_from: int | None = None) -> None: ...
+
+    def track(self, tensor: torch.Tensor, cat: int) -> None: ...
+
+
 class MeasuredModels:
     """The root modules seen and the classification of their storages in ``accountant``."""
 
-    def __init__(self, accountant: TensorAccountant, measuring: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, accountant: Counter, measuring: Callable[[], bool] = lambda: True) -> None:
         self.accountant = accountant
         self.modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # weak: a dropped model frees memory
         self._measuring = measuring  # whether storages are classified now

@@ -1,0 +1,93 @@
+"""``torchdoctor estimate`` against the allocator: the fake-tensor peak of the first two steps equals the CPU
+allocator's own peak of those steps (``torchdoctor ci --steps 2``, the memory-figure issue's truth), and the largest
+batch under a budget is checked by real runs under that budget: it fits, and the next batch does not."""
+
+import json
+import shutil
+
+from tests.conftest import REPO, needs_probe, run_torchdoctor
+
+MLP = """
+import argparse
+import torch
+from torch import nn
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--batch-size", type=int, default=16)
+args = parser.parse_args()
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 10))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+data, target = torch.randn(args.batch_size * 3, 128), torch.randint(0, 10, (args.batch_size * 3,))
+for i in range(3):
+    x, y = data[i * args.batch_size:(i + 1) * args.batch_size], target[i * args.batch_size:(i + 1) * args.batch_size]
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    print(f"step {i} loss {loss.item():.4f}")
+"""
+
+
+def _estimate(tmp_path, *args):
+    out = tmp_path / "estimate.json"
+    result = run_torchdoctor(["estimate", "--json", str(out), *args], cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(out.read_text()), result
+
+
+def _allocator_peak(tmp_path, script, batch):
+    run_dir = tmp_path / f"ci-{script}-{batch}"
+    result = run_torchdoctor(["ci", "--steps", "2", "--run-dir", str(run_dir), script, "--batch-size", str(batch)],
+                             cwd=tmp_path, timeout=240)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["accounting"]["cpu_figures"] == "allocator", result.stderr[-2000:]
+    return next(p["bytes"] for p in report["peaks"] if p["kind"] == "tensor_bytes" and p["device"] == "cpu")
+
+
+@needs_probe
+def test_the_estimate_equals_the_allocators_peak_on_an_mlp_and_a_small_gpt(tmp_path):
+    (tmp_path / "mlp.py").write_text(MLP)
+    shutil.copy(REPO / "examples" / "train_gpt.py", tmp_path / "train_gpt.py")
+    for script, sizes in (("mlp.py", (16, 128)), ("train_gpt.py", (8, 32))):
+        document, result = _estimate(tmp_path, "--batch-sizes", ",".join(map(str, sizes)), script)
+        assert document["schema"] == "torchdoctor-estimate" and document["schema_version"] == 1
+        assert "no memory allocated" in result.stdout and "Not counted:" in result.stdout
+        for estimate in document["estimates"]:
+            truth = _allocator_peak(tmp_path, script, estimate["batch_size"])
+            assert abs(estimate["peak_bytes"] - truth) <= 0.001 * truth, (script, estimate["batch_size"],
+                                                                           estimate["peak_bytes"], truth)
+            assert sum(estimate["by_kind"].values()) == estimate["peak_bytes"]  # the breakdown adds up
+            assert estimate["by_phase"][estimate["peak_phase"]] == estimate["peak_bytes"]
+
+
+def test_the_largest_batch_under_a_budget_fits_for_real_and_the_next_one_does_not(tmp_path):
+    (tmp_path / "mlp.py").write_text(MLP)
+    document, result = _estimate(tmp_path, "--budget", "6MiB", "mlp.py")
+    largest = document["largest_batch"]
+    batch = largest["batch_size"]
+    assert batch and largest["first_over"]["batch_size"] == batch + 1 and largest["peak_bytes"] <= 6 * 2**20
+    assert f"largest batch under 6.0 MiB: {batch}" in result.stdout
+    fits = run_torchdoctor(["run", "-q", "--memory-budget", "6MiB", "--max-retries", "0", "--run-dir",
+                            str(tmp_path / "fits"), "mlp.py", "--batch-size", str(batch)], cwd=tmp_path, timeout=240)
+    assert fits.returncode == 0, fits.stderr[-1500:]
+    over = run_torchdoctor(["run", "-q", "--memory-budget", "6MiB", "--max-retries", "0", "--run-dir",
+                            str(tmp_path / "over"), "mlp.py", "--batch-size", str(batch + 1)], cwd=tmp_path,
+                           timeout=240)
+    report = json.loads((tmp_path / "over" / "report.json").read_text())
+    assert over.returncode != 0 and report["ooms"], over.stderr[-1500:]
+
+
+def test_bad_input_and_scripts_that_cannot_run_on_fake_tensors_fail_in_one_line(tmp_path):
+    (tmp_path / "mlp.py").write_text(MLP)
+    (tmp_path / "plain.py").write_text(MLP.replace('parser.add_argument("--batch-size", type=int, default=16)',
+                                                   'parser.add_argument("--seed", type=int, default=0)')
+                                       .replace("args.batch_size", "16"))
+    (tmp_path / "numpy_out.py").write_text("import torch\nprint(torch.randn(3).numpy())\n")
+    for args, code, text in ((["--batch-sizes", "8,x", "mlp.py"], 2, "--batch-sizes takes whole numbers"),
+                             (["--budget", "0", "mlp.py"], 2, "a size must be positive"),
+                             (["--budget", "4MiB", "plain.py"], 2, "needs the script's batch-size option"),
+                             (["numpy_out.py"], 1, "did not run on fake tensors before its optimizer step 1")):
+        result = run_torchdoctor(["estimate", *args], cwd=tmp_path, timeout=240)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == code and len(lines) == 1 and text in lines[0], (args, result.stderr[-1500:])

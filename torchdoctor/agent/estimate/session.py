@@ -1,0 +1,110 @@
+"""The estimate's session: started when the script imports torch (in place of the measuring session), it puts the
+process under fake tensors for good, counts every storage the script's first optimizer steps make, tells phases
+and kinds apart with the same hooks as ``torchdoctor run``, then emits one ``Estimated`` event and stops the script.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from torchdoctor.agent.estimate.fake_counter import FakeStorageCounter, StandInScalars
+from torchdoctor.agent.hooks.phases import PhaseTracker
+from torchdoctor.agent.memory.accounting import ACTIVATIONS, ACTIVATIONS_SAVED
+from torchdoctor.agent.memory.measuring import MeasuredModels
+from torchdoctor.agent.memory.saved_activations import SavedActivations
+from torchdoctor.agent.recovery.batch_args import BatchArgumentWatch
+from torchdoctor.config import AgentSettings
+from torchdoctor.errors import StepsDone
+from torchdoctor.events import Estimated, Phase
+
+DEFAULT_STEPS = 2  # the first step makes the optimizer's state; the second is the steady state
+
+
+class EstimateSession:
+    def __init__(self, settings: AgentSettings, sink: Any) -> None:
+        self.sink = sink
+        self.steps_wanted = settings.max_steps or DEFAULT_STEPS
+        self.step = 0
+        self.counter = FakeStorageCounter()
+        self.scalars = StandInScalars()
+        self.models = MeasuredModels(self.counter)
+        self.phases = PhaseTracker(self._phase_changed, self.models.root_module)
+        self.phases.names_wanted = False
+        self.phases.root_forward = self._root_forward
+        self.phases.after_backward = self.models.gradients
+        self.saved = SavedActivations(self._saved_for_backward)
+        self.batch_size: int | None = None
+        self.device = "cpu"
+        self.figures: list[dict[str, Any]] = []
+        self.batch_args = BatchArgumentWatch(lambda event: None)  # the option a batch size is set through
+        self._fake = FakeTensorMode(allow_non_fake_inputs=True)
+        self._handles: list[Any] = []
+
+    def start(self) -> None:
+        # fake tensors from here on, for the life of the process: the script never allocates for real
+        self._fake.__enter__()
+        self.counter.__enter__()
+        self.scalars.__enter__()  # on top: a value read back is answered before fake tensors refuse it
+        self.phases.install_module_hooks()
+        self.phases.install_autograd_wrappers()
+        self.batch_args.install()
+        self._handles = [register_optimizer_step_pre_hook(self._step_pre),
+                         register_optimizer_step_post_hook(self._step_post)]
+
+    def finish(self) -> None:
+        """Emit what was counted (also when the script ended or failed before its steps)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.saved.remove()
+        self.batch_args.remove()
+        self.phases.remove_autograd_wrappers()
+        self.phases.remove_module_hooks()
+        if self.step < self.steps_wanted:  # the script ended first: what it did is still the estimate
+            self.figures.append(self.counter.figures())
+        option = (self.batch_args.found.get("batch") or {}).get("name")
+        self.sink.emit(Estimated(batch_size=self.batch_size, steps=self.figures, device=self.device,
+                                 stand_ins=self.scalars.reads, batch_option=option,
+                                 steps_done=self.step))
+
+    def record_failure(self, exc: BaseException | None) -> bool:
+        return False
+
+    # -- hooks ---------------------------------------------------------------------------------------------------
+    def _phase_changed(self, phase: Phase) -> None:
+        self.counter.set_phase(phase)
+        if phase == "forward":
+            self.saved.forward_began()
+        else:
+            self.saved.forward_ended()
+
+    def _saved_for_backward(self, tensors: list[torch.Tensor]) -> None:
+        self.counter.classify(tensors, ACTIVATIONS_SAVED, only_from=ACTIVATIONS)
+
+    def _root_forward(self, module: torch.nn.Module, args: Any) -> None:
+        if self.batch_size is None and module.training and torch.is_grad_enabled():
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if first is not None and first.dim() > 0:
+                self.batch_size = int(first.shape[0])
+            param = next(module.parameters(), None)
+            if param is not None:
+                self.device = str(param.device)
+
+    def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.phases.in_step = True
+        self.phases.set("optimizer")
+        self.models.step_began(optimizer)
+
+    def _step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.models.step_ended(optimizer)
+        self.phases.in_step = False
+        self.phases.set("other")
+        self.step += 1
+        self.figures.append(self.counter.figures())
+        self.counter.reset_span()
+        if self.step >= self.steps_wanted:
+            raise StepsDone(f"{self.step} optimizer steps counted on fake tensors")

@@ -1,0 +1,213 @@
+"""``torchdoctor estimate``: peak memory per batch size and the largest batch under a budget, from the script's
+first optimizer steps run on fake tensors (``agent/estimate/``), one process per batch size.
+
+Batch sizes are changed on the script's command line, through its batch-size option (as the recovery does): named
+with ``--batch-arg`` or found among the arguments given. The largest batch under a budget is searched with fake
+runs: doubling from the script's batch until one is over, then bisection; each answer says how many runs it took.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from torchdoctor import __version__
+from torchdoctor.config import BATCH_OPTIONS
+from torchdoctor.errors import TorchDoctorError, UsageError
+from torchdoctor.events import Estimated
+from torchdoctor.supervisor.child import Launcher
+from torchdoctor.supervisor.failures import replace_option
+
+ESTIMATE_SCHEMA = "torchdoctor-estimate"
+ESTIMATE_VERSION = 1
+MAX_BATCH = 1 << 20
+# What fake tensors do not see, said in every estimate (docs/estimate.md has the measurements).
+LIMITS = (
+    "kernels' own buffers (oneDNN convolution reorders and RNN workspaces on the CPU; cuDNN/cuBLAS workspaces on "
+    "CUDA) are not op outputs and are not counted: convolution and LSTM models come out low",
+    "CUDA targets are not modelled (no caching-allocator rounding, reserved memory or context): the figures are "
+    "the tensors' own bytes",
+    "values read back to Python (loss.item(), if t > 0) get stand-ins: control flow that depends on the data "
+    "follows them",
+)
+
+
+@dataclass(frozen=True)
+class EstimateRequest:
+    script: str
+    is_module: bool = False
+    script_args: tuple[str, ...] = ()
+    batch_sizes: tuple[int, ...] = ()  # empty: the script's own
+    batch_arg: str | None = None  # the script's batch-size option (found in script_args when not given)
+    budget: int | None = None
+    steps: int = 2
+
+    def batch_option(self) -> str | None:
+        if self.batch_arg:
+            return self.batch_arg if self.batch_arg.startswith("-") else f"--{self.batch_arg}"
+        for arg in self.script_args:
+            name = arg.split("=", 1)[0]
+            if name.startswith("--") and name[2:].replace("-", "_").lower() in BATCH_OPTIONS:
+                return name
+        return None
+
+
+def _one_run(request: EstimateRequest, script_args: list[str], run_dir: str, launcher: Launcher) -> dict[str, Any]:
+    """The script under the agent's estimate session, its output kept in the run directory."""
+    from torchdoctor.supervisor.attempt_loop import Supervisor
+    from torchdoctor.supervisor.recovery_planner import RecoveryOptions
+    from torchdoctor.supervisor.run_config import RunConfig
+
+    config = RunConfig(target=request.script, is_module=request.is_module, script_args=tuple(script_args),
+                       run_dir=run_dir, quiet=True, live=False, accounting="off", doctor=False, atomic_save=False,
+                       max_steps=request.steps, recovery=RecoveryOptions(max_retries=0), estimate=True,
+                       child_log=os.path.join(run_dir, "output.log"))
+    with open(os.devnull, "w", encoding="utf-8") as quiet:
+        supervisor = Supervisor(config, stdout=quiet, stderr=quiet, launcher=launcher)
+        supervisor.run()
+    estimated = next((e for e in supervisor.state.estimates if isinstance(e, Estimated)), None)
+    exited = supervisor.state.exited
+    failed = exited is None or exited.exit_code != 0
+    if estimated is None or not estimated.steps_done or (failed and estimated.steps_done < request.steps):
+        what = "ended" if estimated is not None and not failed else "did not run"
+        raise TorchDoctorError(f"the script {what} on fake tensors before its optimizer step "
+                               f"{(estimated.steps_done if estimated else 0) + 1}: {_last_line(run_dir)}")
+    peak = max(estimated.steps, key=lambda s: s["peak_bytes"])
+    return {"batch_size": estimated.batch_size, "peak_bytes": peak["peak_bytes"], "peak_phase": peak["peak_phase"],
+            "by_phase": peak["by_phase"], "by_kind": peak["by_kind"], "steps_counted": estimated.steps_done,
+            "steps_wanted": request.steps, "stand_ins": estimated.stand_ins, "device": estimated.device,
+            "batch_option": estimated.batch_option}
+
+
+def _last_line(run_dir: str) -> str:
+    try:
+        with open(os.path.join(run_dir, "output.log"), encoding="utf-8", errors="replace") as handle:
+            lines = [line.strip() for line in handle if line.strip() and not line.startswith("[torchdoctor]")]
+    except OSError:
+        lines = []
+    return lines[-1][:300] if lines else "it ended before its first optimizer step"
+
+
+class _Runs:
+    """Fake runs at given batch sizes, each once."""
+
+    def __init__(self, request: EstimateRequest, root: str) -> None:
+        self.request, self.root = request, root
+        # runs fork from one torch-preloaded zygote: a run costs tens of milliseconds to start, not an import
+        self.launcher = Launcher("fork", fork_first=True)
+        self.launcher.start_zygote(dict(os.environ))
+        self.option = request.batch_option()
+        self.done: dict[int | None, dict[str, Any]] = {}
+
+    def at(self, batch: int | None) -> dict[str, Any]:
+        own = self.done.get(None)
+        if batch is not None and own is not None and own["batch_size"] == batch:
+            return own  # the script's own batch size: that run already
+        if batch not in self.done:
+            args = list(self.request.script_args)
+            if batch is not None:
+                if self.option is None and own is not None:
+                    self.option = own.get("batch_option")  # found in the script's own argparse
+                if self.option is None:
+                    raise UsageError("changing the batch size needs the script's batch-size option: name it with "
+                                     "--batch-arg (e.g. --batch-arg --batch-size)")
+                args = replace_option(args, self.option, batch)
+            run_dir = os.path.join(self.root, f"batch-{batch if batch is not None else 'own'}")
+            self.done[batch] = _one_run(self.request, args, run_dir, self.launcher)
+        return self.done[batch]
+
+    def checked(self) -> list[int]:
+        """The batch sizes run so far."""
+        return sorted({run["batch_size"] if batch is None else batch for batch, run in self.done.items()
+                       if (batch if batch is not None else run["batch_size"]) is not None})
+
+    def fits(self, batch: int, budget: int) -> bool:
+        return self.at(batch)["peak_bytes"] <= budget
+
+
+def _linear_guess(runs: _Runs, budget: int, small: int, large: int) -> int | None:
+    """The largest batch each phase's peak allows, from a line through two runs (peak = a + b x batch per phase:
+    the peak may move from one phase to another as the batch grows); the smallest over the phases."""
+    one, two = runs.at(small)["by_phase"], runs.at(large)["by_phase"]
+    guesses = []
+    for phase in set(one) & set(two):
+        slope = (two[phase] - one[phase]) / (large - small)
+        if slope > 0:
+            guesses.append(int((budget - (one[phase] - slope * small)) // slope))
+    return max(1, min(min(guesses), MAX_BATCH)) if guesses else None
+
+
+def _largest_batch(runs: _Runs, budget: int, start: int) -> dict[str, Any]:
+    """The largest batch whose fake peak fits ``budget``. Guessed from lines through the two runs nearest the
+    answer (exact where both sit in the same piece of the piecewise-linear peak), each guess checked with its
+    neighbour; doubling and bisection finish what guesses leave open. Every answer rests on fake runs."""
+    before = len(runs.done)
+    start = max(1, start)
+    low, high = 0, None  # the largest batch known to fit, the smallest known not to
+    tried = [start, start * 2]
+    for _ in range(6):
+        for batch in tried:
+            if runs.fits(batch, budget):
+                low = max(low, batch)
+            elif high is None or batch < high:
+                high = batch
+        if high is not None and high - low <= 1:
+            break
+        near = sorted(runs.checked(), key=lambda b: abs(runs.at(b)["peak_bytes"] - budget))[:2]
+        guess = _linear_guess(runs, budget, min(near), max(near)) if len(set(near)) == 2 else None
+        if guess is None or (guess <= low or (high is not None and guess >= high)):
+            break
+        tried = [guess, guess + 1]
+    if high is not None and low > high:
+        low = 0  # not monotonic: search below the smallest batch that does not fit
+    batch = max(low * 2, 1)
+    while high is None and batch <= MAX_BATCH:
+        if runs.fits(batch, budget):
+            low, batch = batch, batch * 2
+        else:
+            high = batch
+    while high is not None and high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if runs.fits(mid, budget) else (low, mid)
+    answer: dict[str, Any] = {"budget_bytes": budget, "batch_size": low or None}
+    if low:
+        answer.update(peak_bytes=runs.at(low)["peak_bytes"], peak_phase=runs.at(low)["peak_phase"])
+    if high is not None:
+        answer["first_over"] = {"batch_size": high, "peak_bytes": runs.at(high)["peak_bytes"],
+                                "peak_phase": runs.at(high)["peak_phase"]}
+    answer["runs"] = len(runs.done) - before
+    return answer
+
+
+def run_estimate(request: EstimateRequest) -> dict[str, Any]:
+    """The estimate document (``schema: torchdoctor-estimate``, docs/estimate.md)."""
+    began = time.monotonic()
+    root = tempfile.mkdtemp(prefix="torchdoctor-estimate-")
+    runs = None
+    try:
+        runs = _Runs(request, root)
+        own = runs.at(None)
+        sizes = list(request.batch_sizes)
+        estimates = [own] if not sizes else []
+        for batch in sizes:
+            found = runs.at(batch) if batch != own["batch_size"] else own
+            estimates.append({**found, "batch_size": batch})
+        document: dict[str, Any] = {
+            "schema": ESTIMATE_SCHEMA, "schema_version": ESTIMATE_VERSION, "torchdoctor_version": __version__,
+            "script": request.script, "argv": [request.script, *request.script_args], "device": own["device"],
+            "figures": "tensor storages counted on fake tensors (no memory allocated)",
+            "estimates": estimates, "limits": list(LIMITS),
+        }
+        if request.budget is not None:
+            document["largest_batch"] = _largest_batch(runs, request.budget, own["batch_size"] or 1)
+        document["runs"] = len(runs.done)
+        document["seconds"] = round(time.monotonic() - began, 2)
+        return document
+    finally:
+        if runs is not None:
+            runs.launcher.close()
+        shutil.rmtree(root, ignore_errors=True)
