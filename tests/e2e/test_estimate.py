@@ -87,7 +87,8 @@ def test_bad_input_and_scripts_that_cannot_run_on_fake_tensors_fail_in_one_line(
     for args, code, text in ((["--batch-sizes", "8,x", "mlp.py"], 2, "--batch-sizes takes whole numbers"),
                              (["--budget", "0", "mlp.py"], 2, "a size must be positive"),
                              (["--budget", "4MiB", "plain.py"], 2, "needs the script's batch-size option"),
-                             (["numpy_out.py"], 1, "did not run on fake tensors before its optimizer step 1")):
+                             (["numpy_out.py"], 1, "did not run on fake tensors before its optimizer step 1"),
+                             (["--json", "/dev/full", "mlp.py"], 1, "cannot write --json /dev/full")):
         result = run_torchdoctor(["estimate", *args], cwd=tmp_path, timeout=240)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == code and len(lines) == 1 and text in lines[0], (args, result.stderr[-1500:])
