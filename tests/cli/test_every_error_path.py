@@ -16,7 +16,7 @@ from tests.conftest import REPO
 from torchdoctor.cli import main
 
 PACKAGE = Path(REPO) / "torchdoctor"
-SCANNED = ["cli.py", "sizes.py", "files.py", "supervisor/*.py", "reporters/monitors/*.py"]
+SCANNED = ["cli/*.py", "sizes.py", "files.py", "supervisor/*.py", "reporters/monitors/*.py"]
 # Error paths not reachable by an in-process call with bad input, and where they are covered.
 ELSEWHERE = {
     "cannot write --json": "tests/e2e/test_estimate.py (a full estimate run, then /dev/full)",

@@ -1,6 +1,6 @@
 import signal
 
-from torchdoctor.supervisor.attempt_loop import exit_status
+from torchdoctor.supervisor.failures import exit_status
 
 
 def test_script_exit_codes_pass_through_unchanged():

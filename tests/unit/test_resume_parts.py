@@ -120,8 +120,7 @@ def test_the_relaunch_message_names_the_checkpoint_the_agent_will_load_and_the_d
     import json as json_module
 
     from torchdoctor.files import sha256_of
-    from torchdoctor.supervisor.attempt_loop import Supervisor
-    from torchdoctor.supervisor.run_config import RunConfig
+    from torchdoctor.supervisor.resume_source import resume_source
 
     directory = tmp_path / "checkpoints"
     directory.mkdir()
@@ -133,13 +132,11 @@ def test_the_relaunch_message_names_the_checkpoint_the_agent_will_load_and_the_d
         (directory / f"{path.name}.json").write_text(json_module.dumps(marker))
     newest = directory / "ckpt-000000004.pt"
     newest.write_bytes(b"checkpoint bytes X")  # same size, other bytes: corrupt
-    supervisor = Supervisor(RunConfig(target="train.py", checkpoint_every=2))
-    supervisor.run_dir = str(tmp_path)
-    source, message = supervisor._resume_source()
+    source, message = resume_source(str(tmp_path), checkpoint_every=2, blocked=None)
     assert source == str(directory)
     assert message.startswith("resuming from the checkpoint of step 2, ckpt-000000002.pt (ckpt-000000004.pt "
                               "skipped: "), message
     assert "is corrupt" in message
     (directory / "ckpt-000000002.pt").write_bytes(b"short")
-    source, message = supervisor._resume_source()
+    source, message = resume_source(str(tmp_path), checkpoint_every=2, blocked=None)
     assert source is None and message.startswith("restarting from the beginning: no intact checkpoint")

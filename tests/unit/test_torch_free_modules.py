@@ -31,7 +31,8 @@ def _modules(folder: Path, recursive: bool = True) -> list[str]:
     return names
 
 
-TORCH_FREE = (_modules(PACKAGE, recursive=False) + _modules(PACKAGE / "supervisor") + _modules(PACKAGE / "reporters"))
+TORCH_FREE = (_modules(PACKAGE, recursive=False) + _modules(PACKAGE / "cli") + _modules(PACKAGE / "supervisor")
+              + _modules(PACKAGE / "reporters"))
 
 BLOCK_TORCH = r"""
 import importlib, sys

@@ -15,21 +15,22 @@ from dataclasses import replace
 from typing import IO, Any
 
 from torchdoctor.checks import at_or_above
-from torchdoctor.config import STACKS_SIGNAL, AgentSettings
+from torchdoctor.config import AgentSettings
 from torchdoctor.devices import cgroup_memory_peak, host_info, oom_kill_count, open_nvml
 from torchdoctor.errors import TorchDoctorError
-from torchdoctor.events import Outcome, ProcessExited, ProcessSample, Stall
-from torchdoctor.files import committed, verify_checkpoint, write_json_atomic
+from torchdoctor.events import ProcessExited, ProcessSample, Stall
+from torchdoctor.files import write_json_atomic
 from torchdoctor.plan import Plan
 from torchdoctor.supervisor.child import BOOT, PACKAGE_ROOT, Launcher, in_terminal_foreground, probe_process
 from torchdoctor.supervisor.event_tail import EventTail
-from torchdoctor.supervisor.failures import attempt_record, describe_failure, script_args_for, signal_name
+from torchdoctor.supervisor.failures import attempt_record, describe_failure, exit_status, script_args_for, signal_name
 from torchdoctor.supervisor.recovery_planner import next_plan
 from torchdoctor.supervisor.report import build_report
+from torchdoctor.supervisor.resume_source import resume_source
 from torchdoctor.supervisor.run_config import RunConfig
 from torchdoctor.supervisor.rundir import claim_run_dir
 from torchdoctor.supervisor.state import RunState
-from torchdoctor.supervisor.stopping import StallWatch, StopLadder
+from torchdoctor.supervisor.stopping import StallWatch, StopLadder, read_stacks
 from torchdoctor.supervisor.target import check_module, check_script
 from torchdoctor.supervisor.terminal import PtyForwarder, open_pty, resize_pty
 from torchdoctor.supervisor.zygote import ZygoteProcess
@@ -38,24 +39,6 @@ from torchdoctor.supervisor.zygote import ZygoteProcess
 # nothing for it), at once under --memory-budget, or at the first failure that is relaunched; relaunches fork from it.
 ZYGOTE_AFTER_S = 10.0
 STALLED_EXIT = 124  # --stall-timeout ended the run (as GNU timeout exits)
-
-
-def exit_status(returncode: int, finished_exception: str | None,
-                signalled: int | None) -> tuple[int, Outcome, str | None]:
-    """Map the child's Popen return code to (torchdoctor's exit code, outcome, signal name).
-
-    A script's own exit code is returned unchanged; death by signal N becomes 128 + N, as shells show it.
-    """
-    if returncode < 0:
-        signum = -returncode
-        name = signal_name(signum)
-        outcome: Outcome = "interrupted" if signum in (signal.SIGINT, signal.SIGTERM) or signalled else "killed"
-        return 128 + signum, outcome, name
-    if returncode == 0:
-        return 0, "success", None
-    if finished_exception == "KeyboardInterrupt" or signalled:
-        return returncode, "interrupted", None
-    return returncode, "failed", None
 
 
 class Supervisor:
@@ -178,7 +161,7 @@ class Supervisor:
                 if decision.plan is None:
                     break
                 record["next_remedy"] = decision.remedy
-                resume_from, where = self._resume_source()
+                resume_from, where = resume_source(self.run_dir, self.config.checkpoint_every, self._resume_blocked)
                 self._say(f"attempt {plan.attempt} {record['summary']}; attempt {decision.plan.attempt}: "
                           f"{decision.reason} ({where})")
                 if failure.kind in ("oom", "host-kill"):
@@ -202,35 +185,6 @@ class Supervisor:
             if self._owns_launcher:
                 self._launcher.close()
         return self._finish(returncode, host, gpus, nvml_why, live, attempts)
-
-    def _resume_source(self) -> tuple[str | None, str]:
-        """The checkpoint directory the next attempt resumes from (or None), and what to tell the user."""
-        if not self.config.checkpoint_every:
-            return None, "restarting from the beginning; --checkpoint-every N would let it resume"
-        directory = os.path.join(self.run_dir, "checkpoints")
-        kept = committed(directory)
-        if self._resume_blocked:
-            return None, f"restarting from the beginning: {self._resume_blocked}"
-        if not kept:
-            return None, "restarting from the beginning: no checkpoint was written yet"
-        skipped = []  # damaged ones: the agent skips them too, so the message names the one it will load
-        marker: dict[str, Any] = {}
-        for candidate in kept:
-            try:
-                marker = verify_checkpoint(candidate)
-                break
-            except (OSError, ValueError, KeyError) as exc:
-                skipped.append(f"{os.path.basename(candidate)} skipped: {exc}")
-        else:
-            return None, "restarting from the beginning: no intact checkpoint (" + "; ".join(skipped) + ")"
-        name = os.path.basename(candidate)
-        also = f" ({'; '.join(skipped)})" if skipped else ""
-        resume = marker.get("resume") or {}
-        if not resume.get("resumable"):
-            why = resume.get("why") or "it is not a resume point"
-            return None, (f"restarting from the beginning, not from {name}: {why}; the checkpoint is kept for "
-                          f"torchdoctor.load_checkpoint{also}")
-        return os.path.abspath(directory), f"resuming from the checkpoint of step {resume.get('step')}, {name}{also}"
 
     def _say(self, message: str) -> None:
         stream = self.stdout if self._use_live() else self.stderr
@@ -309,7 +263,7 @@ class Supervisor:
             self._stall.noticed = True
             seconds = self._stall.stalled_for(now)
             self._apply(Stall(since=time.time() - seconds, seconds=round(seconds, 1), where=self.state.where,
-                              stacks=self._stacks(child)))
+                              stacks=read_stacks(child, os.path.join(self.run_dir, "faulthandler.log"))))
             self._say(f"stalled for {seconds:.0f} s at {self.state.where or 'an unknown place'} (no optimizer step, "
                       f"the main thread in one place); its Python stacks are in the report")
         if self._stall.timed_out(now) and not self._stop.stopping:
@@ -320,26 +274,6 @@ class Supervisor:
         if len(self._stop.sent) > before:
             self._say(f"the script is still running {self._stop.grace:g} s after {self._stop.sent[-2]}: "
                       f"sending {self._stop.sent[-1]}")
-
-    def _stacks(self, child: Any) -> str | None:
-        """Every thread's Python stack, written by the agent's faulthandler into faulthandler.log on SIGUSR1."""
-        path = os.path.join(self.run_dir, "faulthandler.log")
-        try:
-            offset = os.path.getsize(path)
-            child.send_signal(STACKS_SIGNAL)
-        except (OSError, ProcessLookupError):
-            return None
-        deadline, text, previous = time.monotonic() + 2.0, "", None
-        while time.monotonic() < deadline and (not text or text != previous):  # until written and no longer growing
-            time.sleep(0.1)
-            previous = text
-            try:
-                with open(path, encoding="utf-8", errors="replace") as handle:
-                    handle.seek(offset)
-                    text = handle.read()
-            except OSError:
-                return None
-        return text.strip()[-20000:] or None
 
     def _watch(self, tail: EventTail, nvml: Any, view: Any) -> None:
         import psutil

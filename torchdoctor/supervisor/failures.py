@@ -7,6 +7,7 @@ import signal
 from typing import Any
 
 from torchdoctor.config import BATCH_OPTIONS
+from torchdoctor.events import Outcome
 from torchdoctor.plan import Plan
 from torchdoctor.sizes import format_bytes
 from torchdoctor.supervisor.recovery_types import Failure, FailureKind, LoaderInfo, RecoveryOptions
@@ -171,3 +172,21 @@ def suggestions(breakdown: dict[str, int] | None, held: list[dict[str, Any]] | N
                 f"{format_bytes(grads)}"),
     ]
     return [text for saving, text in sorted(ideas, key=lambda i: -i[0]) if saving > 0]
+
+
+def exit_status(returncode: int, finished_exception: str | None,
+                signalled: int | None) -> tuple[int, Outcome, str | None]:
+    """Map the child's Popen return code to (torchdoctor's exit code, outcome, signal name).
+
+    A script's own exit code is returned unchanged; death by signal N becomes 128 + N, as shells show it.
+    """
+    if returncode < 0:
+        signum = -returncode
+        name = signal_name(signum)
+        outcome: Outcome = "interrupted" if signum in (signal.SIGINT, signal.SIGTERM) or signalled else "killed"
+        return 128 + signum, outcome, name
+    if returncode == 0:
+        return 0, "success", None
+    if finished_exception == "KeyboardInterrupt" or signalled:
+        return returncode, "interrupted", None
+    return returncode, "failed", None

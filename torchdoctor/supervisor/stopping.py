@@ -9,9 +9,12 @@ needed goes into the report.
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 from typing import Any
 
+from torchdoctor.config import STACKS_SIGNAL
 from torchdoctor.supervisor.failures import signal_name
 
 STALL_NOTICE_S = 60.0  # no progress this long: shown as stalled (and the stacks taken), without --stall-timeout
@@ -97,3 +100,24 @@ class StopLadder:
         if self.reason is None:
             return None
         return {"reason": self.reason, "signals": list(self.sent), "grace_s": self.grace}
+
+
+def read_stacks(child: Any, path: str) -> str | None:
+    """Every thread's Python stack, written by the agent's faulthandler into ``path`` (faulthandler.log) on
+    SIGUSR1, read back from where the file ended before the signal."""
+    try:
+        offset = os.path.getsize(path)
+        child.send_signal(STACKS_SIGNAL)
+    except (OSError, ProcessLookupError):
+        return None
+    deadline, text, previous = time.monotonic() + 2.0, "", None
+    while time.monotonic() < deadline and (not text or text != previous):  # until written and no longer growing
+        time.sleep(0.1)
+        previous = text
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                handle.seek(offset)
+                text = handle.read()
+        except OSError:
+            return None
+    return text.strip()[-20000:] or None

@@ -1,0 +1,61 @@
+"""``torchdoctor estimate``: peak memory and the largest batch, on fake tensors."""
+
+from __future__ import annotations
+
+import click
+
+from torchdoctor.cli.group import cli
+from torchdoctor.cli.shared import check_output, module_option, target_arguments
+from torchdoctor.errors import TorchDoctorError, UsageError
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@module_option
+@click.option("--batch-sizes", metavar="B1,B2,...", default=None,
+              help="Batch sizes to estimate (set through the script's batch-size option) [default: the script's own].")
+@click.option("--batch-arg", metavar="OPTION", default=None,
+              help="The script's batch-size option (e.g. --batch-size), when it is not among the arguments given.")
+@click.option("--budget", metavar="SIZE", default=None,
+              help="Also find the largest batch whose peak fits SIZE (e.g. 24GiB), by fake runs.")
+@click.option("--steps", type=click.IntRange(min=1, max=20), default=2, show_default=True,
+              help="Optimizer steps to count (the first makes the optimizer's state).")
+@click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the estimate as JSON.")
+@target_arguments
+def estimate(is_module: bool, batch_sizes: str | None, batch_arg: str | None, budget: str | None, steps: int,
+             json_path: str | None, script: str, script_args: tuple[str, ...]) -> int:
+    """Estimate peak memory without allocating it: the script's first steps on fake tensors.
+
+    \b
+    torchdoctor estimate train.py --batch-size 32
+    torchdoctor estimate --batch-sizes 8,32,128 --budget 24GiB train.py --batch-size 32
+    """
+    import json
+
+    from torchdoctor.files import write_text_atomic
+    from torchdoctor.reporters.estimate import estimate_text
+    from torchdoctor.sizes import parse_size
+    from torchdoctor.supervisor.estimate import EstimateRequest, run_estimate
+    from torchdoctor.supervisor.target import check_module, check_script
+
+    sizes: tuple[int, ...] = ()
+    if batch_sizes is not None:
+        try:
+            sizes = tuple(int(part) for part in batch_sizes.split(",") if part.strip())
+        except ValueError:
+            raise UsageError(f"--batch-sizes takes whole numbers separated by commas, not {batch_sizes!r}") from None
+        if not sizes or min(sizes) < 1:
+            raise UsageError(f"--batch-sizes takes batch sizes of 1 or more, not {batch_sizes!r}")
+    limit = parse_size(budget) if budget is not None else None
+    if json_path:
+        check_output("--json", json_path)
+    check_module(script) if is_module else check_script(script)
+    request = EstimateRequest(script=script, is_module=is_module, script_args=script_args, batch_sizes=sizes,
+                              batch_arg=batch_arg, budget=limit, steps=steps)
+    document = run_estimate(request)
+    click.echo(estimate_text(document))
+    if json_path:
+        try:
+            write_text_atomic(json_path, json.dumps(document, indent=2))
+        except OSError as exc:
+            raise TorchDoctorError(f"cannot write --json {json_path}: {exc.strerror or exc}") from None
+    return 0
