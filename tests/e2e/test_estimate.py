@@ -61,6 +61,36 @@ def test_the_estimate_equals_the_allocators_peak_on_an_mlp_and_a_small_gpt(tmp_p
             assert estimate["by_phase"][estimate["peak_phase"]] == estimate["peak_bytes"]
 
 
+LSTM = """
+import argparse
+import torch
+from torch import nn
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--batch-size", type=int, default=32)
+args = parser.parse_args()
+torch.manual_seed(0)
+embed, lstm, head = nn.Embedding(500, 64), nn.LSTM(64, 128, num_layers=2, batch_first=True), nn.Linear(128, 500)
+params = [*embed.parameters(), *lstm.parameters(), *head.parameters()]
+opt = torch.optim.Adam(params)
+for _ in range(3):
+    tokens = torch.randint(0, 500, (args.batch_size, 48))
+    opt.zero_grad()
+    out, _ = lstm(embed(tokens))
+    nn.functional.cross_entropy(head(out).flatten(0, 1), tokens.flatten()).backward()
+    opt.step()
+"""
+
+
+@needs_probe
+def test_the_rnn_workspace_the_fake_kernel_leaves_out_is_counted(tmp_path):
+    (tmp_path / "lstm.py").write_text(LSTM)
+    document, _ = _estimate(tmp_path, "lstm.py")
+    estimate = document["estimates"][0]
+    truth = _allocator_peak(tmp_path, "lstm.py", 32)
+    assert abs(estimate["peak_bytes"] - truth) <= 0.01 * truth, (estimate["peak_bytes"], truth)
+
+
 def test_the_largest_batch_under_a_budget_fits_for_real_and_the_next_one_does_not(tmp_path):
     (tmp_path / "mlp.py").write_text(MLP)
     document, result = _estimate(tmp_path, "--budget", "6MiB", "mlp.py")

@@ -27,8 +27,9 @@ ESTIMATE_VERSION = 1
 MAX_BATCH = 1 << 20
 # What fake tensors do not see, said in every estimate (docs/estimate.md has the measurements).
 LIMITS = (
-    "kernels' own buffers (oneDNN convolution reorders and RNN workspaces on the CPU; cuDNN/cuBLAS workspaces on "
-    "CUDA) are not op outputs and are not counted: convolution and LSTM models come out low",
+    "kernels' own buffers that are not op outputs (oneDNN convolution reorders and scratch on the CPU; cuDNN/cuBLAS "
+    "workspaces on CUDA) are not counted: large convolution models come out low (oneDNN's RNN workspace is counted, "
+    "measured by running that op once per shape)",
     "CUDA targets are not modelled (no caching-allocator rounding, reserved memory or context): the figures are "
     "the tensors' own bytes",
     "values read back to Python (loss.item(), if t > 0) get stand-ins: control flow that depends on the data "
