@@ -209,6 +209,7 @@ class Estimated(Event):
     batch_option: str | None = None  # the script's argparse batch-size option, when it has one
     steps_done: int = 0  # optimizer steps completed (the last entry of ``steps`` is partial when fewer than asked)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    forward_growth_bytes: int | None = None  # what the first training forward left alive (the layers' total is in it)
 
 
 @dataclass(frozen=True)

@@ -122,3 +122,19 @@ def test_bad_input_and_scripts_that_cannot_run_on_fake_tensors_fail_in_one_line(
         result = run_torchdoctor(["estimate", *args], cwd=tmp_path, timeout=240)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == code and len(lines) == 1 and text in lines[0], (args, result.stderr[-1500:])
+
+
+def test_the_layer_table_charges_each_saved_storage_once_and_adds_up_to_the_forward(tmp_path):
+    (tmp_path / "mlp.py").write_text(MLP)
+    shutil.copy(REPO / "examples" / "train_gpt.py", tmp_path / "train_gpt.py")
+    document, result = _estimate(tmp_path, "--layers", "mlp.py", "--batch-size", "16")
+    rows = {row["module"]: row for row in document["layers"]}
+    assert rows["0 (Linear)"]["params_bytes"] == (128 * 512 + 512) * 4
+    assert rows["0 (Linear)"]["output_bytes"] == 16 * 512 * 4
+    assert rows["1 (ReLU)"]["saved_for_backward_bytes"] == 16 * 512 * 4  # its output, which Linear 2 saves too
+    assert rows["2 (Linear)"]["saved_for_backward_bytes"] == 0  # its input is the ReLU's, charged there
+    assert sum(r["params_bytes"] for r in rows.values()) == document["estimates"][0]["by_kind"]["parameters"]
+    assert "saved for backward" in result.stdout and "(outside modules)" in rows
+    document, _ = _estimate(tmp_path, "--layers", "train_gpt.py")
+    saved = sum(row["saved_for_backward_bytes"] for row in document["layers"])
+    assert 0.95 * document["forward_growth_bytes"] <= saved <= document["forward_growth_bytes"]

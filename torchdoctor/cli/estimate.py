@@ -19,10 +19,12 @@ from torchdoctor.errors import TorchDoctorError, UsageError
               help="Also find the largest batch whose peak fits SIZE (e.g. 24GiB), by fake runs.")
 @click.option("--steps", type=click.IntRange(min=1, max=20), default=2, show_default=True,
               help="Optimizer steps to count (the first makes the optimizer's state).")
+@click.option("--layers", is_flag=True,
+              help="Also a table per module: its parameters, its outputs, what autograd saves for backward in it.")
 @click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the estimate as JSON.")
 @target_arguments
 def estimate(is_module: bool, batch_sizes: str | None, batch_arg: str | None, budget: str | None, steps: int,
-             json_path: str | None, script: str, script_args: tuple[str, ...]) -> int:
+             layers: bool, json_path: str | None, script: str, script_args: tuple[str, ...]) -> int:
     """Estimate peak memory without allocating it: the script's first steps on fake tensors.
 
     \b
@@ -50,7 +52,7 @@ def estimate(is_module: bool, batch_sizes: str | None, batch_arg: str | None, bu
         check_output("--json", json_path)
     check_module(script) if is_module else check_script(script)
     request = EstimateRequest(script=script, is_module=is_module, script_args=script_args, batch_sizes=sizes,
-                              batch_arg=batch_arg, budget=limit, steps=steps)
+                              batch_arg=batch_arg, budget=limit, steps=steps, layers=layers)
     document = run_estimate(request)
     click.echo(estimate_text(document))
     if json_path:

@@ -37,9 +37,29 @@ def estimate_text(document: dict[str, Any]) -> str:
         else:
             lines.append(f"no batch fits under {budget}: batch 1 needs "
                          f"{format_bytes(largest['first_over']['peak_bytes'])}")
+    if "layers" in document:
+        lines += ["", f"per layer (batch {document.get('layers_batch_size') or '?'}, the first training forward):"]
+        lines += layer_table(document["layers"])
+        growth = document.get("forward_growth_bytes")
+        if growth:
+            saved = sum(row["saved_for_backward_bytes"] for row in document["layers"])
+            lines.append(f"the forward left {format_bytes(growth)} alive: {format_bytes(saved)} saved for backward "
+                         f"(above), {format_bytes(max(0, growth - saved))} its outputs and the rest")
     reads = max((e.get("stand_ins", 0) for e in document["estimates"]), default=0)
     if reads:
         lines.append(f"{reads} values read back to Python (loss.item() ...) got stand-ins")
     lines += ["", "Not counted:"] + [f"- {limit}" for limit in document.get("limits", [])]
     lines.append(f"({document['runs']} runs, {document['seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+def layer_table(layers: list[dict[str, Any]]) -> list[str]:
+    header = ["module", "params", "output", "saved for backward"]
+    rows = [[row["module"], format_bytes(row["params_bytes"]), format_bytes(row["output_bytes"]),
+             format_bytes(row["saved_for_backward_bytes"])] for row in layers]
+    total = ["total", format_bytes(sum(r["params_bytes"] for r in layers)), "",
+             format_bytes(sum(r["saved_for_backward_bytes"] for r in layers))]
+    table = [header, *rows, total]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            for row in table]

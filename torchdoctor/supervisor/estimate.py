@@ -46,6 +46,7 @@ class EstimateRequest:
     batch_arg: str | None = None  # the script's batch-size option (found in script_args when not given)
     budget: int | None = None
     steps: int = 2
+    layers: bool = False  # the per-layer table (of the first batch size estimated)
 
     def batch_option(self) -> str | None:
         if self.batch_arg:
@@ -81,7 +82,8 @@ def _one_run(request: EstimateRequest, script_args: list[str], run_dir: str, lau
     return {"batch_size": estimated.batch_size, "peak_bytes": peak["peak_bytes"], "peak_phase": peak["peak_phase"],
             "by_phase": peak["by_phase"], "by_kind": peak["by_kind"], "steps_counted": estimated.steps_done,
             "steps_wanted": request.steps, "stand_ins": estimated.stand_ins, "device": estimated.device,
-            "batch_option": estimated.batch_option}
+            "batch_option": estimated.batch_option, "layers": estimated.layers,
+            "forward_growth_bytes": estimated.forward_growth_bytes}
 
 
 def _last_line(run_dir: str) -> str:
@@ -197,12 +199,18 @@ def run_estimate(request: EstimateRequest) -> dict[str, Any]:
         for batch in sizes:
             found = runs.at(batch) if batch != own["batch_size"] else own
             estimates.append({**found, "batch_size": batch})
+        layers, growth = estimates[0].get("layers") or [], estimates[0].get("forward_growth_bytes")
+        estimates = [{k: v for k, v in e.items() if k not in ("layers", "forward_growth_bytes")} for e in estimates]
         document: dict[str, Any] = {
             "schema": ESTIMATE_SCHEMA, "schema_version": ESTIMATE_VERSION, "torchdoctor_version": __version__,
             "script": request.script, "argv": [request.script, *request.script_args], "device": own["device"],
             "figures": "tensor storages counted on fake tensors (no memory allocated)",
             "estimates": estimates, "limits": list(LIMITS),
         }
+        if request.layers:
+            document["layers"] = layers
+            document["layers_batch_size"] = estimates[0]["batch_size"]
+            document["forward_growth_bytes"] = growth
         if request.budget is not None:
             document["largest_batch"] = _largest_batch(runs, request.budget, own["batch_size"] or 1)
         document["runs"] = len(runs.done)

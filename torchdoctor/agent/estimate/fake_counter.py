@@ -136,6 +136,13 @@ class FakeStorageCounter(TorchDispatchMode):
                 self.peak_cats[cat] += entry.nbytes
             entry.cat = cat
 
+    def category(self, tensor: torch.Tensor) -> int | None:
+        try:
+            entry = self._live.get(tensor.untyped_storage()._cdata)
+        except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+            return None
+        return entry.cat if entry is not None else None
+
     # -- spans -------------------------------------------------------------------------------------------------
     def set_phase(self, phase: str) -> None:
         self.phase = phase

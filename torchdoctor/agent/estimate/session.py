@@ -12,6 +12,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from torchdoctor.agent.estimate.fake_counter import FakeStorageCounter, StandInScalars
+from torchdoctor.agent.estimate.layers import LayerTable
 from torchdoctor.agent.hooks.phases import PhaseTracker
 from torchdoctor.agent.memory.accounting import ACTIVATIONS, ACTIVATIONS_SAVED
 from torchdoctor.agent.memory.measuring import MeasuredModels
@@ -33,10 +34,12 @@ class EstimateSession:
         self.scalars = StandInScalars()
         self.models = MeasuredModels(self.counter)
         self.phases = PhaseTracker(self._phase_changed, self.models.root_module)
-        self.phases.names_wanted = False
+        self.layers = LayerTable(self.counter)
         self.phases.root_forward = self._root_forward
         self.phases.after_backward = self.models.gradients
-        self.saved = SavedActivations(self._saved_for_backward)
+        stack = self.phases.module_stack
+        self.saved = SavedActivations(self._saved_for_backward, label=lambda: stack[-1] if stack else None,
+                                      labelled=self.layers.saved)
         self.batch_size: int | None = None
         self.device = "cpu"
         self.figures: list[dict[str, Any]] = []
@@ -69,7 +72,8 @@ class EstimateSession:
         option = (self.batch_args.found.get("batch") or {}).get("name")
         self.sink.emit(Estimated(batch_size=self.batch_size, steps=self.figures, device=self.device,
                                  stand_ins=self.scalars.reads, batch_option=option,
-                                 steps_done=self.step))
+                                 steps_done=self.step, layers=self.layers.to_list(),
+                                 forward_growth_bytes=self.layers.forward_growth if self.layers.done else None))
 
     def record_failure(self, exc: BaseException | None) -> bool:
         return False
@@ -81,11 +85,14 @@ class EstimateSession:
             self.saved.forward_began()
         else:
             self.saved.forward_ended()
+            self.layers.stop()
 
     def _saved_for_backward(self, tensors: list[torch.Tensor]) -> None:
         self.counter.classify(tensors, ACTIVATIONS_SAVED, only_from=ACTIVATIONS)
 
     def _root_forward(self, module: torch.nn.Module, args: Any) -> None:
+        if module.training and torch.is_grad_enabled() and self.phases.phase != "forward":
+            self.layers.adopt(module)
         if self.batch_size is None and module.training and torch.is_grad_enabled():
             first = next((a for a in args if isinstance(a, torch.Tensor)), None)
             if first is not None and first.dim() > 0:

@@ -24,14 +24,18 @@ _autograd = torch._C._autograd
 class SavedActivations:
     """Tells autograd-saved activations from temporaries, one training forward at a time."""
 
-    def __init__(self, classify: Callable[[list[torch.Tensor]], None]) -> None:
+    def __init__(self, classify: Callable[[list[torch.Tensor]], None],
+                 label: Callable[[], str | None] | None = None,
+                 labelled: Callable[[list[tuple[torch.Tensor, str | None]]], None] | None = None) -> None:
         self._classify = classify  # (tensors) -> None: file them as saved activations
-        self._saved: list[weakref.ref[torch.Tensor]] = []
+        self._label = label  # what was running when a tensor was saved (the innermost module), for ``labelled``
+        self._labelled = labelled  # (tensor, label) pairs, before they are classified
+        self._saved: list[tuple[weakref.ref[torch.Tensor], str | None]] = []
         self._pushed = False
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         try:
-            self._saved.append(weakref.ref(tensor))
+            self._saved.append((weakref.ref(tensor), self._label() if self._label is not None else None))
         except TypeError:
             pass
         return tensor
@@ -61,9 +65,11 @@ class SavedActivations:
             _autograd._pop_saved_tensors_default_hooks()
             self._pushed = False
         saved, self._saved = self._saved, []
-        alive = [tensor for ref in saved if (tensor := ref()) is not None]
-        if alive:
-            self._classify(alive)
+        pairs = [(tensor, label) for ref, label in saved if (tensor := ref()) is not None]
+        if pairs and self._labelled is not None:
+            self._labelled(pairs)
+        if pairs:
+            self._classify([tensor for tensor, _ in pairs])
 
     def remove(self) -> None:
         self.forward_ended()
