@@ -28,8 +28,10 @@ ENV_DOCTOR = "TORCHDOCTOR_DOCTOR"
 ENV_MAX_STEPS = "TORCHDOCTOR_MAX_STEPS"
 ENV_ESTIMATE = "TORCHDOCTOR_ESTIMATE"
 
-# Sent by the supervisor to a stalled child: the agent's faulthandler writes every thread's stack to faulthandler.log.
-STACKS_SIGNAL = signal.SIGUSR1
+# Sent by the supervisor to a stalled child whose heartbeat says it is registered: the agent's faulthandler writes every
+# thread's stack to faulthandler.log. A real-time signal, not SIGUSR1: SLURM, Lightning and others use SIGUSR1 for
+# their own ends (requeue on a time limit). None where there are no real-time signals: no stacks there.
+STACKS_SIGNAL: int | None = signal.SIGRTMIN + 7 if hasattr(signal, "SIGRTMIN") else None
 
 # The option names a script's batch size goes by (argparse dests, also read from its command line by the supervisor).
 BATCH_OPTIONS = ("batch_size", "train_batch_size", "per_device_train_batch_size", "micro_batch_size", "bs",

@@ -244,6 +244,7 @@ class Heartbeat(Event):
 
     kind: ClassVar[str] = "heartbeat"
     where: str | None
+    stacks_signal: int | None = None  # the signal that makes faulthandler write the stacks (None: not registered)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ EXAMPLES = [
     ProcessExited(returncode=-9, exit_code=137, outcome="killed", signal="SIGKILL"),
     ProcessExited(returncode=-9, exit_code=124, outcome="stalled", signal="SIGKILL",
                   stop={"reason": "stall-timeout", "signals": ["SIGINT", "SIGTERM", "SIGKILL"], "grace_s": 10.0}),
-    Heartbeat(where="train.py:12 in train"),
+    Heartbeat(where="train.py:12 in train", stacks_signal=41),
     Stall(since=1.5e9, seconds=61.0, where="train.py:12 in train", stacks="Thread 0x1 (most recent call first):"),
     Estimated(batch_size=32, steps=[{"peak_bytes": 10, "peak_phase": "forward", "held_bytes": 4,
                                      "by_phase": {"forward": 10}, "by_kind": {"parameters": 4}}],

@@ -2,9 +2,10 @@
 that makes progress from one that has stalled, and say where it stalled.
 
 A daemon thread reads the main thread's frame (``sys._current_frames``, no signal, no lock the script holds) and
-emits a ``Heartbeat`` with the innermost frame of the user's code. On ``SIGUSR1`` (sent by the supervisor when it
-finds the run stalled) faulthandler writes every thread's Python stack into the run's ``faulthandler.log``, even
-when the main thread is stuck inside a C call. Neither imports torch: a script can stall before it imports it.
+emits a ``Heartbeat`` with the innermost frame of the user's code. On ``config.STACKS_SIGNAL`` (a real-time signal,
+sent by the supervisor when it finds the run stalled, and only when the heartbeat says it is registered)
+faulthandler writes every thread's Python stack into the run's ``faulthandler.log``, even when the main thread is
+stuck inside a C call. Neither imports torch: a script can stall before it imports it.
 """
 
 from __future__ import annotations
@@ -52,10 +53,13 @@ class HeartbeatThread:
         self._skipped = _skipped_dirs()
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="torchdoctor-heartbeat", daemon=True)
+        self.stacks_signal: int | None = None  # the signal that dumps the stacks, once registered
 
     def start(self, stacks_file: IO[str] | None = None) -> None:
-        if stacks_file is not None and signal.getsignal(STACKS_SIGNAL) == signal.SIG_DFL:
+        if (stacks_file is not None and STACKS_SIGNAL is not None
+                and signal.getsignal(STACKS_SIGNAL) == signal.SIG_DFL):
             faulthandler.register(STACKS_SIGNAL, file=stacks_file, all_threads=True)
+            self.stacks_signal = STACKS_SIGNAL
         self._thread.start()
 
     def where(self) -> str | None:
@@ -67,7 +71,7 @@ class HeartbeatThread:
             if os.getpid() != self._pid:
                 return
             try:
-                self._sink.emit(Heartbeat(where=self.where()))
+                self._sink.emit(Heartbeat(where=self.where(), stacks_signal=self.stacks_signal))
             except Exception:  # noqa: BLE001 - a heartbeat must never disturb the script
                 return
 

@@ -263,7 +263,8 @@ class Supervisor:
             self._stall.noticed = True
             seconds = self._stall.stalled_for(now)
             self._apply(Stall(since=time.time() - seconds, seconds=round(seconds, 1), where=self.state.where,
-                              stacks=read_stacks(child, os.path.join(self.run_dir, "faulthandler.log"))))
+                              stacks=read_stacks(child, os.path.join(self.run_dir, "faulthandler.log"),
+                                                 self.state.stacks_signal)))
             self._say(f"stalled for {seconds:.0f} s at {self.state.where or 'an unknown place'} (no optimizer step, "
                       f"the main thread in one place); its Python stacks are in the report")
         if self._stall.timed_out(now) and not self._stop.stopping:

@@ -77,6 +77,7 @@ class RunState:
     last_measured: MemorySample | None = None
     last_notable: str | None = None  # what the live view shows as the last notable event
     where: str | None = None  # where the script's main thread was at the last heartbeat
+    stacks_signal: int | None = None  # the signal the agent registered to write its stacks (None: none)
     stall: Stall | None = None  # the run's longest stall (no progress), as the supervisor found it
     stalled: bool = False  # stalled now (until the next step)
     estimates: list[Estimated] = field(default_factory=list)  # torchdoctor estimate's counts
@@ -123,6 +124,7 @@ class RunState:
             self.estimates.append(event)
         elif isinstance(event, Heartbeat):
             self.where = event.where
+            self.stacks_signal = event.stacks_signal
         elif isinstance(event, Stall):
             if self.stall is None or event.seconds >= self.stall.seconds or event.since != self.stall.since:
                 self.stall = event

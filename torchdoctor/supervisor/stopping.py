@@ -14,7 +14,6 @@ import signal
 import time
 from typing import Any
 
-from torchdoctor.config import STACKS_SIGNAL
 from torchdoctor.supervisor.failures import signal_name
 
 STALL_NOTICE_S = 60.0  # no progress this long: shown as stalled (and the stacks taken), without --stall-timeout
@@ -102,12 +101,14 @@ class StopLadder:
         return {"reason": self.reason, "signals": list(self.sent), "grace_s": self.grace}
 
 
-def read_stacks(child: Any, path: str) -> str | None:
+def read_stacks(child: Any, path: str, signum: int | None) -> str | None:
     """Every thread's Python stack, written by the agent's faulthandler into ``path`` (faulthandler.log) on
-    SIGUSR1, read back from where the file ended before the signal."""
+    ``signum`` (the one its heartbeat said it registered; None: no stacks), read back from where the file ended."""
+    if signum is None:
+        return None
     try:
         offset = os.path.getsize(path)
-        child.send_signal(STACKS_SIGNAL)
+        child.send_signal(signum)
     except (OSError, ProcessLookupError):
         return None
     deadline, text, previous = time.monotonic() + 2.0, "", None
