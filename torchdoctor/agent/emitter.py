@@ -49,7 +49,7 @@ class FileEmitter:
         self.failed: str | None = None  # why events could not be written (said once)
         self._pid = os.getpid()
         self._last_flush = time.monotonic()
-        self._lock = threading.Lock()  # the writer thread and a final flush never interleave
+        self._lock = threading.RLock()  # the writer thread and a flush from the training thread never interleave
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="torchdoctor-events", daemon=True)
         self._thread.start()
