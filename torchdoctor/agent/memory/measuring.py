@@ -39,15 +39,18 @@ class MeasuredModels:
         self.accountant = accountant
         self.modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # weak: a dropped model frees memory
         self._measuring = measuring  # whether storages are classified now
-        self._grad_watched: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
+        # parameters with a gradient hook, by id (a WeakSet of tensors would compare two of them with ``==``,
+        # elementwise, when an optimizer is made again over the same parameters)
+        self._grad_watched: dict[int, weakref.ref[torch.Tensor]] = {}
         self._grad_hooks: list[Any] = []
 
     def watch_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """A gradient is a gradient as soon as autograd puts it in ``.grad`` (mid-backward peaks, accumulation),
         not only when the optimizer steps: one hook per parameter, which counts only while measuring."""
         for param in optimizer_params(optimizer):
-            if param.requires_grad and param not in self._grad_watched:
-                self._grad_watched.add(param)
+            known = self._grad_watched.get(id(param))
+            if param.requires_grad and (known is None or known() is not param):
+                self._grad_watched[id(param)] = weakref.ref(param)
                 self._grad_hooks.append(param.register_post_accumulate_grad_hook(self._gradient_made))
 
     def _gradient_made(self, param: torch.Tensor) -> None:
