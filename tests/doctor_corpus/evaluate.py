@@ -1,7 +1,8 @@
 """Run the doctor over the labelled corpus and score it: precision and recall per finding id.
 
-    python tests/doctor_corpus/evaluate.py        # prints the per-class table (Markdown) for docs/doctor.md
+    python tests/doctor_corpus/evaluate.py        # prints the per-check and per-shape tables (Markdown) for docs/doctor.md
     python tests/doctor_corpus/evaluate.py --cli  # the same, each script under `torchdoctor run`
+    python tests/doctor_corpus/evaluate.py td104_manual_slices.py ...  # only these scripts
 
 Each script runs in its own process under the agent (``torchdoctor.agent.bootstrap``, as ``torchdoctor run``'s
 child does). By default the processes are forked from a server that has imported torch once (a multiprocessing
@@ -10,6 +11,9 @@ and the corpus runs in a third of the time. ``--cli`` runs each script under ``t
 supervisor, the report). The labels come from ``manifest.json`` only (the detectors never see file names or
 comments). A finding counts as a true positive when the manifest lists its id for that script, a false positive
 otherwise; a listed id with no finding is a false negative.
+
+``shapes.json`` labels each script with the shapes of its training loop (one or more of ``SHAPES``); the second
+table scores the findings of the scripts of each shape.
 """
 
 from __future__ import annotations
@@ -53,8 +57,24 @@ class Score:
         return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
 
 
+# The loop shapes of shapes.json: how the script gets its batches, loops, reads its model's output, is organised.
+SHAPES = {
+    "dataloader": "batches from a DataLoader, a pass per epoch",
+    "manual-batches": "batches sliced by hand or made by a collate function called in the loop",
+    "step-loop": "itertools.cycle, `while step < max_steps` or a count of iterations",
+    "structured-output": "the model returns (logits, loss), a dict or a dataclass",
+    "trainer-class": "training inside a Trainer class's train_step/training_loop methods",
+    "two-models": "two models and two optimizers",
+    "late": "the bug (or the trap) begins late: after a warm-up or an epoch, on unfreezing, on a resume branch",
+}
+
+
 def manifest() -> dict[str, list[str]]:
     return json.loads((HERE / "manifest.json").read_text())
+
+
+def shapes() -> dict[str, list[str]]:
+    return json.loads((HERE / "shapes.json").read_text())
 
 
 def _child(script: str, run_dir: str) -> tuple[int, str]:
@@ -140,6 +160,17 @@ def score(outcomes: list[Outcome]) -> tuple[Score, dict[str, Score]]:
     return total, per_id
 
 
+def shape_scores(outcomes: list[Outcome]) -> dict[str, tuple[int, int, Score]]:
+    """shape -> (scripts, scripts with bugs, the score of their findings)."""
+    labels = shapes()
+    out: dict[str, tuple[int, int, Score]] = {}
+    for shape in SHAPES:
+        mine = [o for o in outcomes if shape in labels.get(o.script, ())]
+        if mine:
+            out[shape] = (len(mine), sum(1 for o in mine if o.expected), score(mine)[0])
+    return out
+
+
 def table(outcomes: list[Outcome]) -> str:
     total, per_id = score(outcomes)
     clean = sum(1 for o in outcomes if not o.expected)
@@ -150,12 +181,18 @@ def table(outcomes: list[Outcome]) -> str:
         lines.append(f"| {check_id} | {s.tp + s.fn} | {s.tp} | {s.fp} | {s.fn} | {s.precision:.2f} | {s.recall:.2f} |")
     lines.append(f"| all | {total.tp + total.fn} | {total.tp} | {total.fp} | {total.fn} | {total.precision:.2f} | "
                  f"{total.recall:.2f} |")
+    lines += ["", "| shape | scripts | with bugs | found correctly | false alarms | missed | precision | recall |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for shape, (count, buggy, s) in shape_scores(outcomes).items():
+        lines.append(f"| {shape} | {count} | {buggy} | {s.tp} | {s.fp} | {s.fn} | {s.precision:.2f} | "
+                     f"{s.recall:.2f} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    results = run_corpus(cli="--cli" in sys.argv[1:])
+    wanted = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
+    results = run_corpus(cli="--cli" in sys.argv[1:], scripts=wanted or None)
     for outcome in results:
         if outcome.returncode != 0 or outcome.expected != outcome.found:
             print(f"{outcome.script}: expected {sorted(outcome.expected)}, found {sorted(outcome.found)}, "

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.doctor_corpus.evaluate import HERE, manifest, run_corpus, score
+from tests.doctor_corpus.evaluate import HERE, SHAPES, manifest, run_corpus, score, shapes
 
 pytestmark = pytest.mark.e2e
 
@@ -20,6 +20,18 @@ def test_the_corpus_is_at_least_half_clean_and_every_buggy_script_has_a_fixed_tw
             assert labels.get(twin) == [], f"{name} has no fixed twin {twin}"
 
 
+def test_every_script_has_loop_shapes_and_every_check_three_buggy_scripts():
+    labels, shaped = manifest(), shapes()
+    assert sorted(shaped) == sorted(labels)
+    assert all(s and set(s) <= set(SHAPES) for s in shaped.values())
+    per_check: dict[str, int] = {}
+    for ids in labels.values():
+        for check_id in ids:
+            per_check[check_id] = per_check.get(check_id, 0) + 1
+    assert min(per_check.values()) >= 3, per_check
+
+
+@pytest.mark.slow  # the whole corpus, 153 scripts: three minutes of one core; CI runs it with the slow tests
 def test_precision_is_one_and_recall_at_least_095_over_the_corpus():
     outcomes = run_corpus()  # each script in a fresh process under the agent, forked with torch preloaded
     failed = [(o.script, o.stderr) for o in outcomes if o.returncode != 0]

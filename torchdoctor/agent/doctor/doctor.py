@@ -107,6 +107,7 @@ class Doctor:
             return
         self._finished = True
         self.gradients.finish()
+        self.windows.finish()
         self.graphs.finish()
         self.modes.finish()
         self.params.finish()
@@ -118,13 +119,15 @@ class Doctor:
 
     def before_backward(self, tensors: Any, retain_graph: bool) -> None:
         step = self.session.step + 1
-        watched = self.watched(step)
+        # with several optimizers each backward pass feeds as many steps: watched if one of them is
+        optimizers = max(1, len(self.session.constructions.optimizers.stepped()))
+        watched = any(self.watched(step + i) for i in range(optimizers))
         loss = first_tensor(tensors)
         self.gradients.before_backward()
         self.modes.before_backward()
         self.params.before_backward(loss)
         self.windows.before_backward(loss, retain_graph, watched)
-        self.graphs.before_backward(loss, watched)
+        self.graphs.before_backward(loss, watched, retain_graph)
 
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
         step = self.session.step + 1
@@ -137,6 +140,8 @@ class Doctor:
             return listed[0]
 
         self.gradients.before_step(step, params, watched)
+        notes = self.session.constructions.optimizers.record(optimizer).notes
+        notes["backwards_at_step"] = self.session.backwards_total
         self.windows.before_step(optimizer, step, watched)
         self.graphs.before_step(optimizer, step, params, watched)
         self.modes.before_step(optimizer, step, watched)
@@ -146,6 +151,7 @@ class Doctor:
         self.windows.pass_opened(record, training)
         self.modes.pass_opened(record, training)
         self.memory.pass_opened(record, training)
+        self.params.pass_opened(training)
 
     # -- findings --------------------------------------------------------------------------------------------
     def report(self, check_id: str, where: str | None, evidence: str) -> None:

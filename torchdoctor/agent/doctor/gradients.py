@@ -8,7 +8,8 @@ step), TD103 (a step every micro-batch while gradients are reset only every k mi
   often than steps (TD103); none means gradients are not reset (TD101). Intentional accumulation never gets here:
   its gradients are used by one step and reset.
 - A zero_grad after the last backward pass that destroyed non-zero gradients of parameters an optimizer then steps,
-  with all that optimizer's gradients None or zero, is TD102.
+  with all that optimizer's gradients None or zero, is TD102. "After the last backward pass" is per optimizer: with
+  two optimizers, the second one's zero_grad after the first one's step still comes between its backward and step.
 """
 
 from __future__ import annotations
@@ -66,12 +67,35 @@ class GradientChecks:
             self._stale.pop(id(p), None)
 
     def before_reset(self, params: Any) -> None:
-        if self.doctor.session.backwards_since_step <= 0:
+        session = self.doctor.session
+        if session.backwards_since_step <= 0 and not self._unstepped_backward(params):
             return
         where = user_location()
         for p in params():
             if p.grad is not None and bool(p.grad.any()):
                 self._destroyed[id(p)] = where
+
+    def _unstepped_backward(self, params: Any) -> bool:
+        """Whether a backward pass came since the last step of an optimizer holding the first of ``params`` (another
+        optimizer stepped since: a step ends the session's step, not this optimizer's window)."""
+        session = self.doctor.session
+        optimizers = session.constructions.optimizers
+        stepped = optimizers.stepped()
+        if len(stepped) < 2 or not session.backwards_total:
+            return False
+        listed = params()
+        if not listed:
+            return False
+        first = id(listed[0])
+        for optimizer in stepped:
+            notes = optimizers.record(optimizer).notes
+            groups, held = notes.get("param_ids", (0, frozenset()))
+            if groups != len(optimizer.param_groups):  # listed again after add_param_group
+                held = frozenset(id(p) for group in optimizer.param_groups for p in group["params"])
+                notes["param_ids"] = (len(optimizer.param_groups), held)
+            if first in held and notes.get("backwards_at_step", 0) < session.backwards_total:
+                return True
+        return False
 
     def before_backward(self) -> None:
         self._destroyed.clear()

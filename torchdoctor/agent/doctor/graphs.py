@@ -1,7 +1,11 @@
 """Autograd-graph checks, from the metadata dict autograd keeps on each graph node.
 
-- TD109, a graph kept across steps: on watched steps the loss's graph node carries a probe (a weakly referenced
-  object in ``node.metadata``). A node lives as long as anything holds its graph; when the graphs of two earlier
+- TD109, a graph kept across steps: on watched steps the loss's graph node, and the nodes just below it that this
+  step's forward made (by autograd's sequence numbers: a tensor made once, before, is not this step's), carry a
+  probe (a weakly referenced object in ``node.metadata``), so a kept loss and kept outputs (``outputs.append(
+  logits)``) are both seen (the loss node alone when the backward keeps its graph: ``retain_graph=True`` with
+  the agent's saved-tensor hooks can keep a node that saved its own output alive). A node lives as long as
+  anything holds its graph; when the graphs of two earlier
   steps are still alive at a later backward pass, something keeps every step's graph (``total += loss``). The
   holder is found once (a scan of live tensors for one whose graph reaches a probe), and autograd's anomaly mode
   is switched on for a step or two so the next kept tensor records the line that made it.
@@ -26,6 +30,7 @@ from torchdoctor.agent.hooks.locations import is_user_file, shown_path, user_loc
 from torchdoctor.agent.memory.live import live_tensors
 
 PROBE = "torchdoctor.probe"
+PROBED_NODES = 32  # nodes of a watched step's graph, nearest the loss first, that carry its probe
 SEEN = "torchdoctor.seen"
 LINE_WAIT = 4  # backward passes to wait for the kept tensor's line before reporting without it
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
@@ -55,9 +60,10 @@ class GraphChecks:
         self._probes: list[tuple[int, weakref.ref[_Probe]]] = []
         self._kept: _Kept | None = None
         self._nonfinite: tuple[int, str | None, str] | None = None  # (step, where, value)
+        self._sequence = -1  # the highest autograd sequence number probed so far: older nodes are not this step's
 
     # -- hooks -------------------------------------------------------------------------------------------
-    def before_backward(self, loss: torch.Tensor | None, watched: bool) -> None:
+    def before_backward(self, loss: torch.Tensor | None, watched: bool, retain_graph: bool = False) -> None:
         if loss is None:
             return
         step = self.doctor.session.step + 1
@@ -70,7 +76,7 @@ class GraphChecks:
         if self._kept is not None:
             self._follow_kept(step)
         if watched or self._kept is not None:
-            self._check_kept(node, step)
+            self._check_kept(node, step, deep=not retain_graph)
         if watched:
             self._check_stale(node, step)
 
@@ -91,9 +97,15 @@ class GraphChecks:
             self._report_kept(None)
 
     # -- TD109 --------------------------------------------------------------------------------------------
-    def _check_kept(self, node: Any, step: int) -> None:
+    def _check_kept(self, node: Any, step: int, deep: bool) -> None:
         probe = _Probe(step)
-        node.metadata[PROBE] = probe
+        newest = self._sequence
+        for found in _nearest(node, PROBED_NODES if deep else 1):
+            sequence = found._sequence_nr()
+            if found is node or sequence > self._sequence:
+                found.metadata.setdefault(PROBE, probe)
+                newest = max(newest, sequence)
+        self._sequence = newest
         self._probes = [(s, ref) for s, ref in self._probes if ref() is not None][-16:]
         self._probes.append((step, weakref.ref(probe)))
         if self._kept is not None or "TD109" in self.doctor.reported:
@@ -155,8 +167,11 @@ class GraphChecks:
         steps_now = self.doctor.session.step
         stale = None
         nodes = []
+        leaves = []
         for node in graph_nodes(root):
             if node.name() == "torch::autograd::AccumulateGrad":
+                if isinstance(node.variable, torch.nn.Parameter):
+                    leaves.append(node.variable)
                 continue
             seen = node.metadata.get(SEEN)
             if seen is not None and seen < steps_now and stale is None and self._updated_below(node, seen):
@@ -164,6 +179,7 @@ class GraphChecks:
             nodes.append(node)
         for node in nodes:
             node.metadata[SEEN] = steps_now
+        self.doctor.params.saw_leaves(leaves)
         if stale is not None:
             node, seen = stale
             self.doctor.report("TD113", user_location(), (
@@ -198,6 +214,22 @@ class GraphChecks:
         assert nonfinite is not None
         step, where, value = nonfinite
         self.doctor.report("TD118", where, f"step {step}: the loss passed to backward() is {value}{first}{count}")
+
+
+def _nearest(root: Any, limit: int) -> list[Any]:
+    """Up to ``limit`` nodes of the graph below ``root``, breadth first (nearest the loss first), leaves left out."""
+    found: list[Any] = []
+    seen, queue = {id(root)}, [root]
+    while queue and len(found) < limit:
+        node = queue.pop(0)
+        if node.name() == "torch::autograd::AccumulateGrad":
+            continue
+        found.append(node)
+        for child, _ in node.next_functions:
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                queue.append(child)
+    return found
 
 
 def _finite(loss: torch.Tensor) -> bool:

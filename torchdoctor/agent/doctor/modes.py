@@ -3,7 +3,8 @@ pass, opened after training began (a pass over the training DataLoader is never 
 recalibration over training batches stays silent).
 
 - TD110, evaluation with autograd on: the first forward of the evaluation pass made an output that requires grad,
-  and no backward pass came before training went on. The figure is what that forward's graph keeps for backward.
+  and no backward pass came before training went on (a backward pass over the evaluated batches themselves, as
+  saliency maps do, means the graph was wanted). The figure is what that forward's graph keeps for backward.
 - TD111, evaluation in train mode: the evaluated model is in training mode and has Dropout or BatchNorm layers.
 - TD112, training in eval mode: a model that trained in training mode was evaluated, and its next optimizer step
   finds it still in eval mode with Dropout or BatchNorm layers (``model.train()`` not called again).
@@ -39,6 +40,7 @@ class ModeChecks:
         self._out_hook: Any = None
         self._where: str | None = None
         self._backwards_at = 0
+        self._eval_loader: int | None = None  # the DataLoader of the evaluation pass
         self._graph: tuple[str | None, int, int, str] | None = None  # (where, bytes, backwards at start, model)
         self._evaluated: list[weakref.ref[nn.Module]] = []
         self._trained_in_train_mode: weakref.WeakSet[nn.Module] = weakref.WeakSet()
@@ -58,6 +60,7 @@ class ModeChecks:
         if not session.recovery.loaders.training_loaders or not session.step:
             return
         self._confirm_graph()
+        self._eval_loader = record.loader
         self._where = user_location()
         self._backwards_at = session.backwards_total
         if self._pre_hook is None:
@@ -65,7 +68,11 @@ class ModeChecks:
 
     def before_backward(self) -> None:
         loaders = self.doctor.session.recovery.loaders
-        if self._graph is not None and loaders.last_loader in loaders.training_loaders:
+        if self._graph is None:
+            return
+        if loaders.last_loader == self._eval_loader:
+            self._graph = None  # a backward pass over the evaluated batches (saliency, input gradients): it was wanted
+        elif loaders.last_loader in loaders.training_loaders:
             self._confirm_graph()
 
     def before_step(self, optimizer: torch.optim.Optimizer, step: int, watched: bool) -> None:

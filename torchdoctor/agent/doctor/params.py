@@ -1,6 +1,10 @@
 """Which parameters get gradients and which optimizers hold them; gradients clipped while still scaled.
 
-- TD114: at the second step, trainable parameters of the trained models have gradients but are in no optimizer.
+- TD114: trainable parameters of the trained models, or parameters a watched backward pass reached (a module made
+  later, or unfrozen: its parameters are leaves of the loss's graph), have gradients but are in no optimizer; read at
+  the second step and again at every watched step and training pass start, so a state that changes late (a
+  backbone unfrozen after an epoch, a head added after the warm-up) is seen. The finding points at the line that
+  made their module.
 - TD115: an optimizer none of whose parameters ever got a gradient: at the second step when the trained
   parameters outside every optimizer have the same shapes (it holds another copy of the model), otherwise at the
   end of a run of at least three steps (with the backward pass that started from a leaf tensor, if one did).
@@ -43,6 +47,8 @@ class ParameterChecks:
         self._tracked: list[_Tracked] = []  # every optimizer that stepped, in the order of their first steps
         self._leaf_backward: str | None = None
         self._checked_outside = False
+        self._leaves: dict[int, torch.Tensor] = {}  # parameters this step's watched backward passes reached
+        self._recheck = False
 
     def before_backward(self, loss: torch.Tensor | None) -> None:
         if loss is not None and loss.grad_fn is None and loss.requires_grad and self._leaf_backward is None:
@@ -56,9 +62,22 @@ class ParameterChecks:
             self._tracked.append(tracked)
         if tracked.never:
             tracked.never = [ref for ref in tracked.never if (p := ref()) is not None and p.grad is None]
-        if step >= 2 and not self._checked_outside:
+        due = not self._checked_outside or self._recheck or self.doctor.watched(step) or len(self._leaves) > 0
+        if step >= 2 and due and not ({"TD114", "TD115"} & self.doctor.reported):
+            leaves, self._leaves = self._leaves, {}
             self._checked_outside = True
-            self._check_outside(step)
+            self._recheck = False
+            self._check_outside(step, leaves)
+
+    def pass_opened(self, training: bool) -> None:
+        """A training pass starts (a new epoch: where a backbone is unfrozen, a head added): read again."""
+        if training:
+            self._recheck = True
+
+    def saw_leaves(self, leaves: list[torch.Tensor]) -> None:
+        """The parameters a watched backward pass accumulates gradients into."""
+        if "TD114" not in self.doctor.reported:
+            self._leaves.update((id(p), p) for p in leaves)
 
     def clipping(self, params: list[torch.Tensor], called: bool) -> None:
         doctor = self.doctor
@@ -111,7 +130,7 @@ class ParameterChecks:
                     f"{steps} steps ({listed(param_names(never))}): their module is not on the path from "
                     f"the loss (a bypassed block, or an output that is not used)"))
 
-    def _check_outside(self, step: int) -> None:
+    def _check_outside(self, step: int, leaves: dict[int, torch.Tensor]) -> None:
         session = self.doctor.session
         optimizers = session.constructions.optimizers.alive()
         if not optimizers:
@@ -123,6 +142,9 @@ class ParameterChecks:
             for p in root.parameters():
                 if p.requires_grad and p.grad is not None and id(p) not in held:
                     outside[id(p)] = p
+        for key, p in leaves.items():
+            if p.requires_grad and p.grad is not None and key not in held:
+                outside[key] = p
         if not outside:
             return
         shapes = Counter(tuple(p.shape) for p in outside.values())
@@ -138,8 +160,23 @@ class ParameterChecks:
                     f"({listed(param_names(list(outside.values()), roots))}) are in no optimizer: the optimizer "
                     f"holds another copy of the model (made before the model was re-created or copied)"))
                 return
-        names = param_names(list(outside.values()), roots)
-        where = next((t.where for t in self._tracked if t.where), None) or user_location()
+        names = param_names(list(outside.values()), roots + self._owners(outside))
+        where = (self._made_at(outside) or next((t.where for t in self._tracked if t.where), None)
+                 or user_location())
         self.doctor.report("TD114", where, (
             f"step {step}: {len(outside)} trainable parameter tensors have gradients but are in no optimizer "
             f"({listed(names)}): they are never updated"))
+
+    def _owners(self, params: dict[int, torch.Tensor]) -> list[torch.nn.Module]:
+        """The modules made in the script that hold any of ``params`` directly."""
+        made = self.doctor.session.constructions.module_made_at
+        return [m for m in list(made.keys()) if any(id(p) in params for p in m._parameters.values() if p is not None)]
+
+    def _made_at(self, params: dict[int, torch.Tensor]) -> str | None:
+        """The user's line that made the module holding the first of ``params``."""
+        made = self.doctor.session.constructions.module_made_at
+        first = next(iter(params))
+        for module in list(made.keys()):
+            if any(p is not None and id(p) == first for p in module._parameters.values()):
+                return made.get(module)
+        return None

@@ -1,14 +1,22 @@
 """Accumulation-window checks: what happens between two optimizer steps.
 
-- TD104: a step over k ≥ 2 backward passes, each from another DataLoader batch, each a mean-reduced loss that was
-  not multiplied or divided afterwards: the step applies the sum of k mean gradients (k times too large).
+- TD104: a step over an accumulation window of k ≥ 2 backward passes, each a mean-reduced loss that was not
+  multiplied or divided afterwards: the step applies the sum of k mean gradients (k times too large). A window is
+  read from the call protocol alone (however the micro-batches are made: a DataLoader, slices, chunks, a collate
+  function): k backward passes between two optimizer steps (not inside one: a closure), from the same line of
+  the script, through the same parameters (the graph's leaves), none keeping its graph. Losses of different parts of
+  one objective (a GAN's real and fake terms on two lines, task heads in a loop) differ in line or parameters and stay
+  silent.
 - TD105: the same windows with token-mean cross-entropy losses over padded targets whose counted tokens differ
   more than twofold between micro-batches: each micro-batch's tokens weigh differently.
 - TD106: a training pass starts while backward passes of the previous pass are not yet stepped, and the next step
   comes with no reset in between: the short last window leaked into the next pass's first step.
-- TD107: a scheduler's ``last_epoch`` advanced once per backward pass (k ≥ 2) between two steps of its optimizer.
-- TD108: at its optimizer's first step a scheduler had already been stepped once by the script.
-Windows are read on watched steps only, and not while torchdoctor's own micro-batching accumulates.
+- TD107: a scheduler's ``last_epoch`` advanced once per backward pass (k ≥ 2) between two steps of its optimizer
+  (read at watched steps, against the step before: a schedule that goes wrong late is seen at the next one).
+- TD108: at its optimizer's first step a scheduler had already been stepped once by the script, and the next step
+  does not show it stepped per micro-batch (that is TD107, which also steps it before the first step).
+Both point at the scheduler's ``step()`` line. Windows are read on watched steps only, and not while torchdoctor's
+own micro-batching accumulates.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from typing import Any
 
 import torch
 
-from torchdoctor.agent.doctor.evidence import LossShape, loss_shape
+from torchdoctor.agent.doctor.evidence import LossShape, graph_nodes, loss_shape
 from torchdoctor.agent.hooks.locations import user_location
 
 TOKEN_RATIO = 2.0  # counted tokens differing more than this between micro-batches of one window (TD105)
@@ -29,6 +37,14 @@ class _Backward:
     batch: int  # DataLoader batches delivered before it
     shape: LossShape
     where: str | None
+    leaves: frozenset[int]  # the tensors its graph accumulates gradients into (by id; alive: the optimizer's)
+
+
+def _leaves(loss: torch.Tensor) -> frozenset[int]:
+    node = loss.grad_fn
+    if node is None:
+        return frozenset()
+    return frozenset(id(n.variable) for n in graph_nodes(node) if n.name() == "torch::autograd::AccumulateGrad")
 
 
 class WindowChecks:
@@ -39,18 +55,20 @@ class WindowChecks:
         self._leftover: tuple[int, int, str | None] | None = None  # (backward passes, pass number, where)
         # scheduler id -> (last_epoch, backwards_total, its optimizer's steps) at that optimizer's last watched step
         self._sched_seen: dict[int, tuple[int, int, int]] = {}
+        self._early: dict[int, tuple[str | None, str]] = {}  # scheduler id -> TD108 waiting for the next step
 
     @property
     def _own_accumulation(self) -> bool:
         return self.doctor.session.recovery.gates is not None
 
     def before_backward(self, loss: torch.Tensor | None, retain_graph: bool, watched: bool) -> None:
-        if not watched or loss is None:
+        session = self.doctor.session
+        if not watched or loss is None or session.phases.in_step:  # in step(): an optimizer's closure (LBFGS)
             return
         self._retained = self._retained or retain_graph
-        session = self.doctor.session
-        self._window.append(_Backward(session.recovery.loaders.batches_delivered,
-                                      loss_shape(loss, exact_tokens=True), user_location()))
+        shape = loss_shape(loss, exact_tokens=True)
+        self._window.append(_Backward(session.recovery.loaders.batches_delivered, shape, user_location(),
+                                      _leaves(loss) if shape.mean else frozenset()))
 
     def zero_grad(self, params: Any, called: bool) -> None:
         if called:
@@ -67,20 +85,28 @@ class WindowChecks:
         if self._leftover is not None:
             self._check_leftover(step)
         steps = self.doctor.session.constructions.optimizers.record(optimizer).steps
-        if watched or steps == 1:
+        # a watched step compares with the step before it: that one is read too
+        if watched or steps <= 2 or self.doctor.watched(step + 1):
             self._check_schedulers(optimizer, step, steps)
         if watched and len(window) >= 2 and not retained and not self._own_accumulation:
-            batches = [b.batch for b in window]
-            if all(a < b for a, b in zip(batches, batches[1:])):
+            first = window[0]
+            if first.leaves and all(b.where == first.where and b.leaves == first.leaves for b in window[1:]):
                 self._check_window(window, step)
+
+    def finish(self) -> None:
+        for where, evidence in self._early.values():
+            self.doctor.report("TD108", where, evidence)
+        self._early.clear()
 
     # -- the checks ------------------------------------------------------------------------------------
     def _check_window(self, window: list[_Backward], step: int) -> None:
         k = len(window)
         shapes = [b.shape for b in window]
+        batches = [b.batch for b in window]
+        source = ("DataLoader batches" if all(a < b for a, b in zip(batches, batches[1:])) else "micro-batches")
         if all(s.mean and not s.scaled for s in shapes):
             self.doctor.report("TD104", window[0].where, (
-                f"step {step}: {k} backward passes over {k} DataLoader batches, each from a mean-reduced loss "
+                f"step {step}: {k} backward passes at this line over {k} {source}, each from a mean-reduced loss "
                 f"({shapes[0].node}) that was not divided by {k}, fed one optimizer step: it applied the sum of "
                 f"{k} mean gradients, {k}× the gradient of the mean over the window"))
         tokens = [s.tokens for s in shapes]
@@ -112,8 +138,9 @@ class WindowChecks:
             if not isinstance(last, int) or id(scheduler) in inner:
                 continue
             name = type(scheduler).__name__
+            where = session.constructions.scheduler_stepped_at.get(scheduler) or user_location()
             if steps == 1 and getattr(scheduler, "_step_count", 0) == 2:
-                self.doctor.report("TD108", user_location(), (
+                self._early[id(scheduler)] = (where, (
                     f"step {step}: {name}.step() was called before the first optimizer.step() of its optimizer; "
                     f"every step then runs with the learning rate of the schedule's next step (the first value, "
                     f"{name}'s starting learning rate, is skipped)"))
@@ -122,8 +149,11 @@ class WindowChecks:
             if seen is None or seen[2] != steps - 1:
                 continue
             advanced, backwards = last - seen[0], session.backwards_total - seen[1]
+            early = self._early.pop(id(scheduler), None)
             if backwards >= 2 and advanced == backwards:
-                self.doctor.report("TD107", user_location(), (
+                self.doctor.report("TD107", where, (
                     f"step {step}: {name} advanced {advanced} times between two optimizer steps, once per backward "
                     f"pass: the schedule runs {advanced}× faster than the optimizer steps (warmup and decay end "
                     f"{advanced}× too early)"))
+            elif early is not None:
+                self.doctor.report("TD108", *early)

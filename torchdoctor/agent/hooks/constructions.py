@@ -1,4 +1,5 @@
-"""The optimizers, LR schedulers and GradScalers a script creates, in creation order.
+"""The optimizers, LR schedulers and GradScalers a script creates, in creation order (and the user's line of each
+scheduler's latest ``step()``, for the doctor's findings about schedulers).
 
 One wrapper per constructor for the whole session, shared by everything that needs to know about these objects
 (run checkpoints save and restore them, gradient accumulation gates each optimizer's ``step``): wrapping the same
@@ -8,14 +9,16 @@ constructor twice from two places would make the order of removal matter.
 from __future__ import annotations
 
 import functools
+import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
 
-from torchdoctor.agent.hooks.locations import user_location
+from torchdoctor.agent.hooks.locations import is_user_file, shown_path, user_location
 from torchdoctor.agent.hooks.patching import ClassPatches
 
 
@@ -71,11 +74,25 @@ class _Optimizers(_Registry):
         return [o for o in self.alive() if self._records[o].steps]
 
 
+def _maker(module: Any) -> str | None:
+    """The user's line that called ``module``'s class: the innermost user frame not in the module's own __init__."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if is_user_file(frame.f_code.co_filename) and frame.f_locals.get("self") is not module:
+            return f"{shown_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
 class Constructions:
     def __init__(self) -> None:
         self.optimizers = _Optimizers()
         self.schedulers = _Registry()
         self.scalers = _Registry()
+        # scheduler -> the user's line of its latest step() call
+        self.scheduler_stepped_at: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+        # module -> the user's line that made it (the call of its class, not its own __init__'s super() call)
+        self.module_made_at: weakref.WeakKeyDictionary[torch.nn.Module, str | None] = weakref.WeakKeyDictionary()
         self.on_optimizer: list[Callable[[torch.optim.Optimizer], None]] = []
         self._patches = ClassPatches()
 
@@ -99,6 +116,35 @@ class Constructions:
         for cls in (lr.ReduceLROnPlateau, lr.SequentialLR, lr.ChainedScheduler):  # no super().__init__ call
             self._patches.wrap(cls, "__init__", remember(self.schedulers))
         self._patches.wrap(torch.amp.GradScaler, "__init__", remember(self.scalers))
+        stepped_at = self.scheduler_stepped_at
+
+        def where_stepped(original: Any) -> Any:
+            @functools.wraps(original)
+            def step(scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    stepped_at[scheduler] = user_location()
+                except TypeError:  # an unhashable scheduler: no line for it
+                    pass
+                return original(scheduler, *args, **kwargs)
+            return step
+
+        made_at = self.module_made_at
+
+        def where_made(original: Any) -> Any:
+            @functools.wraps(original)
+            def __init__(module: Any, *args: Any, **kwargs: Any) -> None:
+                original(module, *args, **kwargs)
+                try:
+                    made_at[module] = _maker(module)
+                except TypeError:  # an unhashable module (a dataclass with eq=True): no line for it
+                    pass
+            return __init__
+
+        self._patches.wrap(torch.nn.Module, "__init__", where_made)
+        stepping: tuple[type, ...] = (lr.LRScheduler, lr.ReduceLROnPlateau, lr.SequentialLR, lr.ChainedScheduler,
+                                      lr.CosineAnnealingWarmRestarts)  # the classes with their own step()
+        for owner in stepping:
+            self._patches.wrap(owner, "step", where_stepped)
 
     def remove(self) -> None:
         self._patches.restore()
