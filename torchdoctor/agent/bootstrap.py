@@ -215,15 +215,19 @@ def main(argv: list[str] | None = None) -> None:
     fault_file = _arm(settings)
     sink = FileEmitter(settings.events_path) if settings.events_path else MemorySink()
     heartbeat = HeartbeatThread(sink) if settings.events_path else None
-    if heartbeat is not None:
-        heartbeat.start(stacks_file=fault_file)
     exits = ClassPatches()  # os._exit skips every cleanup: the events queued so far are written first
     exits.wrap(os, "_exit", lambda original: _flushing_exit(original, sink))
     started: _Started = {"target": target, "is_module": is_module, "argv": [target, *script_args],
                          "python": platform.python_version(), "accounting": settings.accounting,
                          "sample_every": settings.sample_every, "attempt": settings.attempt}
     sessions: list[Any] = []
-    watcher = TorchImportWatcher(lambda: sessions.append(_start_session(settings, sink, started)))
+
+    def on_import_torch() -> None:
+        sessions.append(_start_session(settings, sink, started))
+        if heartbeat is not None:  # after run_started, which stays the stream's first event
+            heartbeat.start(stacks_file=fault_file)
+
+    watcher = TorchImportWatcher(on_import_torch)
     exit_code, failure, interrupted = 1, None, False
     watcher.install()
     try:

@@ -1,5 +1,6 @@
-"""The agent's heartbeat: every few seconds, where the script's main thread is, so the supervisor can tell a run
-that makes progress from one that has stalled, and say where it stalled.
+"""The agent's heartbeat: every few seconds from the script's ``import torch`` on (after ``run_started``, the event
+stream's first event), where the script's main thread is, so the supervisor can tell a run that makes progress from
+one that has stalled, and say where it stalled.
 
 A daemon thread reads the main thread's frame (``sys._current_frames``, no signal, no lock the script holds) and
 emits a ``Heartbeat`` with the innermost frame of the user's code. On ``config.STACKS_SIGNAL`` (a real-time signal,
