@@ -29,9 +29,9 @@ class FileEmitter:
     """Writes events as JSON lines to a file from a background thread.
 
     The training thread appends to a deque; the writer drains it every ``interval`` seconds, and an event that
-    comes after a quiet ``interval`` is written at once by the thread that emits it (at most one write per
-    interval that way, so the cost stays bounded). Every event is therefore on disk within ``interval`` of being
-    emitted, and a script that dies by SIGKILL or a segfault right after an optimizer step has that step
+    comes after a quiet ``interval``, or that records a step slower than ``interval``, is written at once by the
+    thread that emits it (at most one write per interval that way, so the cost stays bounded). Every event is
+    therefore on disk within ``interval`` of being emitted, and a script that dies by SIGKILL or a segfault right after an optimizer step has that step
     recorded when steps are slower than the interval. Beyond ``maxsize`` queued events, new ones are dropped and
     counted (the count goes out in ``RunFinished``). ``os._exit`` loses none (the bootstrap closes the emitter
     first). Each line goes out in unbuffered ``write`` calls on an append-only
@@ -61,8 +61,10 @@ class FileEmitter:
             self.dropped += 1
             return
         self._pending.append(event)
-        now = time.monotonic()
-        if now - self._last_flush >= self._interval:
+        # written at once: after a quiet interval, or the record of a step slower than the interval (a crash
+        # right after it must not lose it; at most one such write per interval of training)
+        slow_step = (getattr(event, "step_time_s", None) or 0.0) >= self._interval
+        if slow_step or time.monotonic() - self._last_flush >= self._interval:
             self._flush()
 
     def _run(self) -> None:
