@@ -31,12 +31,12 @@ class FileEmitter:
     The training thread appends to a deque; the writer drains it every ``interval`` seconds, and an event that
     comes after a quiet ``interval``, or that records a step slower than ``interval``, is written at once by the
     thread that emits it (at most one write per interval that way, so the cost stays bounded). Every event is
-    therefore on disk within ``interval`` of being emitted, and a script that dies by SIGKILL or a segfault right after an optimizer step has that step
-    recorded when steps are slower than the interval. Beyond ``maxsize`` queued events, new ones are dropped and
-    counted (the count goes out in ``RunFinished``). ``os._exit`` loses none (the bootstrap closes the emitter
-    first). Each line goes out in unbuffered ``write`` calls on an append-only
-    descriptor: what was written is in the file even if the process dies. A write that fails (a full disk) drops
-    those events, says so once on stderr in one line, and the training goes on.
+    therefore on disk within ``interval`` of being emitted, and a script that dies by SIGKILL or a segfault right
+    after a step slower than the interval has that step recorded. Beyond ``maxsize`` queued events, new ones are
+    dropped and counted (the count goes out in ``RunFinished``). ``os._exit`` loses none (the bootstrap closes the
+    emitter first). Each line goes out in unbuffered ``write`` calls on an append-only descriptor: what was written
+    is in the file even if the process dies. A write that fails (a full disk) drops those events, says so once on
+    stderr in one line, and the training goes on.
     """
 
     def __init__(self, path: str, maxsize: int = 10_000, interval: float = 0.1) -> None:
