@@ -28,7 +28,7 @@ def batch_samples(data: Any) -> tuple[int | None, Any]:
 
 def storage_of(tensor: Any) -> int | None:
     try:
-        return int(tensor.untypedstorage_of().data_ptr())
+        return int(tensor.untyped_storage().data_ptr())
     except (RuntimeError, NotImplementedError, TypeError, AttributeError):
         return None
 
