@@ -125,8 +125,7 @@ class _Runs:
 
     def checked(self) -> list[int]:
         """The batch sizes run so far."""
-        return sorted({run["batch_size"] if batch is None else batch for batch, run in self.done.items()
-                       if (batch if batch is not None else run["batch_size"]) is not None})
+        return sorted({batch if batch is not None else run["batch_size"] for batch, run in self.done.items()} - {None})
 
     def fits(self, batch: int, budget: int) -> bool:
         return self.at(batch)["peak_bytes"] <= budget

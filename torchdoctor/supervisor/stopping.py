@@ -71,12 +71,8 @@ class StopLadder:
         self._deadline = now + self.grace
         if already_delivered:
             self.sent.append(signal_name(first))
-            return
-        try:
-            child.send_signal(first)
-        except ProcessLookupError:
-            return
-        self.sent.append(signal_name(first))
+        else:
+            self._signal(child, first)
 
     def tick(self, child: Any, now: float) -> None:
         """Called while waiting: the next signal once the grace period has passed with the child still alive."""
@@ -86,13 +82,15 @@ class StopLadder:
     def _send(self, child: Any, now: float) -> None:
         if self._next >= len(LADDER):
             return
-        signum = LADDER[self._next]
         self._next += 1
         self._deadline = now + self.grace
+        self._signal(child, LADDER[self._next - 1])
+
+    def _signal(self, child: Any, signum: int) -> None:
         try:
             child.send_signal(signum)
         except ProcessLookupError:
-            return
+            return  # already gone
         self.sent.append(signal_name(signum))
 
     def to_dict(self) -> dict[str, Any] | None:
