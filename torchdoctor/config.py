@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torchdoctor.errors import UsageError
 
@@ -98,6 +98,15 @@ class AgentSettings:
             env[ENV_CHECKPOINT_EVERY] = str(self.checkpoint_every)
         return env
 
+    def for_rank(self, rank: Rank | None) -> AgentSettings:
+        """Each rank of a run under torch's launcher writes its own files: the first process of each machine
+        (LOCAL_RANK 0) the run's own, every other one ``events-rank{RANK}.jsonl`` and ``faulthandler-rank{RANK}.log``
+        beside them."""
+        if rank is None or rank.local_rank == 0:
+            return self
+        return replace(self, events_path=rank_path(self.events_path, rank.rank),
+                       fault_log=rank_path(self.fault_log, rank.rank))
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> AgentSettings:
         env = os.environ if environ is None else environ
@@ -125,3 +134,29 @@ class AgentSettings:
             max_steps=_int(ENV_MAX_STEPS, 0),
             estimate=env.get(ENV_ESTIMATE, "0") == "1",
         )
+
+
+@dataclass(frozen=True)
+class Rank:
+    """Where a process stands in a run started by torch's launcher (the variables torchrun sets in each worker)."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Rank | None:
+        """None outside torch's launcher (RANK, LOCAL_RANK or WORLD_SIZE missing, or not numbers)."""
+        env = os.environ if environ is None else environ
+        try:
+            return cls(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
+        except (KeyError, ValueError):
+            return None
+
+
+def rank_path(path: str | None, rank: int) -> str | None:
+    """``run/events.jsonl`` -> ``run/events-rank3.jsonl``: rank 3's own file beside the run's."""
+    if path is None:
+        return None
+    stem, dot, suffix = os.path.basename(path).partition(".")
+    return os.path.join(os.path.dirname(path), f"{stem}-rank{rank}{dot}{suffix}")

@@ -71,6 +71,10 @@ class RunStarted(Event):
     attempt: int = 1
     # "allocator" (the CPU allocator's, via the probe) or "tensor outputs (why)"
     cpu_figures: str = "tensor outputs"
+    # a rank started by torch's launcher (torchrun's RANK, LOCAL_RANK, WORLD_SIZE); None in a single process
+    rank: int | None = None
+    local_rank: int | None = None
+    world_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,17 @@ class RunFinished(Event):
 
 
 @dataclass(frozen=True)
+class RanksFailed(Event):
+    """torch's launcher ended with failed ranks (``ChildFailedError``), written by its process (agent/launch.py)
+    once every rank of this machine has stopped."""
+
+    kind: ClassVar[str] = "ranks_failed"
+    # per failed rank of this machine: rank, local_rank, pid, exit_code (negative: died by that signal), signal
+    # (its name, or None), message (torch's: a traceback's last line, or "Signal 9 (SIGKILL) received by PID ...")
+    failures: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class ProcessExited(Event):
     """The child process is gone, as seen by the supervisor (authoritative exit code)."""
 
@@ -261,7 +276,7 @@ class Stall(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (RunStarted, MemorySample, Note, Finding, OutOfMemory, BatchSource, ProcessSample, Resume,
-                TrainingFigures, RunFinished, ProcessExited, Heartbeat, Stall, Estimated)
+                TrainingFigures, RunFinished, RanksFailed, ProcessExited, Heartbeat, Stall, Estimated)
 }
 
 

@@ -26,7 +26,7 @@ from torchdoctor.agent.heartbeat import HeartbeatThread
 from torchdoctor.agent.hooks.patching import ClassPatches
 from torchdoctor.agent.import_hook import TorchImportWatcher
 from torchdoctor.agent.lifeline import die_with_parent
-from torchdoctor.config import AgentSettings
+from torchdoctor.config import AgentSettings, Rank
 from torchdoctor.errors import ResumeAbandoned, StepsDone, UsageError
 from torchdoctor.events import RunFinished, RunStarted
 
@@ -47,9 +47,13 @@ class _StartedFields(TypedDict):
 
 
 class _Started(_StartedFields, total=False):
-    """The fields of ``RunStarted`` that the agent knows before torch is imported (``cpu_figures``: once it is)."""
+    """The fields of ``RunStarted`` that the agent knows before torch is imported (``cpu_figures``: once it is;
+    the rank's, under torch's launcher)."""
 
     cpu_figures: str
+    rank: int
+    local_rank: int
+    world_size: int
 
 
 def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
@@ -211,7 +215,8 @@ def _record_end(sink: Any, sessions: list[Any], started: _Started, exit_code: in
 
 def main(argv: list[str] | None = None) -> None:
     is_module, target, script_args = _parse(list(sys.argv[1:] if argv is None else argv))
-    settings = AgentSettings.from_env()
+    rank = Rank.from_env()
+    settings = AgentSettings.from_env().for_rank(rank)
     fault_file = _arm(settings)
     sink = FileEmitter(settings.events_path) if settings.events_path else MemorySink()
     heartbeat = HeartbeatThread(sink) if settings.events_path else None
@@ -220,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     started: _Started = {"target": target, "is_module": is_module, "argv": [target, *script_args],
                          "python": platform.python_version(), "accounting": settings.accounting,
                          "sample_every": settings.sample_every, "attempt": settings.attempt}
+    if rank is not None:
+        started["rank"], started["local_rank"], started["world_size"] = rank.rank, rank.local_rank, rank.world_size
     sessions: list[Any] = []
 
     def on_import_torch() -> None:

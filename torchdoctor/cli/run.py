@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import click
 
 from torchdoctor.cli.group import cli
-from torchdoctor.cli.shared import module_option, monitor_options, target_arguments
+from torchdoctor.cli.shared import module_option, monitor_options, target_arguments, torchrun_options
 from torchdoctor.config import ACCOUNTING_MODES, DEFAULT_SAMPLE_EVERY
 from torchdoctor.errors import UsageError
 from torchdoctor.plan import REMEDIES
@@ -72,6 +73,7 @@ HOST_LIMIT_MIN = 64 << 20  # below this a Python process with torch does not sta
                    "non-zero exit code still wins.")
 @click.option("--no-doctor", is_flag=True, help="Do not run the training-loop checks (findings).")
 @monitor_options
+@torchrun_options
 @target_arguments
 def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, accounting: str, sample_every: int,
         log_interval: float, stall_timeout: float | None, stop_grace: float, memory_budget: str | None,
@@ -80,17 +82,25 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
         no_keep_effective_batch: bool, batch_arg: str | None, relaunch: str, allow_batchnorm_split: bool,
         fail_on: str | None,
         no_doctor: bool,
-        tensorboard_dir: str | None, use_wandb: bool, script: str, script_args: tuple[str, ...]) -> int:
+        tensorboard_dir: str | None, use_wandb: bool, script: str, script_args: tuple[str, ...],
+        **torchrun: Any) -> int:
     """Run a training script, unmodified, under torchdoctor.
 
     \b
     torchdoctor run train.py --lr 3e-4
     torchdoctor run -m package.module --epochs 2
+    torchdoctor run --nproc-per-node 2 train.py   (torch's launcher, torchrun; other torchrun options pass through)
     """
     from torchdoctor.sizes import parse_size
     from torchdoctor.supervisor.attempt_loop import Supervisor
     from torchdoctor.supervisor.recovery_planner import RecoveryOptions
     from torchdoctor.supervisor.run_config import RunConfig
+    from torchdoctor.supervisor.torchrun_options import launcher_args
+
+    launcher = launcher_args(torchrun)
+    if launcher and checkpoint_every:
+        raise UsageError("--checkpoint-every does not work with torchrun's options yet: every rank would write the "
+                         "same checkpoint files")
 
     chosen = tuple(r.strip() for r in remedies.split(",") if r.strip())
     if not chosen:
@@ -117,5 +127,5 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
                        accounting=accounting, sample_every=sample_every,
                        memory_budget=budget, host_memory_limit=host_limit, atomic_save=not no_atomic_save,
                        checkpoint_every=checkpoint_every, recovery=recovery, doctor=not no_doctor, fail_on=fail_on,
-                       tensorboard_dir=tensorboard_dir, wandb=use_wandb, relaunch=relaunch)
+                       tensorboard_dir=tensorboard_dir, wandb=use_wandb, relaunch=relaunch, launcher_args=launcher)
     return Supervisor(config).run()

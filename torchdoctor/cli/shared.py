@@ -23,6 +23,20 @@ def monitor_options(command: Any) -> Any:
                              "(needs the tensorboard extra).")(command)
 
 
+def torchrun_options(command: Any) -> Any:
+    """torchrun's options, as torchrun spells them (supervisor/torchrun_options.py); any of them runs the script
+    under torch's launcher. The ones about how the script starts are declared to be refused with why."""
+    from torchdoctor.supervisor.torchrun_options import OPTIONS, REFUSED, option_key
+
+    for names in reversed(REFUSED):
+        command = click.option(*names, option_key(names), is_flag=True, hidden=True)(command)
+    for option in reversed(OPTIONS):
+        command = click.option(*option.names, option.key, is_flag=option.flag, default=False if option.flag else None,
+                               metavar=None if option.flag else option.metavar, hidden=not option.shown,
+                               help=option.help or None)(command)
+    return command
+
+
 def target_arguments(command: Any) -> Any:
     command = click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT ARGS]...")(command)
     return click.argument("script", metavar="SCRIPT|MODULE")(command)

@@ -43,12 +43,19 @@ def _headline(report: dict[str, Any]) -> Text:
     exception = report.get("exception")
     if exception:
         message = exception.get("message")
-        text.append(f"\n{exception['type']}" + (f": {message}" if message else ""), style="red")
+        rank = f"rank {exception['rank']}: " if exception.get("rank") is not None else ""
+        text.append(f"\n{rank}{exception['type']}" + (f": {message}" if message else ""), style="red")
+    cause = (report.get("distributed") or {}).get("root_cause")
+    if cause and cause.get("signal") and not exception:
+        text.append(f"\nrank {cause['rank']} was killed by {cause['signal']}", style="red")
     return text
 
 
 def _peaks_table(report: dict[str, Any]) -> Table:
-    table = Table(title="Peak memory", title_justify="left", expand=False, show_edge=False)
+    first = next((r for r in (report.get("distributed") or {}).get("ranks") or [] if r.get("events") == "events.jsonl"),
+                 None)
+    title = "Peak memory" + (f" (rank {first['rank']}; every rank's: Ranks, below)" if first else "")
+    table = Table(title=title, title_justify="left", expand=False, show_edge=False)
     table.add_column("device")
     table.add_column("what is measured")
     table.add_column("peak", justify="right")
@@ -222,6 +229,29 @@ def _recovery(report: dict[str, Any]) -> Group | None:
     return Group(*rows)
 
 
+def _ranks(report: dict[str, Any]) -> Group | None:
+    """A run under torch's launcher: each rank's steps, peak and end; where the failure began; memory imbalance."""
+    distributed = report.get("distributed")
+    if not distributed:
+        return None
+    table = Table(title=f"Ranks ({distributed.get('world_size') or '?'} in the run; this machine's)",
+                  title_justify="left", expand=False, show_edge=False)
+    for column in ("rank", "steps", "peak", "ended"):
+        table.add_column(column, justify="right" if column in ("steps", "peak") else "left")
+    for rank in distributed.get("ranks") or []:
+        peak = rank.get("peak")
+        figure = f"{format_bytes(peak['bytes'])} {peak['device']} {peak['kind'].replace('_', ' ')}" if peak else "n/a"
+        table.add_row(str(rank.get("rank")), str(rank.get("steps", 0)), figure, rank.get("ended", ""))
+    parts: list[Any] = [table]
+    cause = distributed.get("root_cause")
+    if cause:
+        parts.append(Text(f"Root cause: {cause['why']}", style="red"))
+    imbalance = (distributed.get("imbalance") or {}).get("message")
+    if imbalance:
+        parts.append(Text(imbalance[:1].upper() + imbalance[1:], style="yellow"))
+    return Group(*parts)
+
+
 def _accounting_note(report: dict[str, Any]) -> Text:
     acc = report.get("accounting") or {}
     mode = acc.get("mode")
@@ -249,6 +279,9 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         top = _top_tensors(peak)
         if top is not None:
             parts += [Text(""), top]
+    ranks = _ranks(report)
+    if ranks is not None:
+        parts += [Text(""), ranks]
     recovery = _recovery(report)
     if recovery is not None:
         parts += [Text(""), recovery]

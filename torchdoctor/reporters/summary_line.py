@@ -21,6 +21,15 @@ def summary_line(report: dict[str, Any]) -> str:
             phase = f" ({peak['phase']})" if peak.get("phase") else ""
             parts.append(f"peak {peak['device']} {peak['kind'].replace('_', ' ')} {format_bytes(peak['bytes'])}"
                          f"{when}{phase}")
+    distributed = report.get("distributed") or {}
+    if distributed:
+        parts.append(f"{len(distributed.get('ranks') or [])} ranks")
+        if distributed.get("root_cause"):
+            parts.append(f"root cause: {distributed['root_cause']['why'].split(';')[0]}")
+        imbalance = distributed.get("imbalance")
+        if imbalance:
+            parts.append(f"memory imbalance: rank {imbalance['rank']} peak {format_bytes(imbalance['bytes'])}, the "
+                         f"others {format_bytes(imbalance['others_bytes'])}")
     recovery = report.get("recovery") or {}
     if recovery.get("recovered"):
         changed = training_changes_short(recovery)

@@ -21,9 +21,18 @@ from torchdoctor.errors import TorchDoctorError
 from torchdoctor.events import ProcessExited, ProcessSample, Stall
 from torchdoctor.files import write_json_atomic
 from torchdoctor.plan import Plan
-from torchdoctor.supervisor.child import BOOT, PACKAGE_ROOT, Launcher, in_terminal_foreground, probe_process
+from torchdoctor.supervisor.child import (
+    BOOT,
+    LAUNCH,
+    PACKAGE_ROOT,
+    Launcher,
+    RankProcess,
+    in_terminal_foreground,
+    probe_process,
+)
 from torchdoctor.supervisor.event_tail import EventTail
 from torchdoctor.supervisor.failures import attempt_record, describe_failure, exit_status, script_args_for, signal_name
+from torchdoctor.supervisor.ranks import RankStreams, distributed_summary
 from torchdoctor.supervisor.recovery_planner import next_plan
 from torchdoctor.supervisor.report import build_report
 from torchdoctor.supervisor.resume_source import resume_source
@@ -33,6 +42,7 @@ from torchdoctor.supervisor.state import RunState
 from torchdoctor.supervisor.stopping import StallWatch, StopLadder, read_stacks
 from torchdoctor.supervisor.target import check_module, check_script
 from torchdoctor.supervisor.terminal import PtyForwarder, open_pty, resize_pty
+from torchdoctor.supervisor.torchrun_options import LAUNCHER_ENV, launch_command
 from torchdoctor.supervisor.zygote import ZygoteProcess
 
 # --relaunch auto: a torch-preloaded zygote is started once attempt 1 has run this long (a run that ends sooner pays
@@ -53,7 +63,9 @@ class Supervisor:
         self._resume_blocked: str | None = None  # why a resume was abandoned: later attempts do not try again
         self._child: subprocess.Popen[bytes] | ZygoteProcess | None = None
         self._owns_launcher = launcher is None  # one given (torchdoctor estimate's, with its zygote) is not closed
-        self._launcher = launcher or Launcher(config.relaunch)
+        # under torch's launcher every attempt is a fresh launcher process (the zygote forks one script process)
+        self._launcher = launcher or Launcher("fresh" if config.launcher_args else config.relaunch)
+        self._ranks = RankStreams("")  # the other ranks' event streams, under torch's launcher (in the run dir)
         self._stop = StopLadder(config.stop_grace)
         self._cgroup_before = cgroup_memory_peak()  # a peak above this was reached during the run
         self._stall = StallWatch(config.stall_timeout, time.monotonic())
@@ -70,6 +82,7 @@ class Supervisor:
         claimed = claim_run_dir(cfg.target, cfg.run_dir)  # events.jsonl made, atomically: the directory is ours
         self.run_dir = claimed.path
         self._events_path = os.path.abspath(claimed.events)
+        self._ranks.run_dir = self.run_dir
         try:
             if cfg.tensorboard_dir or cfg.wandb:
                 from torchdoctor.reporters.monitors import open_monitors
@@ -100,6 +113,9 @@ class Supervisor:
         env = {**os.environ, **settings.to_env(), **cfg.extra_env}
         command = [sys.executable, "-c", BOOT.format(root=PACKAGE_ROOT)]
         command += (["-m"] if cfg.is_module else []) + [cfg.target, *script_args_for(cfg.script_args, plan)]
+        if cfg.launcher_args:  # torch's launcher starts the ranks, each one this command
+            command = launch_command(sys.executable, LAUNCH.format(root=PACKAGE_ROOT), cfg.launcher_args, command)
+            env = {**LAUNCHER_ENV, **env}
         return command, env
 
     def _use_live(self) -> bool:
@@ -136,6 +152,7 @@ class Supervisor:
                 signal.signal(sig, self._on_signal)
             while True:
                 self.state = RunState()
+                self._ranks.reset()
                 began = time.time()
                 kills_before = oom_kill_count()
                 self._env_for_zygote = env
@@ -232,6 +249,7 @@ class Supervisor:
         returncode = self._child.wait()
         for event in tail.read():
             self._apply(event)
+        self._ranks.read()
         peak = cgroup_memory_peak()  # the kernel's high-water mark: what 1 s samples miss before an OOM kill
         if peak is not None and self._cgroup_before is not None and peak > self._cgroup_before:
             self._apply(ProcessSample(rss_bytes=None, children_rss_bytes=None, cgroup_peak_bytes=peak))
@@ -263,7 +281,8 @@ class Supervisor:
             self._stall.noticed = True
             seconds = self._stall.stalled_for(now)
             self._apply(Stall(since=time.time() - seconds, seconds=round(seconds, 1), where=self.state.where,
-                              stacks=read_stacks(child, os.path.join(self.run_dir, "faulthandler.log"),
+                              stacks=read_stacks(self._main_process(child),
+                                                 os.path.join(self.run_dir, "faulthandler.log"),
                                                  self.state.stacks_signal)))
             self._say(f"stalled for {seconds:.0f} s at {self.state.where or 'an unknown place'} (no optimizer step, "
                       f"the main thread in one place); its Python stacks are in the report")
@@ -291,6 +310,7 @@ class Supervisor:
             done = child.poll() is not None
             for event in tail.read():
                 self._apply(event)
+            self._ranks.read()
             now = time.monotonic()
             if (self.config.relaunch == "auto" and self._launcher.zygote is None and now - began >= ZYGOTE_AFTER_S
                     and self.config.recovery.max_retries > 0):
@@ -305,6 +325,11 @@ class Supervisor:
             if done:
                 return
             time.sleep(0.1)
+
+    def _main_process(self, child: Any) -> Any:
+        """The process that writes the run's own events: the child, or under torch's launcher its first rank."""
+        started = self.state.started
+        return RankProcess(started.pid) if self.config.launcher_args and started is not None else child
 
     def _apply(self, event: Any) -> None:
         """Every event goes to the run's state, then to the monitoring tools."""
@@ -330,8 +355,10 @@ class Supervisor:
                       "cuda_devices": started.cuda_devices if started else None},
             "gpus": {"gpus": [g.to_dict() for g in gpus], "explanation": nvml_why if not gpus else "nvml"},
         }
+        distributed = distributed_summary(self.state, self._ranks.states,
+                                          stopped=bool(self._signalled or self._stop.stopping))
         report = build_report(self.state, run_dir=self.run_dir, environment=environment, attempts=attempts,
-                              memory_budget=self.config.memory_budget)
+                              memory_budget=self.config.memory_budget, distributed=distributed)
         report_path = os.path.join(self.run_dir, "report.json")
         try:
             write_json_atomic(report_path, report)

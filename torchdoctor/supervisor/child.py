@@ -16,6 +16,9 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(torchdoctor.__fil
 # script's sys.path (the bootstrap then sets sys.path[0] as python would for the script).
 BOOT = ("import sys; sys.path.insert(0, {root!r}); from torchdoctor.agent.bootstrap import main; "
          "sys.path.pop(0); main()")
+# The launcher process of a run under torch's launcher (torchrun): agent/launch.py, started the same way.
+LAUNCH = ("import sys; sys.path.insert(0, {root!r}); from torchdoctor.agent.launch import main; "
+          "sys.path.pop(0); main()")
 ZYGOTE_WAIT_S = 60.0  # a relaunch waits this long at most for a zygote still importing (a fresh start would too)
 
 
@@ -25,6 +28,16 @@ def in_terminal_foreground() -> bool:
         return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
     except OSError:
         return False
+
+
+class RankProcess:
+    """A rank under torch's launcher, signalled by its pid (it is the launcher's child, not the supervisor's)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
 
 
 class Launcher:

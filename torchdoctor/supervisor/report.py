@@ -17,6 +17,7 @@ from torchdoctor.files import read_versioned_json
 from torchdoctor.supervisor.coverage import unmeasured_peaks
 from torchdoctor.supervisor.failures import suggestions
 from torchdoctor.supervisor.invariants import changes, training_invariants
+from torchdoctor.supervisor.ranks import RankStreams, distributed_summary
 from torchdoctor.supervisor.state import RunState
 
 REPORT_SCHEMA = "torchdoctor.report"
@@ -90,7 +91,8 @@ def recovery_summary(attempts: list[dict[str, Any]], outcome: str) -> dict[str, 
 
 
 def build_report(state: RunState, *, run_dir: str | None, environment: dict[str, Any],
-                 attempts: list[dict[str, Any]] | None = None, memory_budget: int | None = None) -> dict[str, Any]:
+                 attempts: list[dict[str, Any]] | None = None, memory_budget: int | None = None,
+                 distributed: dict[str, Any] | None = None) -> dict[str, Any]:
     started = state.started
     exited = state.exited
     finished = state.finished
@@ -106,6 +108,11 @@ def build_report(state: RunState, *, run_dir: str | None, environment: dict[str,
     for peak in peaks:
         if peak.kind == "tensor_bytes" and state.phase_peaks.get(peak.device):
             peak.run_phase_peaks = state.phase_peaks[peak.device]
+    exception = ({"type": finished.exception, "message": finished.message}
+                 if finished and finished.exception else None)
+    cause = (distributed or {}).get("root_cause")
+    if cause is not None:  # several ranks: the rank where the failure began, not the first rank's network error
+        exception = {**cause["exception"], "rank": cause["rank"]} if cause["exception"] else None
     step_samples = [s for s in state.samples if s.span == "step"]
     step_times = [s.step_time_s for s in step_samples[1:] if s.step_time_s]
     return {
@@ -125,8 +132,7 @@ def build_report(state: RunState, *, run_dir: str | None, environment: dict[str,
         "outcome": outcome,
         "exit_code": exit_code,
         "signal": exited.signal if exited else None,
-        "exception": ({"type": finished.exception, "message": finished.message}
-                      if finished and finished.exception else None),
+        "exception": exception,
         "environment": environment,
         "accounting": {
             "mode": started.accounting if started else None,
@@ -150,6 +156,7 @@ def build_report(state: RunState, *, run_dir: str | None, environment: dict[str,
         "stall": ({k: v for k, v in state.stall.to_dict().items() if k not in ("v", "kind", "t")}
                   if state.stall else None),
         "stop": exited.stop if exited else None,
+        "distributed": distributed,  # a run under torch's launcher: each rank's figures and end (supervisor/ranks.py)
     }
 
 
@@ -190,10 +197,13 @@ def rebuild_report(run_dir: str, events_path: str) -> dict[str, Any]:
     if not events:
         raise UsageError(f"no report in {run_dir}: report.json is missing and events.jsonl holds no event")
     state = fold(events)
+    ranks = RankStreams(run_dir)
+    ranks.read()
     state.notes.append(Note(level="warning", step=None, message=(
         "rebuilt from events.jsonl: the supervisor ended before it wrote report.json (the process's exit and the "
         "supervisor's own figures are missing)")))
-    return build_report(state, run_dir=run_dir, environment={})
+    return build_report(state, run_dir=run_dir, environment={},
+                        distributed=distributed_summary(state, ranks.states, stopped=False))
 
 
 # The fields the renderers read, and what each must be (docs/report-schema.md has them all).

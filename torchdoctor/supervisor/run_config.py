@@ -35,3 +35,5 @@ class RunConfig:
     stop_grace: float = 10.0  # seconds a signalled script has to end before the next, stronger signal
     estimate: bool = False  # torchdoctor estimate: the agent counts on fake tensors
     child_log: str | None = None  # the script's stdout and stderr go to this file (not the terminal)
+    # torchrun's options (--nproc-per-node 2 ...): the script runs under torch's launcher, an agent in every rank
+    launcher_args: tuple[str, ...] = ()

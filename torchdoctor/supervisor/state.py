@@ -17,6 +17,7 @@ from torchdoctor.events import (
     OutOfMemory,
     ProcessExited,
     ProcessSample,
+    RanksFailed,
     Resume,
     RunFinished,
     RunStarted,
@@ -81,6 +82,7 @@ class RunState:
     stall: Stall | None = None  # the run's longest stall (no progress), as the supervisor found it
     stalled: bool = False  # stalled now (until the next step)
     estimates: list[Estimated] = field(default_factory=list)  # torchdoctor estimate's counts
+    rank_failures: list[dict[str, Any]] = field(default_factory=list)  # torch's launcher: the failed ranks' exits
     # (t, steps) of recent step samples, for steps/s
     _recent: list[tuple[float, int]] = field(default_factory=list)
 
@@ -120,6 +122,8 @@ class RunState:
             self.finished = event
         elif isinstance(event, ProcessExited):
             self.exited = event
+        elif isinstance(event, RanksFailed):
+            self.rank_failures = list(event.failures)
         elif isinstance(event, Estimated):
             self.estimates.append(event)
         elif isinstance(event, Heartbeat):

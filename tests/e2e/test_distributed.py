@@ -1,0 +1,85 @@
+"""`torchdoctor run --nproc-per-node 2`: a tiny DDP script on gloo, two processes on the CPU, under torch's own
+launcher (torchrun), an agent in every rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, SCRIPTS, read_report, run_torchdoctor
+
+pytestmark = pytest.mark.e2e
+
+DDP = SCRIPTS / "distributed" / "ddp_train.py"
+
+
+def test_two_ranks_run_and_each_has_its_figures_in_the_report(tmp_path):
+    # GIVEN a DDP script where rank 1 holds 16 MiB more than rank 0
+    # WHEN it runs on 2 processes, torchrun options passed through
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), "--nproc-per-node", "2", "--standalone",
+                              "--max-restarts", "0", str(DDP), "--extra-mib-rank", "1"], cwd=tmp_path)
+    # THEN both ranks trained, and the report has each rank's steps and peak, and says rank 1 holds more
+    assert result.returncode == 0, result.stderr
+    assert "rank 0 done 4 steps" in result.stdout and "rank 1 done 4 steps" in result.stdout
+    report = read_report(tmp_path / "r")
+    assert report["outcome"] == "success" and report["steps"] == 4
+    distributed = report["distributed"]
+    assert distributed["world_size"] == 2
+    ranks = {r["rank"]: r for r in distributed["ranks"]}
+    assert set(ranks) == {0, 1}
+    assert [ranks[r]["events"] for r in (0, 1)] == ["events.jsonl", "events-rank1.jsonl"]
+    for rank in ranks.values():
+        assert rank["steps"] == 4 and rank["ended"] == "finished" and rank["peak"]["kind"] == "tensor_bytes"
+    assert ranks[1]["peak"]["bytes"] - ranks[0]["peak"]["bytes"] >= 16 << 20
+    assert distributed["imbalance"]["rank"] == 1 and distributed["root_cause"] is None
+    assert "2 ranks" in result.stderr and "memory imbalance: rank 1 peak" in result.stderr
+    # each rank's own events: its RunStarted says which rank wrote them
+    for name, rank in (("events.jsonl", 0), ("events-rank1.jsonl", 1)):
+        started = [json.loads(line) for line in (tmp_path / "r" / name).read_text().splitlines()
+                   if '"run_started"' in line]
+        assert [(s["rank"], s["local_rank"], s["world_size"]) for s in started] == [(rank, rank, 2)]
+
+
+def test_a_rank_killed_by_sigkill_is_named_as_the_root_cause(tmp_path):
+    # GIVEN rank 1 SIGKILLs itself after 2 steps (rank 0 then fails in gloo, and torchrun stops it)
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), "--nproc-per-node", "2", str(DDP),
+                              "--kill-rank", "1"], cwd=tmp_path)
+    # THEN torchrun's exit (1) is returned, and the report names rank 1 and the signal, not rank 0's network error
+    assert result.returncode == 1
+    report = read_report(tmp_path / "r")
+    cause = report["distributed"]["root_cause"]
+    assert (cause["rank"], cause["signal"], cause["exit_code"]) == (1, "SIGKILL", -9)
+    assert cause["why"].startswith("rank 1 was killed by SIGKILL")
+    assert report["exception"] is None  # not rank 0's "Connection closed by peer"
+    ranks = {r["rank"]: r for r in report["distributed"]["ranks"]}
+    assert ranks[1]["ended"] == "killed by SIGKILL" and ranks[1]["steps"] == 2
+    assert ranks[0]["ended"] != "finished"
+    assert "root cause: rank 1 was killed by SIGKILL" in result.stderr
+
+
+def test_an_unknown_torchrun_option_is_refused_in_one_line(tmp_path):
+    result = run_torchdoctor(["run", "--nproc-per-node", "2", "--rdzv-bogus", "x", str(DDP)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "torchdoctor: error: no such option: --rdzv-bogus (see torchdoctor run --help)\n"
+    assert not (tmp_path / "torchdoctor-runs").exists()
+
+
+def test_plain_torchrun_with_the_agents_bootstrap_leaves_a_report_to_rebuild(tmp_path):
+    # GIVEN a cluster whose scheduler owns the launch line: torchrun itself runs the agent's bootstrap module
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCHDOCTOR_EVENTS": str(run_dir / "events.jsonl")}
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               "-m", "torchdoctor.agent.bootstrap", str(DDP)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert launched.returncode == 0, launched.stderr
+    # WHEN the report is rebuilt from the event files
+    shown = run_torchdoctor(["report", str(run_dir)], cwd=tmp_path)
+    # THEN it has both ranks, each from its own events file
+    assert shown.returncode == 0, shown.stderr
+    assert (run_dir / "events-rank1.jsonl").exists()
+    assert "Ranks (2 in the run" in shown.stdout + shown.stderr
