@@ -8,26 +8,57 @@ from typing import Any
 from torchdoctor.reporters.text import CATEGORY_SHORT_LABELS
 from torchdoctor.sizes import format_bytes
 
+LABELS = {**CATEGORY_SHORT_LABELS, "cublas_workspace": "cuBLAS workspaces"}
+
+
+def _held(by_kind: dict[str, int]) -> str:
+    kinds = sorted(((v, k) for k, v in by_kind.items() if v > 0), reverse=True)
+    return ", ".join(f"{LABELS.get(k, k)} {format_bytes(v)}" for v, k in kinds)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    """Columns padded to their widest cell; the last column as it is."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
+
 
 def estimate_text(document: dict[str, Any]) -> str:
-    lines = [f"torchdoctor estimate · {document['script']} · {document['device']} · tensor storages counted on fake "
-             f"tensors (no memory allocated), peak of the first {document['estimates'][0]['steps_wanted']} "
-             f"optimizer steps", ""]
-    header = ["batch", "peak", "phase", "held at the peak"]
-    rows = []
-    for estimate in document["estimates"]:
-        kinds = sorted(((v, k) for k, v in estimate["by_kind"].items() if v > 0), reverse=True)
-        held = ", ".join(f"{CATEGORY_SHORT_LABELS.get(k, k)} {format_bytes(v)}" for v, k in kinds)
-        rows.append([str(estimate["batch_size"] or "?"), format_bytes(estimate["peak_bytes"]),
-                     estimate["peak_phase"], held])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-    for row in [header, *rows]:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+    steps = document["estimates"][0]["steps_wanted"]
+    gpu = document.get("gpu")
+    if gpu is None:
+        lines = [f"torchdoctor estimate · {document['script']} · {document['device']} · tensor storages counted on "
+                 f"fake tensors (no memory allocated), peak of the first {steps} optimizer steps", ""]
+        rows = [["batch", "peak", "phase", "held at the peak"]]
+        rows += [[str(e["batch_size"] or "?"), format_bytes(e["peak_bytes"]), e["peak_phase"], _held(e["by_kind"])]
+                 for e in document["estimates"]]
+        lines += _table(rows)
+    else:
+        lines = [f"torchdoctor estimate · {document['script']} · modelled for {gpu['name']} "
+                 f"({format_bytes(gpu['memory_bytes'])} nominal, sm{gpu['capability']}): fake tensors (no memory "
+                 f"allocated, no GPU), torch's caching allocator replayed, peak of the first {steps} optimizer "
+                 f"steps", ""]
+        rows = [["batch", "allocated", "reserved", "+ context", "phase", "held at the allocated peak"]]
+        for e in document["estimates"]:
+            g = e.get("gpu") or {}
+            rows.append([str(e["batch_size"] or "?"), format_bytes(g.get("allocated_peak_bytes", 0)),
+                         format_bytes(g.get("reserved_peak_bytes", 0)), format_bytes(g.get("total_bytes", 0)),
+                         g.get("peak_phase", "?"), _held(g.get("by_kind", {}))])
+        lines += _table(rows)
+        host = max(e["peak_bytes"] for e in document["estimates"])
+        lines.append(f"allocated/reserved: what torch.cuda.max_memory_allocated()/max_memory_reserved() would read; "
+                     f"+ context: reserved and {format_bytes(gpu['context_bytes'])} for the CUDA context (assumed); "
+                     f"host and GPU tensors together peak at {format_bytes(host)}")
     largest = document.get("largest_batch")
     if largest is not None:
         lines.append("")
         budget = format_bytes(largest["budget_bytes"])
-        if largest.get("batch_size"):
+        if largest.get("limited_by") == "data":
+            over = largest["first_over"]
+            lines.append(f"largest batch: {largest['batch_size']}, bounded by the script's data, not memory: asked "
+                         f"for batch {over['batch_size']}, its first training batch held {over['batch_seen']} "
+                         f"(peak at {largest['batch_size']}: {format_bytes(largest['peak_bytes'])}, under {budget}); "
+                         f"{largest['runs']} fake runs")
+        elif largest.get("batch_size"):
             over = largest.get("first_over")
             tail = (f"; batch {over['batch_size']} needs {format_bytes(over['peak_bytes'])} (in {over['peak_phase']})"
                     if over else "")

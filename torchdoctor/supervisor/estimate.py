@@ -19,6 +19,7 @@ from torchdoctor import __version__
 from torchdoctor.config import BATCH_OPTIONS
 from torchdoctor.errors import TorchDoctorError, UsageError
 from torchdoctor.events import Estimated
+from torchdoctor.gpus import CONTEXT_ASSUMED, ENV_ESTIMATE_GPU, Gpu
 from torchdoctor.supervisor.child import Launcher
 from torchdoctor.supervisor.failures import replace_option
 
@@ -30,10 +31,16 @@ LIMITS = (
     "kernels' own buffers that are not op outputs (oneDNN convolution reorders and scratch on the CPU; cuDNN/cuBLAS "
     "workspaces on CUDA) are not counted: large convolution models come out low (oneDNN's RNN workspace is counted, "
     "measured by running that op once per shape)",
-    "CUDA targets are not modelled (no caching-allocator rounding, reserved memory or context): the figures are "
-    "the tensors' own bytes",
     "values read back to Python (loss.item(), if t > 0) get stand-ins: control flow that depends on the data "
     "follows them",
+)
+# ... and, for a modelled GPU (--gpu), what the model leaves out
+GPU_LIMITS = (
+    "the GPU is modelled, not measured (no GPU here): its caching allocator replayed over the fake run's "
+    "allocations (512-byte rounding, 2 and 20 MiB segments, best-fit splitting; one stream, default settings) "
+    "and torch's default cuBLAS workspaces; cuDNN, cuBLASLt and attention kernels' own buffers are not counted",
+    "the script runs its CUDA path on CPU fake tensors: kernels that differ between the devices (CPU autocast's op "
+    "lists for CUDA's, the attention backend) can make different tensors; tensor.device reads cpu",
 )
 
 
@@ -47,6 +54,8 @@ class EstimateRequest:
     budget: int | None = None
     steps: int = 2
     layers: bool = False  # the per-layer table (of the first batch size estimated)
+    gpu: Gpu | None = None  # the CUDA card modelled (None: the script's own device, the CPU here)
+    cuda_context: int = CONTEXT_ASSUMED  # bytes outside torch's allocator on the card (assumed unless given)
 
     def batch_option(self) -> str | None:
         if self.batch_arg:
@@ -67,7 +76,8 @@ def _one_run(request: EstimateRequest, script_args: list[str], run_dir: str, lau
     config = RunConfig(target=request.script, is_module=request.is_module, script_args=tuple(script_args),
                        run_dir=run_dir, quiet=True, live=False, accounting="off", doctor=False, atomic_save=False,
                        max_steps=request.steps, recovery=RecoveryOptions(max_retries=0), estimate=True,
-                       child_log=os.path.join(run_dir, "output.log"))
+                       child_log=os.path.join(run_dir, "output.log"),
+                       extra_env={ENV_ESTIMATE_GPU: request.gpu.name} if request.gpu is not None else {})
     with open(os.devnull, "w", encoding="utf-8") as quiet:
         supervisor = Supervisor(config, stdout=quiet, stderr=quiet, launcher=launcher)
         supervisor.run()
@@ -79,11 +89,31 @@ def _one_run(request: EstimateRequest, script_args: list[str], run_dir: str, lau
         raise TorchDoctorError(f"the script {what} on fake tensors before its optimizer step "
                                f"{(estimated.steps_done if estimated else 0) + 1}: {_last_line(run_dir)}")
     peak = max(estimated.steps, key=lambda s: s["peak_bytes"])
-    return {"batch_size": estimated.batch_size, "peak_bytes": peak["peak_bytes"], "peak_phase": peak["peak_phase"],
-            "by_phase": peak["by_phase"], "by_kind": peak["by_kind"], "steps_counted": estimated.steps_done,
-            "steps_wanted": request.steps, "stand_ins": estimated.stand_ins, "device": estimated.device,
-            "batch_option": estimated.batch_option, "layers": estimated.layers,
-            "forward_growth_bytes": estimated.forward_growth_bytes}
+    found = {"batch_size": estimated.batch_size, "peak_bytes": peak["peak_bytes"], "peak_phase": peak["peak_phase"],
+             "by_phase": peak["by_phase"], "by_kind": peak["by_kind"], "steps_counted": estimated.steps_done,
+             "steps_wanted": request.steps, "stand_ins": estimated.stand_ins, "device": estimated.device,
+             "batch_option": estimated.batch_option, "layers": estimated.layers,
+             "forward_growth_bytes": estimated.forward_growth_bytes}
+    if request.gpu is not None:  # the modelled GPU's figures: the step whose reserved (then allocated) peak is largest
+        gpu = max((s["gpu"] for s in estimated.steps if "gpu" in s),
+                  key=lambda g: (g["reserved_peak_bytes"], g["allocated_peak_bytes"]), default=None)
+        if gpu is not None:
+            found["gpu"] = {**gpu, "context_bytes": request.cuda_context,
+                            "total_bytes": gpu["reserved_peak_bytes"] + request.cuda_context}
+    return found
+
+
+def peak_of(run: dict[str, Any]) -> int:
+    """What must fit: the modelled GPU's reserved memory and context, or the tensors' peak."""
+    return run["gpu"]["total_bytes"] if "gpu" in run else run["peak_bytes"]
+
+
+def phase_of(run: dict[str, Any]) -> str:
+    return str(run["gpu"]["peak_phase"] if "gpu" in run else run["peak_phase"])
+
+
+def phases_of(run: dict[str, Any]) -> dict[str, int]:
+    return run["gpu"]["by_phase"] if "gpu" in run else run["by_phase"]
 
 
 def _last_line(run_dir: str) -> str:
@@ -105,6 +135,7 @@ class _Runs:
         self.launcher.start_zygote(dict(os.environ))
         self.option = request.batch_option()
         self.done: dict[int | None, dict[str, Any]] = {}
+        self.short: dict[int, int] = {}  # batch sizes asked for whose first training batch was smaller: what it was
 
     def at(self, batch: int | None) -> dict[str, Any]:
         own = self.done.get(None)
@@ -128,18 +159,27 @@ class _Runs:
         return sorted({batch if batch is not None else run["batch_size"] for batch, run in self.done.items()} - {None})
 
     def fits(self, batch: int, budget: int) -> bool:
-        return self.at(batch)["peak_bytes"] <= budget
+        """Within the budget, and the batch really that large (a script whose data holds fewer samples makes a
+        smaller batch: that batch size is not an answer)."""
+        run = self.at(batch)
+        seen = run["batch_size"]
+        if seen is not None and seen < batch:
+            self.short[batch] = seen
+            return False
+        return peak_of(run) <= budget
 
 
 def _linear_guess(runs: _Runs, budget: int, small: int, large: int) -> int | None:
     """The largest batch each phase's peak allows, from a line through two runs (peak = a + b x batch per phase:
     the peak may move from one phase to another as the batch grows); the smallest over the phases."""
-    one, two = runs.at(small)["by_phase"], runs.at(large)["by_phase"]
+    first, second = runs.at(small), runs.at(large)
+    one, two = phases_of(first), phases_of(second)
+    extra = peak_of(first) - max(one.values(), default=0)  # reserved over allocated, and the context, on a GPU
     guesses = []
     for phase in set(one) & set(two):
         slope = (two[phase] - one[phase]) / (large - small)
         if slope > 0:
-            guesses.append(int((budget - (one[phase] - slope * small)) // slope))
+            guesses.append(int((budget - extra - (one[phase] - slope * small)) // slope))
     return max(1, min(min(guesses), MAX_BATCH)) if guesses else None
 
 
@@ -150,16 +190,22 @@ def _largest_batch(runs: _Runs, budget: int, start: int) -> dict[str, Any]:
     before = len(runs.done)
     start = max(1, start)
     low, high = 0, None  # the largest batch known to fit, the smallest known not to
+
+    def over(batch: int) -> int:
+        """A batch that does not fit; or, when the script made a smaller batch (its data holds no more), the
+        first batch size past what it made: none above it grows either."""
+        return runs.short[batch] + 1 if batch in runs.short else batch
+
     tried = [start, start * 2]
     for _ in range(6):
         for batch in tried:
             if runs.fits(batch, budget):
                 low = max(low, batch)
-            elif high is None or batch < high:
-                high = batch
+            elif high is None or over(batch) < high:
+                high = over(batch)
         if high is not None and high - low <= 1:
             break
-        near = sorted(runs.checked(), key=lambda b: abs(runs.at(b)["peak_bytes"] - budget))[:2]
+        near = sorted(runs.checked(), key=lambda b: abs(peak_of(runs.at(b)) - budget))[:2]
         guess = _linear_guess(runs, budget, min(near), max(near)) if len(set(near)) == 2 else None
         if guess is None or (guess <= low or (high is not None and guess >= high)):
             break
@@ -171,16 +217,22 @@ def _largest_batch(runs: _Runs, budget: int, start: int) -> dict[str, Any]:
         if runs.fits(batch, budget):
             low, batch = batch, batch * 2
         else:
-            high = batch
+            high = over(batch)
+    if high is not None and high - 1 in runs.short.values() and high - 1 > low and runs.fits(high - 1, budget):
+        low = high - 1  # the largest batch the script's data makes fits
     while high is not None and high - low > 1:
         mid = (low + high) // 2
-        low, high = (mid, high) if runs.fits(mid, budget) else (low, mid)
+        low, high = (mid, high) if runs.fits(mid, budget) else (low, over(mid))
     answer: dict[str, Any] = {"budget_bytes": budget, "batch_size": low or None}
     if low:
-        answer.update(peak_bytes=runs.at(low)["peak_bytes"], peak_phase=runs.at(low)["peak_phase"])
+        answer.update(peak_bytes=peak_of(runs.at(low)), peak_phase=phase_of(runs.at(low)))
     if high is not None:
-        answer["first_over"] = {"batch_size": high, "peak_bytes": runs.at(high)["peak_bytes"],
-                                "peak_phase": runs.at(high)["peak_phase"]}
+        runs.fits(high, budget)  # (run already, unless it is the batch past a short one)
+        answer["first_over"] = {"batch_size": high, "peak_bytes": peak_of(runs.at(high)),
+                                "peak_phase": phase_of(runs.at(high))}
+    if high is not None and high in runs.short:
+        answer["first_over"]["batch_seen"] = runs.short[high]
+        answer["limited_by"] = "data"  # the script's batches stop growing before memory runs out
     answer["runs"] = len(runs.done) - before
     return answer
 
@@ -204,14 +256,21 @@ def run_estimate(request: EstimateRequest) -> dict[str, Any]:
             "schema": ESTIMATE_SCHEMA, "schema_version": ESTIMATE_VERSION, "torchdoctor_version": __version__,
             "script": request.script, "argv": [request.script, *request.script_args], "device": own["device"],
             "figures": "tensor storages counted on fake tensors (no memory allocated)",
-            "estimates": estimates, "limits": list(LIMITS),
+            "estimates": estimates, "limits": list(LIMITS) + (list(GPU_LIMITS) if request.gpu else []),
         }
+        if request.gpu is not None:
+            document["gpu"] = {"name": request.gpu.name, "memory_bytes": request.gpu.memory_bytes,
+                               "capability": ".".join(map(str, request.gpu.capability)),
+                               "cublas_workspace_bytes": request.gpu.cublas_workspace_bytes,
+                               "context_bytes": request.cuda_context,
+                               "memory_source": "nominal (nvidia-smi's total for the card), not measured here"}
         if request.layers:
             document["layers"] = layers
             document["layers_batch_size"] = estimates[0]["batch_size"]
             document["forward_growth_bytes"] = growth
-        if request.budget is not None:
-            document["largest_batch"] = _largest_batch(runs, request.budget, own["batch_size"] or 1)
+        budget = request.budget if request.budget is not None else (request.gpu.memory_bytes if request.gpu else None)
+        if budget is not None:
+            document["largest_batch"] = _largest_batch(runs, budget, own["batch_size"] or 1)
         document["runs"] = len(runs.done)
         document["seconds"] = round(time.monotonic() - began, 2)
         return document

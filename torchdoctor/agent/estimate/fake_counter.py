@@ -23,67 +23,112 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map
 
+from torchdoctor.agent.estimate.gpu_ledger import GpuLedger
+from torchdoctor.agent.estimate.ledger import Ledger
 from torchdoctor.agent.memory.accounting import born_as
-from torchdoctor.events import CATEGORIES
 
 _SCALAR_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default}
 
 
+_FOUND_INF_OPS = {getattr(torch.ops.aten, name).default for name in ("_amp_foreach_non_finite_check_and_unscale_",
+                                                                      "_amp_update_scale_")
+                  if hasattr(torch.ops.aten, name)}
+
+
 class StandInScalars(TorchDispatchMode):
+    """A value read back gets 1 (True for a condition), except GradScaler's found-inf flags, which get 0: no
+    inf was found, so the scaler steps the optimizer as a healthy step does."""
+
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0  # values read back to Python, each given a stand-in
+        self._found_inf: set[int] = set()  # storages of GradScaler's found-inf flags
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         if func in _SCALAR_OPS:
             self.reads += 1
             tensor = args[0]
+            if _key(tensor) in self._found_inf:
+                return 0.0
             if func is torch.ops.aten.is_nonzero.default or tensor.dtype == torch.bool:
                 return True
             return 1.0 if tensor.dtype.is_floating_point or tensor.dtype.is_complex else 1
+        if func in _FOUND_INF_OPS:  # (grads, found_inf, inv_scale) / (scale, growth_tracker, found_inf, ...)
+            flag = args[1] if func is torch.ops.aten._amp_foreach_non_finite_check_and_unscale_.default else args[2]
+            if _key(flag) >= 0:
+                self._found_inf.add(_key(flag))
         return func(*args, **(kwargs or {}))
 
 
+def _key(tensor: torch.Tensor) -> int:
+    try:
+        return int(tensor.untyped_storage()._cdata)
+    except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+        return -1
+
+
 class _Entry:
-    __slots__ = ("nbytes", "cat", "seq")
+    __slots__ = ("nbytes", "cat", "seq", "block")
 
     def __init__(self, nbytes: int, cat: int, seq: int) -> None:
         self.nbytes, self.cat, self.seq = nbytes, cat, seq
+        self.block: Any = None  # its block in the modelled GPU allocator; None: not on the GPU
 
 
 class FakeStorageCounter(TorchDispatchMode):
-    def __init__(self) -> None:
+    def __init__(self, gpu: GpuLedger | None = None) -> None:
         super().__init__()
         self._live: dict[int, _Entry] = {}
         self._seq = 0
         self.phase = "other"
-        self.current = 0
-        self.cats = [0] * len(CATEGORIES)
-        self.peak, self.peak_seq, self.peak_phase = 0, 0, "other"
-        self.peak_cats = list(self.cats)
-        self.phase_peaks: dict[str, int] = {}
-        self.reset_span()
+        self.ledger = Ledger()  # every storage, wherever it is (the host's figures when the target is the CPU)
+        self.gpu = gpu  # the storages the script put on a GPU that is modelled (torchdoctor estimate --gpu)
+        self.placement: bool | None = None  # set while a tensor is moved: True onto the GPU, False off it
+
+    @property
+    def current(self) -> int:
+        return self.ledger.current
 
     # -- counting --------------------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+        on_gpu = False
+        if self.gpu is not None:
+            on_gpu = self.placement if self.placement is not None else self._any_on_gpu(args, kwargs)
+            if on_gpu:
+                self.gpu.before_op(func, self.phase, self._seq)
         out = func(*args, **(kwargs or {}))
         for value in tree_flatten(out)[0]:
             if isinstance(value, torch.Tensor):
-                self.track(value)
-        if func in KERNEL_CORRECTIONS:
+                self.track(value, on_gpu=on_gpu)
+        if func in KERNEL_CORRECTIONS and self.gpu is None:  # the CPU's kernels (oneDNN)
             KERNEL_CORRECTIONS[func](self, func, args, kwargs or {}, out)
         return out
 
+    def _any_on_gpu(self, args: Any, kwargs: Any) -> bool:
+        for value in tree_flatten((args, kwargs))[0]:
+            if isinstance(value, torch.Tensor):
+                entry = self._entry(value)
+                if entry is not None and entry.block is not None:
+                    return True
+        return False
+
+    def _entry(self, tensor: torch.Tensor) -> _Entry | None:
+        try:
+            return self._live.get(tensor.untyped_storage()._cdata)
+        except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+            return None
+
+    def on_gpu(self, tensor: torch.Tensor) -> bool:
+        entry = self._entry(tensor)
+        return entry is not None and entry.block is not None
+
     def add_bytes(self, tensor: torch.Tensor, delta: int) -> None:
         """Count ``delta`` more bytes on ``tensor``'s storage, for as long as it lives (a kernel's real size)."""
-        try:
-            entry = self._live.get(tensor.untyped_storage()._cdata)
-        except (RuntimeError, NotImplementedError, TypeError, AttributeError):
-            return
+        entry = self._entry(tensor)
         if entry is not None and delta > 0:
             self._grow(entry, delta)
 
-    def track(self, tensor: torch.Tensor, cat: int | None = None) -> None:
+    def track(self, tensor: torch.Tensor, cat: int | None = None, on_gpu: bool = False) -> None:
         try:
             storage = tensor.untyped_storage()
             key, nbytes = storage._cdata, storage.nbytes()
@@ -97,23 +142,22 @@ class FakeStorageCounter(TorchDispatchMode):
         self._seq += 1
         entry = self._live[key] = _Entry(0, born_as(self.phase) if cat is None else cat, self._seq)
         weakref.finalize(storage, self._free, key)
+        if on_gpu and self.gpu is not None:
+            entry.block = self.gpu.new()
         self._grow(entry, nbytes)
 
     def _grow(self, entry: _Entry, delta: int) -> None:
         entry.nbytes += delta
-        self.current += delta
-        self.cats[entry.cat] += delta
-        if delta > 0 and self.current > self.peak:
-            self.peak, self.peak_seq, self.peak_phase = self.current, self._seq, self.phase
-            self.peak_cats = list(self.cats)
-        if self.current > self.phase_peaks.get(self.phase, -1):
-            self.phase_peaks[self.phase] = self.current
+        self.ledger.grow(entry.cat, delta, self._seq, self.phase)
+        if entry.block is not None and self.gpu is not None:
+            entry.block = self.gpu.resize(entry.block, entry.nbytes, entry.cat, self._seq, self.phase)
 
     def _free(self, key: int) -> None:
         entry = self._live.pop(key, None)
         if entry is not None:
-            self.current -= entry.nbytes
-            self.cats[entry.cat] -= entry.nbytes
+            self.ledger.grow(entry.cat, -entry.nbytes, self._seq, self.phase)
+            if entry.block is not None and self.gpu is not None:
+                self.gpu.free(entry.block, entry.cat, self._seq, self.phase)
 
     # -- classification ---------------------------------------------------------------------------------------
     def classify(self, tensors: Iterable[Any], cat: int, census: bool = False,
@@ -123,41 +167,36 @@ class FakeStorageCounter(TorchDispatchMode):
         for tensor in tensors:
             if not isinstance(tensor, torch.Tensor):
                 continue
-            try:
-                entry = self._live.get(tensor.untyped_storage()._cdata)
-            except (RuntimeError, NotImplementedError, TypeError, AttributeError):
-                continue
+            entry = self._entry(tensor)
             if entry is None or entry.cat == cat or (only_from is not None and entry.cat != only_from):
                 continue
-            self.cats[entry.cat] -= entry.nbytes
-            self.cats[cat] += entry.nbytes
-            if entry.seq <= self.peak_seq:  # alive since before the peak, so alive at it
-                self.peak_cats[entry.cat] -= entry.nbytes
-                self.peak_cats[cat] += entry.nbytes
+            self.ledger.move(entry.nbytes, entry.cat, cat, entry.seq)
+            if entry.block is not None and self.gpu is not None:
+                self.gpu.move(entry.block, entry.cat, cat, entry.seq)
             entry.cat = cat
 
     def category(self, tensor: torch.Tensor) -> int | None:
-        try:
-            entry = self._live.get(tensor.untyped_storage()._cdata)
-        except (RuntimeError, NotImplementedError, TypeError, AttributeError):
-            return None
+        entry = self._entry(tensor)
         return entry.cat if entry is not None else None
 
     # -- spans -------------------------------------------------------------------------------------------------
     def set_phase(self, phase: str) -> None:
         self.phase = phase
-        if self.current > self.phase_peaks.get(phase, -1):
-            self.phase_peaks[phase] = self.current
+        self.ledger.enter(phase)
+        if self.gpu is not None:
+            self.gpu.ledger.enter(phase)
 
     def reset_span(self) -> None:
         """A new span (an optimizer step) starts from what is held now."""
-        self.peak, self.peak_seq, self.peak_phase = self.current, self._seq, self.phase
-        self.peak_cats = list(self.cats)
-        self.phase_peaks = {self.phase: self.current}
+        self.ledger.reset_span(self._seq, self.phase)
+        if self.gpu is not None:
+            self.gpu.reset_span(self._seq, self.phase)
 
     def figures(self) -> dict[str, Any]:
-        return {"peak_bytes": self.peak, "peak_phase": self.peak_phase, "held_bytes": self.current,
-                "by_phase": dict(self.phase_peaks), "by_kind": dict(zip(CATEGORIES, self.peak_cats))}
+        figures = self.ledger.figures()
+        if self.gpu is not None:
+            figures["gpu"] = self.gpu.figures()
+        return figures
 
 
 # -- fake kernels whose sizes differ from the device's --------------------------------------------------------------

@@ -5,6 +5,7 @@ and kinds apart with the same hooks as ``torchdoctor run``, then emits one ``Est
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -12,7 +13,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from torchdoctor.agent.estimate.fake_counter import FakeStorageCounter, StandInScalars
+from torchdoctor.agent.estimate.gpu_ledger import GpuLedger
 from torchdoctor.agent.estimate.layers import LayerTable
+from torchdoctor.agent.hooks.patching import ClassPatches
 from torchdoctor.agent.hooks.phases import PhaseTracker
 from torchdoctor.agent.memory.accounting import ACTIVATIONS, ACTIVATIONS_SAVED
 from torchdoctor.agent.memory.measuring import MeasuredModels
@@ -21,6 +24,7 @@ from torchdoctor.agent.recovery.batch_args import BatchArgumentWatch
 from torchdoctor.config import AgentSettings
 from torchdoctor.errors import StepsDone
 from torchdoctor.events import Estimated, Phase
+from torchdoctor.gpus import ENV_ESTIMATE_GPU, find_gpu
 
 DEFAULT_STEPS = 2  # the first step makes the optimizer's state; the second is the steady state
 
@@ -30,7 +34,9 @@ class EstimateSession:
         self.sink = sink
         self.steps_wanted = settings.max_steps or DEFAULT_STEPS
         self.step = 0
-        self.counter = FakeStorageCounter()
+        gpu_name = os.environ.get(ENV_ESTIMATE_GPU)
+        self.gpu = find_gpu(gpu_name) if gpu_name else None  # the CUDA card modelled (None: the CPU is the target)
+        self.counter = FakeStorageCounter(GpuLedger(self.gpu) if self.gpu is not None else None)
         self.scalars = StandInScalars()
         self.models = MeasuredModels(self.counter)
         self.phases = PhaseTracker(self._phase_changed, self.models.root_module)
@@ -46,12 +52,22 @@ class EstimateSession:
         self.batch_args = BatchArgumentWatch(lambda event: None)  # the option a batch size is set through
         self._fake = FakeTensorMode(allow_non_fake_inputs=True)
         self._handles: list[Any] = []
+        self._patches = ClassPatches()
+        self.cuda: Any = None
+        if self.gpu is not None:
+            from torchdoctor.agent.estimate.cuda_target import CudaTarget
+
+            self.cuda = CudaTarget(self.gpu, self.counter)
+            self.device = f"cuda:0 ({self.gpu.name}, modelled)"
 
     def start(self) -> None:
         # fake tensors from here on, for the life of the process: the script never allocates for real
         self._fake.__enter__()
         self.counter.__enter__()
         self.scalars.__enter__()  # on top: a value read back is answered before fake tensors refuse it
+        self._patches.wrap(torch.utils, "swap_tensors", self._swap_forgetting_memo)
+        if self.cuda is not None:
+            self.cuda.install()
         self.phases.install_module_hooks()
         self.phases.install_autograd_wrappers()
         self.batch_args.install()
@@ -67,6 +83,9 @@ class EstimateSession:
         self.batch_args.remove()
         self.phases.remove_autograd_wrappers()
         self.phases.remove_module_hooks()
+        if self.cuda is not None:
+            self.cuda.remove()
+        self._patches.restore()
         if self.step < self.steps_wanted:  # the script ended first: what it did is still the estimate
             self.figures.append(self.counter.figures())
         option = (self.batch_args.found.get("batch") or {}).get("name")
@@ -77,6 +96,19 @@ class EstimateSession:
 
     def record_failure(self, exc: BaseException | None) -> bool:
         return False
+
+    def _swap_forgetting_memo(self, swap: Any) -> Any:
+        """``Module.to()``/``.double()`` swap fake parameters with their converted copies, which refuses tensors
+        something holds a weak reference to: fake mode's memo of tensors it made does. The entries for the two
+        tensors are dropped first (the memo maps real tensors to fakes; these are fakes the script made)."""
+        memo = self._fake.fake_tensor_converter.meta_converter.tensor_memo
+
+        def swap_tensors(t1: Any, t2: Any) -> Any:
+            for key, value in list(memo.items()):
+                if value is t1 or value is t2:
+                    del memo[key]
+            return swap(t1, t2)
+        return swap_tensors
 
     # -- hooks ---------------------------------------------------------------------------------------------------
     def _phase_changed(self, phase: Phase) -> None:
@@ -98,7 +130,7 @@ class EstimateSession:
             if first is not None and first.dim() > 0:
                 self.batch_size = int(first.shape[0])
             param = next(module.parameters(), None)
-            if param is not None:
+            if param is not None and self.cuda is None:
                 self.device = str(param.device)
 
     def _step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
