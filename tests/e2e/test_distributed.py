@@ -37,6 +37,8 @@ def test_two_ranks_run_and_each_has_its_figures_in_the_report(tmp_path):
     assert ranks[1]["peak"]["bytes"] - ranks[0]["peak"]["bytes"] >= 16 << 20
     assert distributed["imbalance"]["rank"] == 1 and distributed["root_cause"] is None
     assert "2 ranks" in result.stderr and "memory imbalance: rank 1 peak" in result.stderr
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(report, json.loads((REPO / "torchdoctor" / "schemas" / "report-v1.schema.json").read_text()))
     # each rank's own events: its RunStarted says which rank wrote them
     for name, rank in (("events.jsonl", 0), ("events-rank1.jsonl", 1)):
         started = [json.loads(line) for line in (tmp_path / "r" / name).read_text().splitlines()
@@ -59,6 +61,8 @@ def test_a_rank_killed_by_sigkill_is_named_as_the_root_cause(tmp_path):
     assert ranks[1]["ended"] == "killed by SIGKILL" and ranks[1]["steps"] == 2
     assert ranks[0]["ended"] != "finished"
     assert "root cause: rank 1 was killed by SIGKILL" in result.stderr
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(report, json.loads((REPO / "torchdoctor" / "schemas" / "report-v1.schema.json").read_text()))
 
 
 def test_an_unknown_torchrun_option_is_refused_in_one_line(tmp_path):

@@ -87,7 +87,8 @@ def _both(name: str) -> tuple[str, ...]:
 
 OPTIONS: tuple[TorchrunOption, ...] = (
     TorchrunOption(_both("--nproc-per-node"), "torchrun: processes (ranks) on this machine; runs the script "
-                   "under torch's launcher, an agent in every rank", check=_nproc, metavar="N"),
+                   "under torch's launcher, an agent in every rank (all of torchrun's options pass through: "
+                   "docs/distributed.md)", check=_nproc, metavar="N"),
     TorchrunOption(("--nnodes",), "torchrun: machines, N or MIN:MAX", check=_nnodes, metavar="N"),
     TorchrunOption(_both("--node-rank"), "torchrun: this machine's rank", check=_whole(0), metavar="RANK"),
     TorchrunOption(("--standalone",), "torchrun: one machine, a local rendezvous on a free port", flag=True),
