@@ -16,7 +16,7 @@ from tests.conftest import REPO
 from torchdoctor.cli import main
 
 PACKAGE = Path(REPO) / "torchdoctor"
-SCANNED = ["cli/*.py", "sizes.py", "files.py", "supervisor/*.py", "reporters/monitors/*.py"]
+SCANNED = ["cli/*.py", "sizes.py", "files.py", "gpus.py", "supervisor/*.py", "reporters/monitors/*.py"]
 # Error paths not reachable by an in-process call with bad input, and where they are covered.
 ELSEWHERE = {
     "cannot write --json": "tests/e2e/test_estimate.py (a full estimate run, then /dev/full)",
@@ -94,6 +94,9 @@ CASES = [
     (["ci", "--junit", "nowhere/junit.xml", "ok.py"], "the directory"),
     (["estimate", "--batch-sizes", "8,x", "ok.py"], "--batch-sizes takes whole numbers"),
     (["estimate", "--batch-sizes", "0", "ok.py"], "--batch-sizes takes batch sizes of 1 or more"),
+    (["estimate", "--cuda-context", "300MiB", "ok.py"], "--cuda-context is the memory of a modelled GPU"),
+    (["estimate", "--gpu", "a100", "ok.py"], "matches A100-80GB, A100-40GB: name one"),
+    (["estimate", "--gpu", "banana", "ok.py"], "is not a GPU torchdoctor knows"),
     (["explain", "TD999"], "no check 'TD999'"),
     (["report", "missing"], "no report at missing"),
     (["report", "empty-run"], "report.json is missing and events.jsonl holds no event"),
