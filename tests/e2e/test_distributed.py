@@ -65,6 +65,24 @@ def test_a_rank_killed_by_sigkill_is_named_as_the_root_cause(tmp_path):
     jsonschema.validate(report, json.loads((REPO / "torchdoctor" / "schemas" / "report-v1.schema.json").read_text()))
 
 
+def test_an_oom_on_one_rank_gives_every_rank_the_same_new_plan(tmp_path):
+    # GIVEN rank 1 holds 4 MiB more than rank 0, and a budget that only rank 1 exceeds at batch 256 (its peak
+    # 7.3 MiB measured here, rank 0's 3.3 MiB; 5.7 MiB at batch 128)
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), "--memory-budget", "7.2MiB",
+                              "--nproc-per-node", "2", str(DDP), "--hidden", "1024", "--batch-size", "256",
+                              "--extra-mib-rank", "1", "--extra-mib", "4"], cwd=tmp_path)
+    # THEN attempt 1's OOM is rank 1's, and attempt 2 runs both ranks on micro-batches (each rank's loop went round
+    # once per micro-batch: 8 times for 4 steps) and succeeds, the training kept
+    assert result.returncode == 0, result.stderr
+    report = read_report(tmp_path / "r")
+    first, second = report["attempts"]
+    assert first["outcome"] == "oom" and first["summary"].endswith("on rank 1") and first["oom"]["step"] == 1
+    assert second["outcome"] == "success" and second["plan"]["micro_batches"] >= 2
+    assert "rank 0 done 8 steps" in result.stdout and "rank 1 done 8 steps" in result.stdout
+    assert [r["steps"] for r in report["distributed"]["ranks"]] == [4, 4]
+    assert report["recovery"]["recovered"] and report["recovery"]["training_changed"] == []
+
+
 def test_an_unknown_torchrun_option_is_refused_in_one_line(tmp_path):
     result = run_torchdoctor(["run", "--nproc-per-node", "2", "--rdzv-bogus", "x", str(DDP)], cwd=tmp_path)
     assert result.returncode == 2

@@ -108,3 +108,17 @@ def test_a_rank_that_failed_before_its_first_event_is_still_listed():
     assert summary is not None
     assert [r["rank"] for r in summary["ranks"]] == [0, 1]
     assert summary["root_cause"]["rank"] == 1 and summary["root_cause"]["signal"] == "SIGSEGV"
+
+
+def test_the_attempts_end_is_read_from_the_rank_where_the_failure_began():
+    from torchdoctor.supervisor.ranks import failing_state
+
+    oom = failed("OutOfMemoryError", "CPU out of memory. Tried to allocate 1.00 MiB", 105)
+    main = rank_state(0, 1 << 20, finished=failed("RuntimeError", "Connection closed by peer", 104))
+    rank1 = rank_state(1, 1 << 20, finished=oom)
+    assert failing_state(main, {"events-rank1.jsonl": rank1}) is rank1
+    # nothing failed, or the first rank did: the first rank's
+    assert failing_state(rank_state(0, 1, finished=ok()), {"events-rank1.jsonl": rank_state(1, 1, finished=ok())}
+                         ).started.rank == 0
+    first = rank_state(0, 1 << 20, finished=oom)
+    assert failing_state(first, {"events-rank1.jsonl": rank_state(1, 1 << 20, finished=ok())}) is first

@@ -32,7 +32,7 @@ from torchdoctor.supervisor.child import (
 )
 from torchdoctor.supervisor.event_tail import EventTail
 from torchdoctor.supervisor.failures import attempt_record, describe_failure, exit_status, script_args_for, signal_name
-from torchdoctor.supervisor.ranks import RankStreams, distributed_summary
+from torchdoctor.supervisor.ranks import RankStreams, distributed_summary, failing_state
 from torchdoctor.supervisor.recovery_planner import next_plan
 from torchdoctor.supervisor.report import build_report
 from torchdoctor.supervisor.resume_source import resume_source
@@ -159,9 +159,10 @@ class Supervisor:
                 returncode = self._attempt(command, env, tail, nvml, capacity, live)
                 kills_after = oom_kill_count()
                 oom_killer = None if kills_before is None or kills_after is None else kills_after > kills_before
-                failure = describe_failure(self.state, returncode, self.config.script_args, options, oom_killer)
+                failing = failing_state(self.state, self._ranks.states) if self.config.launcher_args else self.state
+                failure = describe_failure(failing, returncode, self.config.script_args, options, oom_killer)
                 record = attempt_record(plan, self.state, returncode, failure, time.time() - began,
-                                        oom_killer=oom_killer)
+                                        oom_killer=oom_killer, failing=failing)
                 record["launched"] = self._launcher.launched
                 if self.state.resume is not None:
                     record["resume"] = self.state.resume.to_dict()

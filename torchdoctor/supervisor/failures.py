@@ -97,9 +97,12 @@ def describe_failure(state: RunState, returncode: int, script_args: tuple[str, .
 
 
 def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failure, seconds: float,
-                   oom_killer: bool | None = None) -> dict[str, Any]:
-    """One attempt as the report lists it."""
-    oom = state.ooms[-1] if state.ooms else None
+                   oom_killer: bool | None = None, failing: RunState | None = None) -> dict[str, Any]:
+    """One attempt as the report lists it. ``failing``: under torch's launcher, the rank where the failure began
+    when it is not the first (its OOM is the attempt's; the loop's figures stay the first rank's)."""
+    failing = failing if failing is not None else state
+    oom = failing.ooms[-1] if failing.ooms else None
+    rank = failing.started.rank if failing is not state and failing.started is not None else None
     record: dict[str, Any] = {
         "attempt": plan.attempt,
         "plan": plan.to_dict(),
@@ -118,7 +121,8 @@ def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failur
         if oom.capacity_bytes is not None and oom.in_use_bytes is not None:
             free = (f" with {format_bytes(oom.capacity_bytes - oom.in_use_bytes)} free of "
                     f"{format_bytes(oom.capacity_bytes)}")
-        record["summary"] = f"ran out of memory {where}{asked}{free}"
+        record["summary"] = f"ran out of memory {where}{asked}{free}" + (f" on rank {rank}" if rank is not None
+                                                                          else "")
     elif failure.kind == "host-kill":
         held = state.peaks.get(("host", "process_rss"))
         workers = state.peaks.get(("host", "workers_rss"))

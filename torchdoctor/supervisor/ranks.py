@@ -189,3 +189,13 @@ def distributed_summary(main: RunState, others: dict[str, RunState], stopped: bo
                 default=None)
     return {"world_size": world, "ranks": ranks, "root_cause": None if stopped else _root_cause(ranks),
             "imbalance": _imbalance(ranks)}
+
+
+def failing_state(main: RunState, others: dict[str, RunState]) -> RunState:
+    """The state an attempt's end is read from (is it an OOM? where?): the rank where the failure began, so an OOM
+    on any rank gives every rank the same new plan (they read one plan file); the first rank's when none failed."""
+    summary = distributed_summary(main, others, stopped=False)
+    cause = (summary or {}).get("root_cause")
+    if not cause:
+        return main
+    return next((s for s in others.values() if s.started is not None and s.started.rank == cause["rank"]), main)

@@ -3,7 +3,7 @@
 Run under torchrun (it reads RANK, WORLD_SIZE, MASTER_ADDR/PORT from the environment).
 ``--kill-rank R``: rank R sends itself SIGKILL after ``--kill-at`` steps (no Python exception at all).
 ``--extra-mib-rank R``: rank R holds an extra tensor of ``--extra-mib`` MiB while it trains (one rank's peak above
-the others').
+the others'; under ``--memory-budget``, the rank that runs out of memory first).
 """
 
 import argparse
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=4)
 parser.add_argument("--batch-size", type=int, default=8)
+parser.add_argument("--hidden", type=int, default=32)
 parser.add_argument("--kill-rank", type=int, default=None)
 parser.add_argument("--kill-at", type=int, default=2)
 parser.add_argument("--extra-mib-rank", type=int, default=None)
@@ -32,7 +33,7 @@ torch.manual_seed(0)
 data = TensorDataset(torch.randn(args.steps * args.batch_size * dist.get_world_size(), 16),
                      torch.randn(args.steps * args.batch_size * dist.get_world_size(), 1))
 loader = DataLoader(data, batch_size=args.batch_size, sampler=DistributedSampler(data, shuffle=False))
-model = DistributedDataParallel(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1)))
+model = DistributedDataParallel(nn.Sequential(nn.Linear(16, args.hidden), nn.ReLU(), nn.Linear(args.hidden, 1)))
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 extra = torch.ones(args.extra_mib << 18) if rank == args.extra_mib_rank else None  # float32: 4 bytes each
 for step, (x, y) in enumerate(loader, start=1):
