@@ -83,6 +83,20 @@ def test_an_oom_on_one_rank_gives_every_rank_the_same_new_plan(tmp_path):
     assert report["recovery"]["recovered"] and report["recovery"]["training_changed"] == []
 
 
+def test_a_stall_takes_the_first_ranks_stacks_and_stops_the_launcher(tmp_path):
+    # GIVEN every rank stuck after joining the group
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), "--stall-timeout", "8", "--stop-grace",
+                              "3", "--nproc-per-node", "2", str(SCRIPTS / "distributed" / "ddp_stall.py")],
+                             cwd=tmp_path)
+    # THEN the stacks come from rank 0 (the stacks signal goes to it, not to torchrun, which it would kill), and the
+    # stop reaches torchrun, which stops the ranks
+    assert result.returncode == 124, result.stderr
+    report = read_report(tmp_path / "r")
+    assert report["stall"]["where"].endswith("ddp_stall.py:11 in <module>")
+    assert "ddp_stall.py\", line 11" in report["stall"]["stacks"]
+    assert report["distributed"]["root_cause"] is None  # torchdoctor stopped it: no rank is blamed
+
+
 def test_an_unknown_torchrun_option_is_refused_in_one_line(tmp_path):
     result = run_torchdoctor(["run", "--nproc-per-node", "2", "--rdzv-bogus", "x", str(DDP)], cwd=tmp_path)
     assert result.returncode == 2
