@@ -89,6 +89,7 @@ class Doctor:
             return scale
 
         self._patches.wrap(torch.amp.GradScaler, "scale", mark_scaled)
+        self._patches.wrap(torch.nn.Module, "train", self.modes.wrap_train)
 
     def remove(self) -> None:
         session = self.session
@@ -148,6 +149,8 @@ class Doctor:
         self.params.before_step(optimizer, step)
 
     def pass_opened(self, record: Any, training: bool) -> None:
+        if not training:
+            self.gradients.evaluation_started()
         self.windows.pass_opened(record, training)
         self.modes.pass_opened(record, training)
         self.memory.pass_opened(record, training)

@@ -101,6 +101,8 @@ def loss_shape(tensor: torch.Tensor, exact_tokens: bool) -> LossShape:
         inner = [child for child, _ in node.next_functions if child is not None]
         if len(inner) != 1:
             return LossShape(node.name(), False, True)
+        # ``loss / 1`` (accelerate's backward divides by its gradient_accumulation_steps, 1 unless asked) scales nothing
+        scaled = _scale_factor(node, inner[0]) != 1.0
         node = inner[0]
     name = node.name()
     if name in MEAN_NODES:
@@ -113,6 +115,14 @@ def loss_shape(tensor: torch.Tensor, exact_tokens: bool) -> LossShape:
         tokens = int(node._saved_total_weight)  # type: ignore[attr-defined]
         padded = tokens < node._saved_target.numel()  # type: ignore[attr-defined]
     return LossShape(name, True, scaled, tokens, bool(padded))
+
+
+def _scale_factor(node: Any, loss: Any) -> float | None:
+    """The constant a Mul/Div node scaled ``loss`` (its one input with a graph) by; None if not a readable one."""
+    first = node.next_functions[0][0] is loss
+    if node.name().startswith("Div"):
+        return _constant(node, "_saved_other") if first else None
+    return _constant(node, "_saved_other" if first else "_saved_self")
 
 
 SUM_NODES = {"SumBackward0", "SumBackward1"}

@@ -5,7 +5,9 @@ step), TD103 (a step every micro-batch while gradients are reset only every k mi
   remembered gradient that is still the same tensor, not zero and not reset since, is stale; if an optimizer
   holding that parameter then steps with it still un-reset, the step applied an old gradient again. Whether that is
   TD101 or TD103 is known later: a reset of those parameters within a few steps means resets do happen, only less
-  often than steps (TD103); none means gradients are not reset (TD101). Intentional accumulation never gets here:
+  often than steps (TD103); none means gradients are not reset (TD101). A reset counts once the next backward pass
+  comes: one followed by an evaluation first (Lightning releases the gradients before its validation loop, whatever
+  the script does) is evaluation's housekeeping, not the script's resets. Intentional accumulation never gets here:
   its gradients are used by one step and reset.
 - A zero_grad after the last backward pass that destroyed non-zero gradients of parameters an optimizer then steps,
   with all that optimizer's gradients None or zero, is TD102. "After the last backward pass" is per optimizer: with
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 from torchdoctor.agent.doctor.evidence import listed, param_names
-from torchdoctor.agent.hooks.locations import user_location
+from torchdoctor.agent.doctor.locations import code_location
 
 RESET_WAIT = 8  # steps a stale gradient may wait for a reset before it counts as never reset (TD101)
 
@@ -44,6 +46,7 @@ class GradientChecks:
         self._destroyed: dict[int, str | None] = {}  # non-zero gradients a zero_grad after backward reset
         self._norms: list[tuple[int, float]] = []
         self._applied_again: _Stale | None = None  # waiting to learn whether resets happen at all
+        self._reset_seen: str | None = None  # ... a reset came: TD103's evidence, said at the next backward pass
         self._last_reset = 0  # the session's step count at the last zero_grad that ran
 
     def zero_grad(self, params: Any, called: bool) -> None:
@@ -55,10 +58,9 @@ class GradientChecks:
             ids = {id(p) for p in params()}
             if any((p := ref()) is not None and id(p) in ids for ref in pending.params):
                 every = session.step - self._last_reset
-                self._applied_again = None
-                self.doctor.report("TD103", pending.where, pending.evidence + (
+                self._reset_seen = pending.evidence + (
                     f"; gradients are reset only every {every} steps (zero_grad at steps {self._last_reset} and "
-                    f"{session.step}), while the optimizer steps after every backward pass"))
+                    f"{session.step}), while the optimizer steps after every backward pass")
         self._last_reset = session.step
         if not (self._used or self._stale):
             return
@@ -70,7 +72,7 @@ class GradientChecks:
         session = self.doctor.session
         if session.backwards_since_step <= 0 and not self._unstepped_backward(params):
             return
-        where = user_location()
+        where = code_location()
         for p in params():
             if p.grad is not None and bool(p.grad.any()):
                 self._destroyed[id(p)] = where
@@ -97,8 +99,14 @@ class GradientChecks:
                 return True
         return False
 
+    def evaluation_started(self) -> None:
+        """An evaluation begins: a reset just before it was not one of the training loop's."""
+        self._reset_seen = None
+
     def before_backward(self) -> None:
         self._destroyed.clear()
+        if self._reset_seen is not None:
+            self._report_resets()
         if not self._used:
             return
         used, self._used = self._used, {}
@@ -109,7 +117,7 @@ class GradientChecks:
                 continue
             if bool(param.grad.any()):
                 if where is None:
-                    where = user_location()
+                    where = code_location()
                 self._stale[key] = (param_ref, step, where)
 
     def before_step(self, step: int, params_of: Any, watched: bool) -> None:
@@ -134,9 +142,17 @@ class GradientChecks:
 
     def finish(self) -> None:
         """No reset came after gradients were applied again: they are not reset at all (TD101)."""
+        if self._reset_seen is not None:
+            self._report_resets()
         pending, self._applied_again = self._applied_again, None
         if pending is not None:
             self.doctor.report("TD101", pending.where, pending.evidence)
+
+    def _report_resets(self) -> None:
+        pending, evidence = self._applied_again, self._reset_seen
+        self._applied_again = self._reset_seen = None
+        if pending is not None and evidence is not None:
+            self.doctor.report("TD103", pending.where, evidence)
 
     def _check_stale(self, step: int, params: list[torch.Tensor]) -> None:
         stale = [p for p in params if id(p) in self._stale and p.grad is not None]

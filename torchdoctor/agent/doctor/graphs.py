@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import math
-import re
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,14 +25,13 @@ from typing import Any
 import torch
 
 from torchdoctor.agent.doctor.evidence import graph_nodes, holder_of, node_metadata, param_names
-from torchdoctor.agent.hooks.locations import is_user_file, shown_path, user_location
+from torchdoctor.agent.doctor.locations import code_location, traceback_location
 from torchdoctor.agent.memory.live import live_tensors
 
 PROBE = "torchdoctor.probe"
 PROBED_NODES = 32  # nodes of a watched step's graph, nearest the loss first, that carry its probe
 SEEN = "torchdoctor.seen"
 LINE_WAIT = 4  # backward passes to wait for the kept tensor's line before reporting without it
-_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
 class _Probe:
@@ -69,7 +67,7 @@ class GraphChecks:
         step = self.doctor.session.step + 1
         if self._nonfinite is None and "TD118" not in self.doctor.reported and (watched or not loss.is_cuda):
             if not _finite(loss):
-                self._nonfinite = (step, user_location(), _value(loss))
+                self._nonfinite = (step, code_location(), _value(loss))
         node = loss.grad_fn
         if node is None:
             return
@@ -112,7 +110,7 @@ class GraphChecks:
             return
         alive = sorted({s for s, ref in self._probes if s <= step - 2 and ref() is not None})
         if len(alive) >= 2:
-            self._kept = _Kept(alive, step, user_location())
+            self._kept = _Kept(alive, step, code_location())
             self._kept.holder, _ = self._find_holder(step)
             previous = (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled())
             torch.autograd.set_detect_anomaly(True, check_nan=False)
@@ -146,7 +144,7 @@ class GraphChecks:
             assert node is not None  # a holder's graph reached a probe
             trace = node_metadata(node).get("traceback_")
             if trace and line is None:
-                line = _user_line(trace)
+                line = traceback_location(trace)
         return name, line
 
     def _report_kept(self, line: str | None) -> None:
@@ -182,7 +180,7 @@ class GraphChecks:
         self.doctor.params.saw_leaves(leaves)
         if stale is not None:
             node, seen = stale
-            self.doctor.report("TD113", user_location(), (
+            self.doctor.report("TD113", code_location(), (
                 f"step {step}: this backward pass went through a graph node ({node.name()}) that an earlier backward "
                 f"pass, before step {seen + 1}, already used; the parameters below it were updated since, so its "
                 f"saved activations and the gradients it gives are stale (the forward pass was not recomputed)"))
@@ -206,7 +204,7 @@ class GraphChecks:
         first = f"; first parameter with a non-finite gradient: {param_names(bad[:1])[0]}" if bad else ""
         count = f" ({len(bad)} of {len(params)} parameter tensors)" if bad else ""
         if grads_step is not None:
-            self.doctor.report("TD118", user_location(), (
+            self.doctor.report("TD118", code_location(), (
                 f"step {grads_step}: the loss was finite but gradients are NaN or inf{first}{count}; "
                 f"optimizer.step() applies them and the parameters become NaN"))
             return
@@ -242,11 +240,3 @@ def _value(loss: torch.Tensor) -> str:
     flat = loss.detach().reshape(-1)
     bad = flat[~torch.isfinite(flat)]
     return str(float(bad[0])) if bad.numel() else "not finite"
-
-
-def _user_line(trace: list[str]) -> str | None:
-    frames = [m for entry in trace for m in _FRAME.finditer(entry)]
-    for match in reversed(frames):
-        if is_user_file(match.group(1)):
-            return f"{shown_path(match.group(1))}:{match.group(2)}"
-    return None

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from torchdoctor.agent.doctor.evidence import holder_of, storage_key
-from torchdoctor.agent.hooks.locations import user_location
+from torchdoctor.agent.doctor.locations import code_location
 from torchdoctor.agent.memory.live import live_tensors
 from torchdoctor.sizes import format_bytes
 
@@ -98,6 +98,6 @@ class MemoryChecks:
         figures = " → ".join(format_bytes(b) for _, b in recent)
         first, last = recent[0][0] + 1, recent[-1][0] + 1
         per_pass = format_bytes((recent[-1][1] - recent[0][1]) / max(1, last - first))
-        self.doctor.report("TD119", user_location(), (
+        self.doctor.report("TD119", code_location(), (
             f"tensor memory at the start of training passes {', '.join(str(n + 1) for n, _ in recent)}: {figures} "
             f"(+{per_pass} a pass, never released){what}"))

@@ -10,19 +10,28 @@ recalibration over training batches stays silent).
   finds it still in eval mode with Dropout or BatchNorm layers (``model.train()`` not called again).
 The hooks are a one-shot global forward pre-hook per evaluation pass (it finds the outermost module) and a
 one-shot forward hook on that module; nothing runs on training steps but a flag test.
+
+Evaluation over hand-sliced tensors has no DataLoader pass to start it: there it starts where ``model.eval()`` is
+called (``nn.Module.train`` is wrapped) on a model an optimizer that stepped holds parameters of, after training
+began. The first forward of that model after it made outputs that require grad, and a pre-hook on their graph
+nodes says whether any backward pass (``backward()``, ``autograd.grad``: saliency maps, a model frozen in eval mode
+on purpose that trains on) ever went through them. TD110 is said when the model goes back to training mode, at the
+next optimizer step or at the end of the run, if none did.
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from torchdoctor.agent.doctor.evidence import first_tensor, saved_bytes, storage_key
+from torchdoctor.agent.doctor.locations import code_location
 from torchdoctor.agent.hooks.forward import FORWARD_CALLS
-from torchdoctor.agent.hooks.locations import user_location
 from torchdoctor.sizes import format_bytes
 
 _MODE_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
@@ -31,6 +40,28 @@ _MODE_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNor
 def mode_sensitive(module: nn.Module) -> list[str]:
     """Class names of the layers in ``module`` that act differently in training mode (Dropout, BatchNorm)."""
     return sorted({type(m).__name__ for m in module.modules() if isinstance(m, _MODE_SENSITIVE)})
+
+
+def output_tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a forward's output (a tensor, a sequence or a mapping: a ``ModelOutput`` is one), nested."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in output_tensors(item)]
+    return []
+
+
+@dataclass
+class _EvalGraph:
+    """The graph an evaluation forward in eval mode made, and whether a backward pass went through it."""
+
+    where: str | None
+    kept: int
+    model: str
+    step: int
+    fed: list[bool] = field(default_factory=lambda: [False])
 
 
 class ModeChecks:
@@ -44,12 +75,18 @@ class ModeChecks:
         self._graph: tuple[str | None, int, int, str] | None = None  # (where, bytes, backwards at start, model)
         self._evaluated: list[weakref.ref[nn.Module]] = []
         self._trained_in_train_mode: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        # evaluation in eval mode without a DataLoader: the model put in eval mode, its one-shot forward hook, and
+        # the graph its first forward made
+        self._setting_mode = False
+        self._eval_model: weakref.ref[nn.Module] | None = None
+        self._eval_hook: Any = None
+        self._eval_graph: _EvalGraph | None = None
 
     def remove(self) -> None:
-        for handle in (self._pre_hook, self._out_hook):
+        for handle in (self._pre_hook, self._out_hook, self._eval_hook):
             if handle is not None:
                 handle.remove()
-        self._pre_hook = self._out_hook = None
+        self._pre_hook = self._out_hook = self._eval_hook = None
 
     # -- where evaluation starts and ends ---------------------------------------------------------------------
     def pass_opened(self, record: Any, training: bool) -> None:
@@ -61,7 +98,7 @@ class ModeChecks:
             return
         self._confirm_graph()
         self._eval_loader = record.loader
-        self._where = user_location()
+        self._where = code_location()
         self._backwards_at = session.backwards_total
         if self._pre_hook is None:
             self._pre_hook = FORWARD_CALLS.subscribe(pre=self._first_forward)
@@ -83,10 +120,82 @@ class ModeChecks:
                     self._trained_in_train_mode.add(root)
         if self._evaluated:
             self._check_train_mode(optimizer, step)
+        self._end_eval_mode()
 
     def finish(self) -> None:
         self._confirm_graph()
+        self._end_eval_mode()
         self.remove()
+
+    # -- evaluation in eval mode over hand-sliced tensors -------------------------------------------------------
+    def wrap_train(self, original: Any) -> Any:
+        """``nn.Module.train`` (``eval()`` calls it), telling the outermost call's mode change."""
+        @functools.wraps(original)
+        def train(module: nn.Module, mode: bool = True) -> Any:
+            if self._setting_mode:  # the children of the module being set
+                return original(module, mode)
+            self._setting_mode = True
+            try:
+                result = original(module, mode)
+            finally:
+                self._setting_mode = False
+            self._mode_set(module, bool(mode))
+            return result
+        return train
+
+    def _mode_set(self, module: nn.Module, training: bool) -> None:
+        current = self._eval_model() if self._eval_model is not None else None
+        if training:
+            if current is module:
+                self._end_eval_mode()
+            return
+        if current is module or not self.doctor.session.step or not self._stepped_params(module):
+            return
+        self._end_eval_mode()
+        self.doctor.gradients.evaluation_started()
+        self._eval_model = weakref.ref(module)
+        self._eval_hook = module.register_forward_hook(self._eval_mode_output)
+
+    def _stepped_params(self, module: nn.Module) -> bool:
+        """Whether an optimizer that stepped holds parameters of ``module`` (a model being trained)."""
+        ids = {id(p) for o in self.doctor.session.constructions.optimizers.stepped()
+               for group in o.param_groups for p in group["params"]}
+        return any(id(p) in ids for p in module.parameters())
+
+    def _eval_mode_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._eval_hook is not None:
+            self._eval_hook.remove()
+            self._eval_hook = None
+        if not torch.is_grad_enabled() or "TD110" in self.doctor.reported:
+            return
+        nodes = {id(t.grad_fn): t.grad_fn for t in output_tensors(output) if t.grad_fn is not None}
+        if not nodes:
+            return
+        own = {key[0] for t in [*module.parameters(), *module.buffers()] if (key := storage_key(t)) is not None}
+        graph = _EvalGraph(code_location(), sum(saved_bytes(node, own) for node in nodes.values()),
+                           type(module).__name__, self.doctor.session.step)
+        fed = graph.fed
+
+        def went_through(grad_outputs: Any) -> None:
+            fed[0] = True
+
+        for node in nodes.values():
+            node.register_prehook(went_through)
+        self._eval_graph = graph
+
+    def _end_eval_mode(self) -> None:
+        if self._eval_hook is not None:
+            self._eval_hook.remove()
+            self._eval_hook = None
+        self._eval_model = None
+        graph, self._eval_graph = self._eval_graph, None
+        if graph is None or graph.fed[0]:
+            return
+        self.doctor.report("TD110", graph.where, (
+            f"evaluation with autograd on: after {graph.model}.eval() at step {graph.step}, its forward made outputs "
+            f"that required grad and no backward pass went through them; each evaluation forward kept "
+            f"{format_bytes(graph.kept)} of activations for a backward pass that never came (under torch.no_grad() "
+            f"it keeps none)"))
 
     # -- the first forward of an evaluation pass ---------------------------------------------------------------
     def _first_forward(self, module: nn.Module, args: Any, depth: int) -> None:
@@ -134,7 +243,7 @@ class ModeChecks:
                 continue
             sensitive = mode_sensitive(module)
             if sensitive:
-                self.doctor.report("TD112", user_location(), (
+                self.doctor.report("TD112", code_location(), (
                     f"step {step}: {type(module).__name__} trained in training mode, was evaluated in eval mode, and "
                     f"is still in eval mode now that it trains again: its {', '.join(sensitive)} layers act as in "
                     f"evaluation (no dropout, frozen BatchNorm statistics)"))

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from torchdoctor.agent.doctor.evidence import listed, param_names
+from torchdoctor.agent.doctor.locations import code_location
 from torchdoctor.agent.hooks.calls import optimizer_params
 from torchdoctor.agent.hooks.constructions import OptimizerRecord
-from torchdoctor.agent.hooks.locations import user_location
 
 MIN_STEPS = 3  # steps an optimizer must take before "never got a gradient" is said
 
@@ -52,7 +52,7 @@ class ParameterChecks:
 
     def before_backward(self, loss: torch.Tensor | None) -> None:
         if loss is not None and loss.grad_fn is None and loss.requires_grad and self._leaf_backward is None:
-            self._leaf_backward = user_location()
+            self._leaf_backward = code_location()
 
     def before_step(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         record = self.doctor.session.constructions.optimizers.record(optimizer)
@@ -99,7 +99,7 @@ class ParameterChecks:
             for scaler in scalers:
                 state = scaler._per_optimizer_states.get(id(optimizer))
                 if state is None or state["stage"] is OptState.READY:
-                    doctor.report("TD117", user_location(), (
+                    doctor.report("TD117", code_location(), (
                         f"step {session.step + 1}: gradients were clipped while still multiplied by the GradScaler's "
                         f"scale ({float(scaler.get_scale()):g}): scaler.unscale_(optimizer) had not run since the "
                         f"backward pass, so the clipping threshold was applied to scaled gradients"))
@@ -162,7 +162,7 @@ class ParameterChecks:
                 return
         names = param_names(list(outside.values()), roots + self._owners(outside))
         where = (self._made_at(outside) or next((t.where for t in self._tracked if t.where), None)
-                 or user_location())
+                 or code_location())
         self.doctor.report("TD114", where, (
             f"step {step}: {len(outside)} trainable parameter tensors have gradients but are in no optimizer "
             f"({listed(names)}): they are never updated"))

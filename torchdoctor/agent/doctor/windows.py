@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from torchdoctor.agent.doctor.evidence import LossShape, graph_nodes, loss_shape
-from torchdoctor.agent.hooks.locations import user_location
+from torchdoctor.agent.doctor.locations import code_location
 
 TOKEN_RATIO = 2.0  # counted tokens differing more than this between micro-batches of one window (TD105)
 
@@ -67,7 +67,7 @@ class WindowChecks:
             return
         self._retained = self._retained or retain_graph
         shape = loss_shape(loss, exact_tokens=True)
-        self._window.append(_Backward(session.recovery.loaders.batches_delivered, shape, user_location(),
+        self._window.append(_Backward(session.recovery.loaders.batches_delivered, shape, code_location(),
                                       _leaves(loss) if shape.mean else frozenset()))
 
     def zero_grad(self, params: Any, called: bool) -> None:
@@ -77,7 +77,7 @@ class WindowChecks:
     def pass_opened(self, record: Any, training: bool) -> None:
         session = self.doctor.session
         if training and session.step and session.backwards_since_step and not self._own_accumulation:
-            self._leftover = (session.backwards_since_step, record.number, user_location())
+            self._leftover = (session.backwards_since_step, record.number, code_location())
 
     def before_step(self, optimizer: torch.optim.Optimizer, step: int, watched: bool) -> None:
         window, self._window = self._window, []
@@ -138,7 +138,7 @@ class WindowChecks:
             if not isinstance(last, int) or id(scheduler) in inner:
                 continue
             name = type(scheduler).__name__
-            where = session.constructions.scheduler_stepped_at.get(scheduler) or user_location()
+            where = session.constructions.scheduler_stepped_at.get(scheduler) or code_location()
             if steps == 1 and getattr(scheduler, "_step_count", 0) == 2:
                 self._early[id(scheduler)] = (where, (
                     f"step {step}: {name}.step() was called before the first optimizer.step() of its optimizer; "
