@@ -214,6 +214,7 @@ class Estimated(Event):
     steps_done: int = 0  # optimizer steps completed (the last entry of ``steps`` is partial when fewer than asked)
     layers: list[dict[str, Any]] = field(default_factory=list)
     forward_growth_bytes: int | None = None  # what the first training forward left alive (the layers' total is in it)
+    kernels_unmeasured: str = ""  # why the CPU kernels' own buffers were not measured ("": they were, or a GPU)
 
 
 @dataclass(frozen=True)

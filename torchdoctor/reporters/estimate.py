@@ -79,7 +79,7 @@ def estimate_text(document: dict[str, Any]) -> str:
     reads = max((e.get("stand_ins", 0) for e in document["estimates"]), default=0)
     if reads:
         lines.append(f"{reads} values read back to Python (loss.item() ...) got stand-ins")
-    lines += ["", "Not counted:"] + [f"- {limit}" for limit in document.get("limits", [])]
+    lines += ["", "Limits:"] + [f"- {limit}" for limit in document.get("limits", [])]
     lines.append(f"({document['runs']} runs, {document['seconds']:.1f} s)")
     return "\n".join(lines)
 

@@ -97,6 +97,13 @@ class CudaOnCpu(TorchFunctionMode):
         return func(tensor, *rest, **kwargs)
 
 
+def _replaced_by(answer: Any) -> Any:
+    """A patch maker that puts ``answer`` in place of what is there."""
+    def make(current: Any) -> Any:
+        return answer
+    return make
+
+
 class _Properties:
     def __init__(self, gpu: Gpu) -> None:
         self.name, self.total_memory = gpu.name, gpu.memory_bytes
@@ -141,7 +148,7 @@ class CudaTarget:
             "mem_get_info": lambda device=None: (gpu.memory_bytes - reserved(), gpu.memory_bytes),
         }
         for name, answer in answers.items():
-            self._patches.wrap(torch.cuda, name, lambda current, answer=answer: answer)
+            self._patches.wrap(torch.cuda, name, _replaced_by(answer))
         autocast = torch.amp.autocast_mode.autocast
 
         def on_cpu(init: Any) -> Any:

@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_flatten, tree_map
 
 from torchdoctor.agent.estimate.gpu_ledger import GpuLedger
+from torchdoctor.agent.estimate.kernel_buffers import MEASURED, KernelBuffers
 from torchdoctor.agent.estimate.ledger import Ledger
 from torchdoctor.agent.memory.accounting import born_as
 
@@ -84,6 +85,7 @@ class FakeStorageCounter(TorchDispatchMode):
         self.ledger = Ledger()  # every storage, wherever it is (the host's figures when the target is the CPU)
         self.gpu = gpu  # the storages the script put on a GPU that is modelled (torchdoctor estimate --gpu)
         self.placement: bool | None = None  # set while a tensor is moved: True onto the GPU, False off it
+        self.kernels: KernelBuffers | None = None  # CPU kernels' own buffers, measured (needs the allocator probe)
 
     @property
     def current(self) -> int:
@@ -102,7 +104,16 @@ class FakeStorageCounter(TorchDispatchMode):
                 self.track(value, on_gpu=on_gpu)
         if func in KERNEL_CORRECTIONS and self.gpu is None:  # the CPU's kernels (oneDNN)
             KERNEL_CORRECTIONS[func](self, func, args, kwargs or {}, out)
+        if self.kernels is not None and func in MEASURED:
+            self.spike(self.kernels.extra_bytes(func, args, kwargs or {}))
         return out
+
+    def spike(self, nbytes: int) -> None:
+        """``nbytes`` held for the moment of the op running now (a kernel's own buffers), then given back."""
+        if nbytes > 0:
+            cat = born_as(self.phase)
+            self.ledger.grow(cat, nbytes, self._seq, self.phase)
+            self.ledger.grow(cat, -nbytes, self._seq, self.phase)
 
     def _any_on_gpu(self, args: Any, kwargs: Any) -> bool:
         for value in tree_flatten((args, kwargs))[0]:

@@ -54,6 +54,7 @@ class EstimateSession:
         self._handles: list[Any] = []
         self._patches = ClassPatches()
         self.cuda: Any = None
+        self.kernels_unmeasured = ""  # why the CPU kernels' own buffers could not be measured ("": they were)
         if self.gpu is not None:
             from torchdoctor.agent.estimate.cuda_target import CudaTarget
 
@@ -68,6 +69,13 @@ class EstimateSession:
         self._patches.wrap(torch.utils, "swap_tensors", self._swap_forgetting_memo)
         if self.cuda is not None:
             self.cuda.install()
+        else:  # the CPU's kernels' own buffers, measured through the allocator probe (when it builds here)
+            from torchdoctor.agent.estimate.kernel_buffers import KernelBuffers
+            from torchdoctor.agent.memory import allocator_probe
+
+            probe, self.kernels_unmeasured = allocator_probe.start(torch)
+            if probe is not None:
+                self.counter.kernels = KernelBuffers(probe)
         self.phases.install_module_hooks()
         self.phases.install_autograd_wrappers()
         self.batch_args.install()
@@ -92,7 +100,8 @@ class EstimateSession:
         self.sink.emit(Estimated(batch_size=self.batch_size, steps=self.figures, device=self.device,
                                  stand_ins=self.scalars.reads, batch_option=option,
                                  steps_done=self.step, layers=self.layers.to_list(),
-                                 forward_growth_bytes=self.layers.forward_growth if self.layers.done else None))
+                                 forward_growth_bytes=self.layers.forward_growth if self.layers.done else None,
+                                 kernels_unmeasured=self.kernels_unmeasured))
 
     def record_failure(self, exc: BaseException | None) -> bool:
         return False
