@@ -32,9 +32,9 @@ LIMITS = (
     "follows them",
 )
 # ... on the CPU, kernels' own buffers (not op outputs), measured or not
-CPU_KERNELS = ("kernels' own buffers: oneDNN's convolutions and RNN layer (forward) measured, each run for real once "
-               "per shape (a large convolution on a slice of its batch, scaled); the RNN layer's backward scratch is "
-               "not counted (a small-batch LSTM came out 10% low)")
+CPU_KERNELS = ("kernels' own buffers: oneDNN's convolutions and RNN layers measured, each run for real once per shape "
+               "on zeros (a large convolution on a slice of its batch, scaled; an RNN layer's backward after a real "
+               "forward); other kernels' scratch is not counted")
 CPU_KERNELS_UNMEASURED = ("kernels' own buffers are not counted ({why}): convolution nets come out up to a quarter "
                           "low (oneDNN's backward copies its input), LSTMs at small batches 10% low")
 # ... and, for a modelled GPU (--gpu), what the model leaves out

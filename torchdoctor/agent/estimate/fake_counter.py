@@ -105,7 +105,7 @@ class FakeStorageCounter(TorchDispatchMode):
         if func in KERNEL_CORRECTIONS and self.gpu is None:  # the CPU's kernels (oneDNN)
             KERNEL_CORRECTIONS[func](self, func, args, kwargs or {}, out)
         if self.kernels is not None and func in MEASURED:
-            self.spike(self.kernels.extra_bytes(func, args, kwargs or {}))
+            self.spike(self.kernels.extra_bytes(func, args, kwargs or {}, out))
         return out
 
     def spike(self, nbytes: int) -> None:
