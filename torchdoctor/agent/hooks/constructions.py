@@ -123,7 +123,7 @@ class Constructions:
             def step(scheduler: Any, *args: Any, **kwargs: Any) -> Any:
                 try:
                     stepped_at[scheduler] = user_location()
-                except TypeError:  # an unhashable scheduler: no line for it
+                except Exception:  # noqa: BLE001 - an unhashable scheduler, or its own __hash__ failing: no line
                     pass
                 return original(scheduler, *args, **kwargs)
             return step
@@ -136,8 +136,8 @@ class Constructions:
                 original(module, *args, **kwargs)
                 try:
                     made_at[module] = _maker(module)
-                except TypeError:  # an unhashable module (a dataclass with eq=True): no line for it
-                    pass
+                except Exception:  # noqa: BLE001 - an unhashable module (a dataclass with eq=True), or one whose own
+                    pass  # __hash__ fails while its subclass's __init__ has not finished (torchmetrics' Metric)
             return __init__
 
         self._patches.wrap(torch.nn.Module, "__init__", where_made)
