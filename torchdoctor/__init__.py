@@ -13,6 +13,8 @@ Importing this package installs nothing and does not import torch; the library A
 
     with torchdoctor.watch(model, optimizer) as doctor:  # the training-loop doctor, in code
         ...
+
+    torchdoctor.estimate_memory(train, batch_sizes=[8, 32], gpu="A100-40GB")  # peak memory, on fake tensors
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ _LAZY = {
     "watch": "torchdoctor.agent.watch",
     "TorchDoctorFinding": "torchdoctor.agent.watch",
     "FindingsError": "torchdoctor.agent.watch",
+    "estimate_memory": "torchdoctor.agent.estimate.library",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -40,11 +40,12 @@ def estimate(is_module: bool, batch_sizes: str | None, batch_arg: str | None, bu
     """
     import json
 
+    from torchdoctor.estimating import EstimateRequest
     from torchdoctor.files import write_text_atomic
     from torchdoctor.gpus import CONTEXT_ASSUMED, find_gpu
     from torchdoctor.reporters.estimate import estimate_text
     from torchdoctor.sizes import parse_size
-    from torchdoctor.supervisor.estimate import EstimateRequest, run_estimate
+    from torchdoctor.supervisor.estimate import run_estimate
     from torchdoctor.supervisor.target import check_module, check_script
 
     sizes: tuple[int, ...] = ()

@@ -1,9 +1,9 @@
 """``torchdoctor estimate``: peak memory per batch size and the largest batch under a budget, from the script's
-first optimizer steps run on fake tensors (``agent/estimate/``), one process per batch size.
+first optimizer steps run on fake tensors (``agent/estimate/``), one process per batch size (the document and the
+search: ``torchdoctor/estimating.py``).
 
 Batch sizes are changed on the script's command line, through its batch-size option (as the recovery does): named
-with ``--batch-arg`` or found among the arguments given. The largest batch under a budget is searched with fake
-runs: doubling from the script's batch until one is over, then bisection; each answer says how many runs it took.
+with ``--batch-arg`` or found among the arguments given, or in the script's argparse parser during its first run.
 """
 
 from __future__ import annotations
@@ -12,62 +12,14 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from torchdoctor import __version__
-from torchdoctor.config import BATCH_OPTIONS
 from torchdoctor.errors import TorchDoctorError, UsageError
+from torchdoctor.estimating import BatchRuns, EstimateRequest, document, figures_from
 from torchdoctor.events import Estimated
-from torchdoctor.gpus import CONTEXT_ASSUMED, ENV_ESTIMATE_GPU, Gpu
+from torchdoctor.gpus import ENV_ESTIMATE_GPU
 from torchdoctor.supervisor.child import Launcher
 from torchdoctor.supervisor.failures import replace_option
-
-ESTIMATE_SCHEMA = "torchdoctor-estimate"
-ESTIMATE_VERSION = 1
-MAX_BATCH = 1 << 20
-# What fake tensors do not see, said in every estimate (docs/estimate.md has the measurements).
-LIMITS = (
-    "values read back to Python (loss.item(), if t > 0) get stand-ins: control flow that depends on the data "
-    "follows them",
-)
-# ... on the CPU, kernels' own buffers (not op outputs), measured or not
-CPU_KERNELS = ("kernels' own buffers: oneDNN's convolutions and RNN layers measured, each run for real once per shape "
-               "on zeros (a large convolution on a slice of its batch, scaled; an RNN layer's backward after a real "
-               "forward); other kernels' scratch is not counted")
-CPU_KERNELS_UNMEASURED = ("kernels' own buffers are not counted ({why}): convolution nets come out up to a quarter "
-                          "low (oneDNN's backward copies its input), LSTMs at small batches 10% low")
-# ... and, for a modelled GPU (--gpu), what the model leaves out
-GPU_LIMITS = (
-    "the GPU is modelled, not measured (no GPU here): its caching allocator replayed over the fake run's "
-    "allocations (512-byte rounding, 2 and 20 MiB segments, best-fit splitting; one stream, default settings) "
-    "and torch's default cuBLAS workspaces; cuDNN, cuBLASLt and attention kernels' own buffers are not counted",
-    "the script runs its CUDA path on CPU fake tensors: kernels that differ between the devices (CPU autocast's op "
-    "lists for CUDA's, the attention backend) can make different tensors; tensor.device reads cpu",
-)
-
-
-@dataclass(frozen=True)
-class EstimateRequest:
-    script: str
-    is_module: bool = False
-    script_args: tuple[str, ...] = ()
-    batch_sizes: tuple[int, ...] = ()  # empty: the script's own
-    batch_arg: str | None = None  # the script's batch-size option (found in script_args when not given)
-    budget: int | None = None
-    steps: int = 2
-    layers: bool = False  # the per-layer table (of the first batch size estimated)
-    gpu: Gpu | None = None  # the CUDA card modelled (None: the script's own device, the CPU here)
-    cuda_context: int = CONTEXT_ASSUMED  # bytes outside torch's allocator on the card (assumed unless given)
-
-    def batch_option(self) -> str | None:
-        if self.batch_arg:
-            return self.batch_arg if self.batch_arg.startswith("-") else f"--{self.batch_arg}"
-        for arg in self.script_args:
-            name = arg.split("=", 1)[0]
-            if name.startswith("--") and name[2:].replace("-", "_").lower() in BATCH_OPTIONS:
-                return name
-        return None
 
 
 def _one_run(request: EstimateRequest, script_args: list[str], run_dir: str, launcher: Launcher) -> dict[str, Any]:
@@ -91,40 +43,7 @@ def _one_run(request: EstimateRequest, script_args: list[str], run_dir: str, lau
         what = "ended" if estimated is not None and not failed else "did not run"
         raise TorchDoctorError(f"the script {what} on fake tensors before its optimizer step "
                                f"{(estimated.steps_done if estimated else 0) + 1}: {_last_line(run_dir)}")
-    peak = max(estimated.steps, key=lambda s: s["peak_bytes"])
-    found = {"batch_size": estimated.batch_size, "peak_bytes": peak["peak_bytes"], "peak_phase": peak["peak_phase"],
-             "by_phase": peak["by_phase"], "by_kind": peak["by_kind"], "steps_counted": estimated.steps_done,
-             "steps_wanted": request.steps, "stand_ins": estimated.stand_ins, "device": estimated.device,
-             "batch_option": estimated.batch_option, "layers": estimated.layers,
-             "forward_growth_bytes": estimated.forward_growth_bytes,
-             "kernels_unmeasured": estimated.kernels_unmeasured}
-    if request.gpu is not None:  # the modelled GPU's figures: the step whose reserved (then allocated) peak is largest
-        gpu = max((s["gpu"] for s in estimated.steps if "gpu" in s),
-                  key=lambda g: (g["reserved_peak_bytes"], g["allocated_peak_bytes"]), default=None)
-        if gpu is not None:
-            found["gpu"] = {**gpu, "context_bytes": request.cuda_context,
-                            "total_bytes": gpu["reserved_peak_bytes"] + request.cuda_context}
-    return found
-
-
-def _kernel_limits(request: EstimateRequest, run: dict[str, Any]) -> list[str]:
-    if request.gpu is not None:
-        return list(GPU_LIMITS)
-    why = run.get("kernels_unmeasured")
-    return [CPU_KERNELS_UNMEASURED.format(why=why) if why else CPU_KERNELS]
-
-
-def peak_of(run: dict[str, Any]) -> int:
-    """What must fit: the modelled GPU's reserved memory and context, or the tensors' peak."""
-    return run["gpu"]["total_bytes"] if "gpu" in run else run["peak_bytes"]
-
-
-def phase_of(run: dict[str, Any]) -> str:
-    return str(run["gpu"]["peak_phase"] if "gpu" in run else run["peak_phase"])
-
-
-def phases_of(run: dict[str, Any]) -> dict[str, int]:
-    return run["gpu"]["by_phase"] if "gpu" in run else run["by_phase"]
+    return figures_from(estimated, request)
 
 
 def _last_line(run_dir: str) -> str:
@@ -136,116 +55,29 @@ def _last_line(run_dir: str) -> str:
     return lines[-1][:300] if lines else "it ended before its first optimizer step"
 
 
-class _Runs:
-    """Fake runs at given batch sizes, each once."""
+class _Runs(BatchRuns):
+    """Fake runs of the script, each a process forked from one torch-preloaded zygote (a run costs tens of
+    milliseconds to start, not an import)."""
 
     def __init__(self, request: EstimateRequest, root: str) -> None:
+        super().__init__()
         self.request, self.root = request, root
-        # runs fork from one torch-preloaded zygote: a run costs tens of milliseconds to start, not an import
         self.launcher = Launcher("fork", fork_first=True)
         self.launcher.start_zygote(dict(os.environ))
         self.option = request.batch_option()
-        self.done: dict[int | None, dict[str, Any]] = {}
-        self.short: dict[int, int] = {}  # batch sizes asked for whose first training batch was smaller: what it was
 
-    def at(self, batch: int | None) -> dict[str, Any]:
+    def run(self, batch: int | None) -> dict[str, Any]:
+        args = list(self.request.script_args)
         own = self.done.get(None)
-        if batch is not None and own is not None and own["batch_size"] == batch:
-            return own  # the script's own batch size: that run already
-        if batch not in self.done:
-            args = list(self.request.script_args)
-            if batch is not None:
-                if self.option is None and own is not None:
-                    self.option = own.get("batch_option")  # found in the script's own argparse
-                if self.option is None:
-                    raise UsageError("changing the batch size needs the script's batch-size option: name it with "
-                                     "--batch-arg (e.g. --batch-arg --batch-size)")
-                args = replace_option(args, self.option, batch)
-            run_dir = os.path.join(self.root, f"batch-{batch if batch is not None else 'own'}")
-            self.done[batch] = _one_run(self.request, args, run_dir, self.launcher)
-        return self.done[batch]
-
-    def checked(self) -> list[int]:
-        """The batch sizes run so far."""
-        return sorted({batch if batch is not None else run["batch_size"] for batch, run in self.done.items()} - {None})
-
-    def fits(self, batch: int, budget: int) -> bool:
-        """Within the budget, and the batch really that large (a script whose data holds fewer samples makes a
-        smaller batch: that batch size is not an answer)."""
-        run = self.at(batch)
-        seen = run["batch_size"]
-        if seen is not None and seen < batch:
-            self.short[batch] = seen
-            return False
-        return peak_of(run) <= budget
-
-
-def _linear_guess(runs: _Runs, budget: int, small: int, large: int) -> int | None:
-    """The largest batch each phase's peak allows, from a line through two runs (peak = a + b x batch per phase:
-    the peak may move from one phase to another as the batch grows); the smallest over the phases."""
-    first, second = runs.at(small), runs.at(large)
-    one, two = phases_of(first), phases_of(second)
-    extra = peak_of(first) - max(one.values(), default=0)  # reserved over allocated, and the context, on a GPU
-    guesses = []
-    for phase in set(one) & set(two):
-        slope = (two[phase] - one[phase]) / (large - small)
-        if slope > 0:
-            guesses.append(int((budget - extra - (one[phase] - slope * small)) // slope))
-    return max(1, min(min(guesses), MAX_BATCH)) if guesses else None
-
-
-def _largest_batch(runs: _Runs, budget: int, start: int) -> dict[str, Any]:
-    """The largest batch whose fake peak fits ``budget``. Guessed from lines through the two runs nearest the
-    answer (exact where both sit in the same piece of the piecewise-linear peak), each guess checked with its
-    neighbour; doubling and bisection finish what guesses leave open. Every answer rests on fake runs."""
-    before = len(runs.done)
-    start = max(1, start)
-    low, high = 0, None  # the largest batch known to fit, the smallest known not to
-
-    def over(batch: int) -> int:
-        """A batch that does not fit; or, when the script made a smaller batch (its data holds no more), the
-        first batch size past what it made: none above it grows either."""
-        return runs.short[batch] + 1 if batch in runs.short else batch
-
-    tried = [start, start * 2]
-    for _ in range(6):
-        for batch in tried:
-            if runs.fits(batch, budget):
-                low = max(low, batch)
-            elif high is None or over(batch) < high:
-                high = over(batch)
-        if high is not None and high - low <= 1:
-            break
-        near = sorted(runs.checked(), key=lambda b: abs(peak_of(runs.at(b)) - budget))[:2]
-        guess = _linear_guess(runs, budget, min(near), max(near)) if len(set(near)) == 2 else None
-        if guess is None or (guess <= low or (high is not None and guess >= high)):
-            break
-        tried = [guess, guess + 1]
-    if high is not None and low > high:
-        low = 0  # not monotonic: search below the smallest batch that does not fit
-    batch = max(low * 2, 1)
-    while high is None and batch <= MAX_BATCH:
-        if runs.fits(batch, budget):
-            low, batch = batch, batch * 2
-        else:
-            high = over(batch)
-    if high is not None and high - 1 in runs.short.values() and high - 1 > low and runs.fits(high - 1, budget):
-        low = high - 1  # the largest batch the script's data makes fits
-    while high is not None and high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if runs.fits(mid, budget) else (low, over(mid))
-    answer: dict[str, Any] = {"budget_bytes": budget, "batch_size": low or None}
-    if low:
-        answer.update(peak_bytes=peak_of(runs.at(low)), peak_phase=phase_of(runs.at(low)))
-    if high is not None:
-        runs.fits(high, budget)  # (run already, unless it is the batch past a short one)
-        answer["first_over"] = {"batch_size": high, "peak_bytes": peak_of(runs.at(high)),
-                                "peak_phase": phase_of(runs.at(high))}
-    if high is not None and high in runs.short:
-        answer["first_over"]["batch_seen"] = runs.short[high]
-        answer["limited_by"] = "data"  # the script's batches stop growing before memory runs out
-    answer["runs"] = len(runs.done) - before
-    return answer
+        if batch is not None:
+            if self.option is None and own is not None:
+                self.option = own.get("batch_option")  # found in the script's own argparse
+            if self.option is None:
+                raise UsageError("changing the batch size needs the script's batch-size option: name it with "
+                                 "--batch-arg (e.g. --batch-arg --batch-size)")
+            args = replace_option(args, self.option, batch)
+        run_dir = os.path.join(self.root, f"batch-{batch if batch is not None else 'own'}")
+        return _one_run(self.request, args, run_dir, self.launcher)
 
 
 def run_estimate(request: EstimateRequest) -> dict[str, Any]:
@@ -255,37 +87,8 @@ def run_estimate(request: EstimateRequest) -> dict[str, Any]:
     runs = None
     try:
         runs = _Runs(request, root)
-        own = runs.at(None)
-        sizes = list(request.batch_sizes)
-        estimates = [own] if not sizes else []
-        for batch in sizes:
-            found = runs.at(batch) if batch != own["batch_size"] else own
-            estimates.append({**found, "batch_size": batch})
-        layers, growth = estimates[0].get("layers") or [], estimates[0].get("forward_growth_bytes")
-        estimates = [{k: v for k, v in e.items() if k not in ("layers", "forward_growth_bytes", "kernels_unmeasured")}
-                     for e in estimates]
-        document: dict[str, Any] = {
-            "schema": ESTIMATE_SCHEMA, "schema_version": ESTIMATE_VERSION, "torchdoctor_version": __version__,
-            "script": request.script, "argv": [request.script, *request.script_args], "device": own["device"],
-            "figures": "tensor storages counted on fake tensors (no memory allocated)",
-            "estimates": estimates, "limits": [*LIMITS, *_kernel_limits(request, own)],
-        }
-        if request.gpu is not None:
-            document["gpu"] = {"name": request.gpu.name, "memory_bytes": request.gpu.memory_bytes,
-                               "capability": ".".join(map(str, request.gpu.capability)),
-                               "cublas_workspace_bytes": request.gpu.cublas_workspace_bytes,
-                               "context_bytes": request.cuda_context,
-                               "memory_source": "nominal (nvidia-smi's total for the card), not measured here"}
-        if request.layers:
-            document["layers"] = layers
-            document["layers_batch_size"] = estimates[0]["batch_size"]
-            document["forward_growth_bytes"] = growth
-        budget = request.budget if request.budget is not None else (request.gpu.memory_bytes if request.gpu else None)
-        if budget is not None:
-            document["largest_batch"] = _largest_batch(runs, budget, own["batch_size"] or 1)
-        document["runs"] = len(runs.done)
-        document["seconds"] = round(time.monotonic() - began, 2)
-        return document
+        runs.at(None)
+        return document(request, runs, request.script, [request.script, *request.script_args], began)
     finally:
         if runs is not None:
             runs.launcher.close()

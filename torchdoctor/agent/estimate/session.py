@@ -24,18 +24,22 @@ from torchdoctor.agent.recovery.batch_args import BatchArgumentWatch
 from torchdoctor.config import AgentSettings
 from torchdoctor.errors import StepsDone
 from torchdoctor.events import Estimated, Phase
-from torchdoctor.gpus import ENV_ESTIMATE_GPU, find_gpu
+from torchdoctor.gpus import ENV_ESTIMATE_GPU, Gpu, find_gpu
 
 DEFAULT_STEPS = 2  # the first step makes the optimizer's state; the second is the steady state
 
 
 class EstimateSession:
-    def __init__(self, settings: AgentSettings, sink: Any) -> None:
+    def __init__(self, settings: AgentSettings, sink: Any, gpu: Gpu | None = None,
+                 kernel_probe: bool = True) -> None:
         self.sink = sink
         self.steps_wanted = settings.max_steps or DEFAULT_STEPS
         self.step = 0
         gpu_name = os.environ.get(ENV_ESTIMATE_GPU)
-        self.gpu = find_gpu(gpu_name) if gpu_name else None  # the CUDA card modelled (None: the CPU is the target)
+        if gpu is None and gpu_name:
+            gpu = find_gpu(gpu_name)
+        self.gpu = gpu  # the CUDA card modelled (None: the CPU is the target)
+        self.kernel_probe = kernel_probe  # measure CPU kernels' buffers (the probe is put in front of the allocator)
         self.counter = FakeStorageCounter(GpuLedger(self.gpu) if self.gpu is not None else None)
         self.scalars = StandInScalars()
         self.models = MeasuredModels(self.counter)
@@ -69,13 +73,15 @@ class EstimateSession:
         self._patches.wrap(torch.utils, "swap_tensors", self._swap_forgetting_memo)
         if self.cuda is not None:
             self.cuda.install()
-        else:  # the CPU's kernels' own buffers, measured through the allocator probe (when it builds here)
+        elif self.kernel_probe:  # the CPU's kernels' own buffers, measured through the allocator probe
             from torchdoctor.agent.estimate.kernel_buffers import KernelBuffers
             from torchdoctor.agent.memory import allocator_probe
 
             probe, self.kernels_unmeasured = allocator_probe.start(torch)
             if probe is not None:
                 self.counter.kernels = KernelBuffers(probe)
+        else:
+            self.kernels_unmeasured = "the allocator probe belongs to the torchdoctor run around this call"
         self.phases.install_module_hooks()
         self.phases.install_autograd_wrappers()
         self.batch_args.install()
@@ -105,6 +111,14 @@ class EstimateSession:
 
     def record_failure(self, exc: BaseException | None) -> bool:
         return False
+
+    def close(self) -> None:
+        """Leave fake tensors (the library call: the process goes on). ``finish`` first."""
+        self.scalars.__exit__(None, None, None)
+        self.counter.__exit__(None, None, None)
+        self._fake.__exit__(None, None, None)
+        if self.counter.kernels is not None:
+            self.counter.kernels.probe.uninstall()
 
     def _swap_forgetting_memo(self, swap: Any) -> Any:
         """``Module.to()``/``.double()`` swap fake parameters with their converted copies, which refuses tensors
