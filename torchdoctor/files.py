@@ -110,6 +110,16 @@ def committed(directory: str) -> list[str]:
     return [os.path.join(directory, n) for n in sorted(found, reverse=True)]
 
 
+# Under torch's launcher, global rank 0 writes the checkpoint and every other rank its own part of it (its RNG, its
+# loader position's generators, its next step's record) in ``RANK_PARTS`` beside it, named by rank and step.
+RANK_PARTS = "ranks"
+
+
+def rank_part_path(directory: str, rank: int, step: int) -> str:
+    """``checkpoints/ranks/rank1-step000000015.pt``: rank 1's part of the checkpoint of step 15."""
+    return os.path.join(directory, RANK_PARTS, f"rank{rank}-step{step:09d}.pt")
+
+
 class CheckpointDamaged(ValueError):
     """A checkpoint whose bytes do not match its commit marker (truncated or corrupt)."""
 

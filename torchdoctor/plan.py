@@ -48,7 +48,7 @@ class Plan:
     foreach_off: bool = False  # optimizers take their single-tensor path (foreach=False)
     amp: str | None = None  # "bf16" or "fp16"
     host_workers_cap: int | None = None  # at most this many DataLoader workers (after a host-memory kill)
-    resume_from: str | None = None  # a directory of run checkpoints to resume from (--checkpoint-every)
+    resume_from: str | None = None  # the run checkpoint (or a directory of them) to resume from (--checkpoint-every)
     applied: tuple[str, ...] = field(default_factory=tuple)  # remedies so far, in order, for the report
     excluded: tuple[str, ...] = field(default_factory=tuple)  # remedies undone because the script failed with them
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -48,8 +49,8 @@ def test_two_ranks_run_and_each_has_its_figures_in_the_report(tmp_path):
 
 def test_a_rank_killed_by_sigkill_is_named_as_the_root_cause(tmp_path):
     # GIVEN rank 1 SIGKILLs itself after 2 steps (rank 0 then fails in gloo, and torchrun stops it)
-    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), "--nproc-per-node", "2", str(DDP),
-                              "--kill-rank", "1"], cwd=tmp_path)
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), "--max-retries", "0", "--nproc-per-node",
+                              "2", str(DDP), "--kill-rank", "1"], cwd=tmp_path)
     # THEN torchrun's exit (1) is returned, and the report names rank 1 and the signal, not rank 0's network error
     assert result.returncode == 1
     report = read_report(tmp_path / "r")
@@ -119,3 +120,130 @@ def test_plain_torchrun_with_the_agents_bootstrap_leaves_a_report_to_rebuild(tmp
     assert shown.returncode == 0, shown.stderr
     assert (run_dir / "events-rank1.jsonl").exists()
     assert "Ranks (2 in the run" in shown.stdout + shown.stderr
+
+
+def _final_params(prefix) -> list[dict]:
+    """Each rank's final parameters, as the script saved them (``--save-params``)."""
+    import torch
+
+    return [torch.load(f"{prefix}-rank{rank}.pt") for rank in (0, 1)]
+
+
+def _events(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_an_oom_on_rank_1_alone_ends_with_the_unconstrained_weights_on_both_ranks(tmp_path):
+    import torch
+
+    # GIVEN the DDP script where only rank 1 runs out of memory under a 7.2 MiB budget at batch 256
+    script = [str(DDP), "--hidden", "1024", "--batch-size", "256", "--extra-mib-rank", "1", "--extra-mib", "4"]
+    plain = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "plain"), "--nproc-per-node", "2", *script,
+                             "--save-params", str(tmp_path / "plain")], cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    # WHEN it runs under the budget, with checkpoints
+    began = time.monotonic()
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), "--memory-budget", "7.2MiB",
+                              "--checkpoint-every", "2", "--nproc-per-node", "2", *script,
+                              "--save-params", str(tmp_path / "budget")], cwd=tmp_path, timeout=150)
+    took = time.monotonic() - began
+    # THEN it finishes in time, attempt 1's OOM is rank 1's, and attempt 2 runs both ranks on the same micro-batches
+    assert result.returncode == 0, result.stderr
+    assert took < 90, took
+    report = read_report(tmp_path / "r")
+    first, second = report["attempts"]
+    assert first["outcome"] == "oom" and first["summary"].endswith("on rank 1")
+    assert second["outcome"] == "success" and second["plan"]["micro_batches"] == 2
+    splits = []
+    for name in ("events.jsonl", "events-rank1.jsonl"):
+        figures = [e for e in _events(tmp_path / "r" / name) if e["kind"] == "training_figures"][-1]
+        steps = figures["updates"][0]["first"]
+        splits.append([[size for size, _ in step["parts"]] for step in steps])
+    assert splits[0] == splits[1] and all(len(sizes) == 2 and sum(sizes) == 256 for sizes in splits[0])
+    # and the final parameters are the same on both ranks, and the unconstrained run's within 1e-5 relative
+    rank0, rank1 = _final_params(tmp_path / "budget")
+    expected, _ = _final_params(tmp_path / "plain")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    for key, value in expected.items():
+        assert torch.allclose(rank0[key], value, rtol=1e-5, atol=1e-5 * float(value.abs().max())), key
+
+
+def test_a_rank_killed_mid_run_is_named_relaunched_and_resumed_to_the_uninterrupted_weights(tmp_path):
+    import torch
+
+    # GIVEN 2 epochs of 5 steps, shuffled, with dropout (each rank its own masks) and momentum, uninterrupted under
+    # plain torchrun
+    script = [str(DDP), "--steps", "5", "--epochs", "2", "--shuffle", "--dropout", "0.1", "--momentum", "0.9"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TORCHDOCTOR_EVENTS", None)
+    plain = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            *script, "--save-params", str(tmp_path / "plain")], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    # WHEN rank 1 SIGKILLs itself after 7 steps in attempt 1, with a checkpoint every 3 steps
+    began = time.monotonic()
+    result = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), "--checkpoint-every", "3",
+                              "--nproc-per-node", "2", *script, "--kill-rank", "1", "--kill-at", "7",
+                              "--kill-attempt", "1", "--save-params", str(tmp_path / "resumed")], cwd=tmp_path,
+                             timeout=150)
+    took = time.monotonic() - began
+    # THEN the kill is reported with its rank, the relaunch resumes every rank from the checkpoint of step 6
+    assert result.returncode == 0, result.stderr
+    assert took < 90, took
+    report = read_report(tmp_path / "r")
+    first, second = report["attempts"]
+    assert first["outcome"] == "host-kill" and first["summary"].startswith("was killed by SIGKILL on rank 1")
+    assert "resuming from the checkpoint of step 6, ckpt-000000002.pt" in result.stderr
+    assert second["resume"]["status"] == "resumed" and second["resume"]["step"] == 6
+    assert report["recovery"]["restarted_from"] == "checkpoint of step 6" and report["steps"] == 10
+    for name in ("events.jsonl", "events-rank1.jsonl"):
+        events = _events(tmp_path / "r" / name)
+        resumed = [e for e in events if e["kind"] == "resume"]
+        assert [(e["status"], e["step"], e["checkpoint"].rsplit("/", 1)[1]) for e in resumed] == [
+            ("resumed", 6, "ckpt-000000002.pt")]
+        assert any(e["kind"] == "note" and e["message"].startswith("resumed step verified against the first run "
+                                                                    "(learning rates, backward passes and losses)")
+                   for e in events)
+    assert "rank 0 done 4 steps" in result.stdout and "rank 1 done 4 steps" in result.stdout  # steps 7 to 10
+    # and both ranks end with the uninterrupted run's parameters, bit for bit
+    rank0, rank1 = _final_params(tmp_path / "resumed")
+    expected, _ = _final_params(tmp_path / "plain")
+    assert all(torch.equal(rank0[k], expected[k]) and torch.equal(rank1[k], expected[k]) for k in expected)
+    checkpoints = tmp_path / "r" / "checkpoints"
+    assert json.loads((checkpoints / "ckpt-000000002.pt.json").read_text())["world_size"] == 2
+    assert (checkpoints / "ranks" / "rank1-step000000006.pt.json").exists()
+
+
+def test_a_rank_that_cannot_resume_ends_the_attempt_and_no_rank_waits_for_it(tmp_path):
+    from torchdoctor.plan import Plan
+
+    # GIVEN a finished run's checkpoints, rank 1's part of the newest one damaged on disk (its marker still there)
+    script = [str(DDP), "--steps", "5", "--epochs", "2", "--momentum", "0.9"]
+    first = run_torchdoctor(["run", "-q", "--run-dir", str(tmp_path / "r"), "--checkpoint-every", "3",
+                             "--nproc-per-node", "2", *script], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    checkpoints = tmp_path / "r" / "checkpoints"
+    (checkpoints / "ranks" / "rank1-step000000009.pt").write_bytes(b"damaged")
+    Plan(resume_from=str(checkpoints / "ckpt-000000003.pt")).write(str(tmp_path / "plan.json"))
+    # WHEN every rank is started to resume from it (torchrun itself, the agent's bootstrap as its module)
+    run_dir = tmp_path / "again"
+    run_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCHDOCTOR_EVENTS": str(run_dir / "events.jsonl"),
+           "TORCHDOCTOR_PLAN": str(tmp_path / "plan.json")}
+    began = time.monotonic()
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               "-m", "torchdoctor.agent.bootstrap", *script], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - began
+    # THEN rank 1 does not start from the beginning alone: it ends at its first batch with a resume abandoned (the
+    # supervisor's cue to restart every rank), rank 0, resumed, loses its peer instead of waiting, and all is over
+    # in seconds
+    assert launched.returncode != 0
+    assert took < 60, took
+    rank1 = [e for e in _events(run_dir / "events-rank1.jsonl") if e["kind"] in ("resume", "run_finished")]
+    assert rank1[0]["status"] == "abandoned" and rank1[0]["restart"] is True
+    assert rank1[0]["message"].startswith("resume abandoned: rank 1 cannot resume (")
+    assert "every rank must start from the same point" in rank1[0]["message"]
+    assert (rank1[1]["exit_code"], rank1[1]["exception"], rank1[1]["steps"]) == (3, "ResumeAbandoned", 0)
+    rank0 = [e for e in _events(run_dir / "events.jsonl") if e["kind"] in ("resume", "run_finished")]
+    assert rank0[0]["status"] == "resumed" and rank0[-1]["kind"] == "run_finished" and rank0[-1]["exit_code"] != 0

@@ -133,7 +133,7 @@ def test_the_relaunch_message_names_the_checkpoint_the_agent_will_load_and_the_d
     newest = directory / "ckpt-000000004.pt"
     newest.write_bytes(b"checkpoint bytes X")  # same size, other bytes: corrupt
     source, message = resume_source(str(tmp_path), checkpoint_every=2, blocked=None)
-    assert source == str(directory)
+    assert source == str(directory / "ckpt-000000002.pt")  # the file every process of the next attempt loads
     assert message.startswith("resuming from the checkpoint of step 2, ckpt-000000002.pt (ckpt-000000004.pt "
                               "skipped: "), message
     assert "is corrupt" in message

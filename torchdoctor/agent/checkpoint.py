@@ -126,8 +126,15 @@ def _next_path(directory: str) -> str:
 
 
 def _world_size() -> int:
+    """The process group's size; before the group is made (a relaunch loads its checkpoint when the script imports
+    torch), the world size torch's launcher set; 1 outside it."""
     dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def save_checkpoint(directory: str, *, model: torch.nn.Module | None = None, optimizer: Any = None,

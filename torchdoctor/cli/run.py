@@ -95,12 +95,13 @@ def run(is_module: bool, run_dir: str | None, quiet: bool, live: bool | None, ac
     from torchdoctor.supervisor.attempt_loop import Supervisor
     from torchdoctor.supervisor.recovery_planner import RecoveryOptions
     from torchdoctor.supervisor.run_config import RunConfig
-    from torchdoctor.supervisor.torchrun_options import launcher_args
+    from torchdoctor.supervisor.torchrun_options import launcher_args, option_key
 
     launcher = launcher_args(torchrun)
-    if launcher and checkpoint_every:
-        raise UsageError("--checkpoint-every does not work with torchrun's options yet: every rank would write the "
-                         "same checkpoint files")
+    nnodes = str(torchrun.get(option_key(("--nnodes",))) or "1")
+    if checkpoint_every and nnodes.split(":")[-1] != "1":
+        raise UsageError(f"--checkpoint-every works on one machine only, not --nnodes {nnodes}: rank 0 writes the "
+                         f"checkpoint on its machine, where the other machines' torchdoctor cannot read it")
 
     chosen = tuple(r.strip() for r in remedies.split(",") if r.strip())
     if not chosen:

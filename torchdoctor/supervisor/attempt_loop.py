@@ -32,7 +32,7 @@ from torchdoctor.supervisor.child import (
 )
 from torchdoctor.supervisor.event_tail import EventTail
 from torchdoctor.supervisor.failures import attempt_record, describe_failure, exit_status, script_args_for, signal_name
-from torchdoctor.supervisor.ranks import RankStreams, distributed_summary, failing_state
+from torchdoctor.supervisor.ranks import RankStreams, distributed_summary, failing_returncode, failing_state
 from torchdoctor.supervisor.recovery_planner import next_plan
 from torchdoctor.supervisor.report import build_report
 from torchdoctor.supervisor.resume_source import resume_source
@@ -159,15 +159,19 @@ class Supervisor:
                 returncode = self._attempt(command, env, tail, nvml, capacity, live)
                 kills_after = oom_kill_count()
                 oom_killer = None if kills_before is None or kills_after is None else kills_after > kills_before
-                failing = failing_state(self.state, self._ranks.states) if self.config.launcher_args else self.state
-                failure = describe_failure(failing, returncode, self.config.script_args, options, oom_killer)
+                failing, ended = self.state, returncode
+                if self.config.launcher_args:  # read from the rank where the failure began
+                    failing = failing_state(self.state, self._ranks.states)
+                    ended = failing_returncode(self.state, self._ranks.states, returncode)
+                failure = describe_failure(failing, ended, self.config.script_args, options, oom_killer)
                 record = attempt_record(plan, self.state, returncode, failure, time.time() - began,
                                         oom_killer=oom_killer, failing=failing)
                 record["launched"] = self._launcher.launched
-                if self.state.resume is not None:
-                    record["resume"] = self.state.resume.to_dict()
-                    if self.state.resume.status == "abandoned":
-                        self._resume_blocked = self.state.resume.message
+                resume = failing.resume if failing.resume is not None else self.state.resume
+                if resume is not None:
+                    record["resume"] = resume.to_dict()
+                    if resume.status == "abandoned":
+                        self._resume_blocked = resume.message
                 attempts.append(record)
                 if (failure.kind == "success" or self._signalled or self._stop.stopping
                         or (failure.kind == "other" and answered is None)):
@@ -179,7 +183,9 @@ class Supervisor:
                 if decision.plan is None:
                     break
                 record["next_remedy"] = decision.remedy
-                resume_from, where = resume_source(self.run_dir, self.config.checkpoint_every, self._resume_blocked)
+                ranks = self.state.started.world_size if self.state.started is not None else None
+                resume_from, where = resume_source(self.run_dir, self.config.checkpoint_every, self._resume_blocked,
+                                                   world_size=ranks)
                 self._say(f"attempt {plan.attempt} {record['summary']}; attempt {decision.plan.attempt}: "
                           f"{decision.reason} ({where})")
                 if failure.kind in ("oom", "host-kill"):

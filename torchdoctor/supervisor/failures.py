@@ -134,7 +134,8 @@ def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failur
         cause = {True: "the kernel's OOM killer fired: host memory ran out",
                  False: "no OOM-killer kill was recorded: another process may have sent it",
                  None: "host memory?"}[oom_killer]
-        record["summary"] = f"was killed by SIGKILL after {state.steps} steps ({cause}){memory}"
+        on = f" on rank {rank}" if rank is not None else ""
+        record["summary"] = f"was killed by SIGKILL{on} after {state.steps} steps ({cause}){memory}"
         record["oom_killer"] = oom_killer
     elif failure.kind == "resume-abandoned":
         record["summary"] = f"could not resume ({failure.message})"

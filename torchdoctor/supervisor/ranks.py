@@ -192,10 +192,24 @@ def distributed_summary(main: RunState, others: dict[str, RunState], stopped: bo
 
 
 def failing_state(main: RunState, others: dict[str, RunState]) -> RunState:
-    """The state an attempt's end is read from (is it an OOM? where?): the rank where the failure began, so an OOM
-    on any rank gives every rank the same new plan (they read one plan file); the first rank's when none failed."""
+    """The state an attempt's end is read from (is it an OOM? where?): a rank that abandoned its resume (every rank
+    must then start from the beginning), else the rank where the failure began, so an OOM on any rank gives every
+    rank the same new plan (they read one plan file); the first rank's when none failed."""
+    for state in (main, *others.values()):
+        if state.resume is not None and state.resume.restart:
+            return state
     summary = distributed_summary(main, others, stopped=False)
     cause = (summary or {}).get("root_cause")
     if not cause:
         return main
     return next((s for s in others.values() if s.started is not None and s.started.rank == cause["rank"]), main)
+
+
+def failing_returncode(main: RunState, others: dict[str, RunState], returncode: int) -> int:
+    """torch's launcher exits 1 for any failure; the exit of the rank where the failure began, as the launcher saw
+    it (-9: killed by SIGKILL), is the attempt's, so a rank's end is read as a single process's would be."""
+    if returncode == 0:
+        return returncode
+    cause = (distributed_summary(main, others, stopped=False) or {}).get("root_cause") or {}
+    code = cause.get("exit_code")
+    return code if isinstance(code, int) and code != 0 else returncode

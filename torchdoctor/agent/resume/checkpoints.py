@@ -15,6 +15,9 @@ step (so no gradient is half accumulated). What it holds:
 
 Scripts whose batches do not come from a DataLoader get checkpoints taken before an optimizer step, marked as not
 resumable (torchdoctor cannot tell where such a script is); they are kept for the user to load.
+
+Under torch's launcher global rank 0 writes the checkpoint, and every other rank its own part of it
+(``rank_parts``); each marker holds the world size and a fingerprint of the rank's training state.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import torch
 
 from torchdoctor.agent.checkpoint import CheckpointError, save_checkpoint
 from torchdoctor.agent.hooks.patching import ClassPatches
+from torchdoctor.agent.resume.rank_parts import fingerprint, save_part
 from torchdoctor.agent.resume.training_state import TrainingObjects
+from torchdoctor.config import Rank
 from torchdoctor.events import Note
 from torchdoctor.files import write_atomic
 
@@ -60,6 +65,7 @@ class RunCheckpoints:
         self._patches = ClassPatches()
         self._next: dict[str, Any] | None = None  # the step after a checkpoint, being recorded
         self._unsaved_reason: str | None = None
+        self.rank = Rank.from_env()  # under torch's launcher: rank 0 writes the checkpoint, the others their parts
 
     def install(self) -> None:
         session = self.session
@@ -142,28 +148,42 @@ class RunCheckpoints:
         principal = objects.principal
         params = [p for opt in objects.optimizers for group in opt.param_groups for p in group["params"]]
         resume_info: dict[str, Any] = {"resumable": why is None, "why": why, "step": step}
-        extra: dict[str, Any] = {"run_state": objects.state()}
+        generators = None
         if resume is not None:
             position = session.recovery.loaders.position
             resume_info.update(loader=resume.loader, passes=resume.number, batches=resume.batches,
                                trained_passes=position.history(resume.loader, resume.number),
                                grads_present=any(p.grad is not None for p in params))
-            extra["pass_generators"] = resume.generators
-        extra["resume"] = resume_info
+            generators = resume.generators
+        marker: dict[str, Any] = {"resume": resume_info}
+        if self.rank is not None:
+            marker.update(world_size=self.rank.world_size, fingerprint=fingerprint(objects))
         own = session.atomic_save.torchdoctors_own() if session.atomic_save is not None else nullcontext()
         try:
             with own:
-                path = save_checkpoint(
-                    self.directory, model=objects.modules.get(principal) if principal else None,
-                    optimizer=objects.optimizers[0] if objects.optimizers else None,
-                    scheduler=objects.schedulers[0] if objects.schedulers else None,
-                    scaler=objects.scalers[0] if objects.scalers else None, step=step,
-                    epoch=resume.number if resume is not None else None,
-                    epoch_rng=resume.rng if resume is not None else None,
-                    batch_index=resume.batches - 1 if resume is not None else None,
-                    plan=session.recovery.plan.to_dict(), marker={"resume": resume_info}, **extra)
+                if self.rank is not None and self.rank.rank != 0:  # the rank's own part; rank 0 writes the rest
+                    path = save_part(self.directory, self.rank.rank, self.rank.world_size, step, marker,
+                                     epoch_rng=resume.rng if resume is not None else None,
+                                     pass_generators=generators)
+                else:
+                    extra: dict[str, Any] = {"run_state": objects.state(), "resume": resume_info}
+                    if resume is not None:
+                        extra["pass_generators"] = generators
+                    path = save_checkpoint(
+                        self.directory, model=objects.modules.get(principal) if principal else None,
+                        optimizer=objects.optimizers[0] if objects.optimizers else None,
+                        scheduler=objects.schedulers[0] if objects.schedulers else None,
+                        scaler=objects.scalers[0] if objects.scalers else None, step=step,
+                        epoch=resume.number if resume is not None else None,
+                        epoch_rng=resume.rng if resume is not None else None,
+                        batch_index=resume.batches - 1 if resume is not None else None,
+                        plan=session.recovery.plan.to_dict(), marker=marker, **extra)
         except CheckpointError as exc:
             session.emit(Note(level="error", step=step, message=f"checkpoint not saved: {exc}"))
+            return
+        except (OSError, RuntimeError) as exc:  # a rank's part (a full disk: torch's RuntimeError)
+            session.emit(Note(level="error", step=step, message=f"rank {self.rank.rank if self.rank else 0}'s "
+                                                               f"part of the checkpoint not saved: {exc}"))
             return
         self.saved += 1
         where = f" (pass {resume.number}, batch {resume.batches})" if resume is not None else ""

@@ -19,6 +19,11 @@ loop torchdoctor positions); the models, optimizers, schedulers and scalers foun
 ones; the first resumed step must use the learning rates, backward count and (under the same plan) losses of
 the step the first run took there; gradients the checkpoint did not hold (the script had not reset them at the
 top of its loop) are poisoned with NaN, and a backward pass that would add to them abandons the resume.
+
+Under torch's launcher every rank loads the checkpoint the supervisor chose (rank 0's) and, in ranks other than 0,
+its own part of it on top (its RNG, its loader pass's generators, its first step's record: ``rank_parts``). A rank
+must never start from the beginning while the others resume: where one cannot resume, it ends the attempt at its
+first batch or optimizer step (a resume abandoned), and the next attempt starts every rank from the beginning.
 """
 
 from __future__ import annotations
@@ -35,9 +40,12 @@ from torchdoctor.agent.checkpoint import CheckpointError, load_checkpoint, resto
 from torchdoctor.agent.doctor.evidence import first_tensor, graph_nodes
 from torchdoctor.agent.hooks.loop_position import restore_generators
 from torchdoctor.agent.resume.checkpoints import MAX_LOSSES, learning_rates, loss_value
+from torchdoctor.agent.resume.rank_parts import load_part
 from torchdoctor.agent.resume.training_state import TrainingObjects
+from torchdoctor.config import Rank
 from torchdoctor.errors import ResumeAbandoned
 from torchdoctor.events import Note, Resume
+from torchdoctor.files import rank_part_path
 
 LOSS_TOLERANCE = 1e-5  # relative: the same batch on the same weights, up to nondeterministic GPU kernels
 
@@ -56,6 +64,8 @@ class RunResume:
         self._resumed = False
         self._first_step_checked = False
         self._seen: dict[str, Any] = {"backwards": 0, "losses": []}  # this run's first step after the resume
+        self.rank = Rank.from_env()
+        self._refused: str | None = None  # why this rank cannot resume while the others may (see _give_up)
         try:
             found = load_checkpoint(directory, restore_rng_state=False, plan=session.recovery.plan.to_dict())
         except CheckpointError as exc:
@@ -68,15 +78,29 @@ class RunResume:
             self._give_up(f"{os.path.basename(found.path)} is not a resume point: "
                           f"{self._info.get('why') or 'it was not written by torchdoctor run'}")
             return
+        verify = f"{found.path}.next.json"
+        if self.rank is not None and self.rank.rank != 0:
+            directory = os.path.dirname(found.path)
+            try:
+                part = load_part(directory, self.rank.rank, int(self._info["step"]))
+            except (OSError, ValueError) as exc:
+                self._give_up(str(exc))
+                return
+            found.data["rng"], found.data["epoch_rng"] = part["rng"], part["epoch_rng"]
+            found.data.setdefault("extra", {})["pass_generators"] = part["pass_generators"]
+            verify = rank_part_path(directory, self.rank.rank, int(self._info["step"])) + ".next.json"
         self.replaying = True
         try:
-            with open(f"{found.path}.next.json", encoding="utf-8") as handle:
+            with open(verify, encoding="utf-8") as handle:
                 self._verify = json.load(handle)
         except (OSError, ValueError):
             self._verify = None
 
     # -- wiring ----------------------------------------------------------------------------------------
     def install(self) -> None:
+        if self._refused is not None:
+            self.session.recovery.loaders.open_pass = self._refuse
+            return
         if not self.replaying:
             return
         self.session.recovery.loaders.open_pass = self.open_pass
@@ -84,6 +108,8 @@ class RunResume:
             self.session.atomic_save.suppress = lambda: self.replaying
 
     def finish(self) -> None:
+        if self._refused is not None:  # the script ended before it trained: nothing went out of step
+            self.session.emit(Resume(status="abandoned", message=f"not resuming: {self._refused}"))
         if self.replaying:
             self._abandon("the script ended before it reached the checkpoint's position (pass "
                           f"{self._info['passes']} of DataLoader #{self._info['loader']})", raise_it=False)
@@ -178,6 +204,8 @@ class RunResume:
 
     def before_step(self, optimizers: list[Any], stepping: Any = None) -> None:
         """Before an optimizer step (``stepping``; ``optimizers``: all of them, for the first step's checks)."""
+        if self._refused is not None:
+            self._refuse()
         if self.replaying:
             self._abandon("the script took an optimizer step before it reached the checkpoint's position (pass "
                           f"{self._info['passes']} of DataLoader #{self._info['loader']}): it trains outside the "
@@ -221,9 +249,20 @@ class RunResume:
         self.session.emit(Note(level="info", message=f"resumed step verified against the first run ({checked})"))
 
     def _give_up(self, why: str) -> None:
-        """Abandon before anything was skipped: this run just goes on from the beginning."""
+        """Abandon before anything was skipped: this run just goes on from the beginning. Under torch's launcher
+        not alone: its peers may be resuming (see ``_refuse``)."""
         self.replaying = False
+        if self.rank is not None and self.rank.world_size > 1:
+            self._refused = why
+            return
         self.session.emit(Resume(status="abandoned", message=f"not resuming: {why}; running from the beginning"))
+
+    def _refuse(self, *_: Any) -> Any:
+        """A rank that cannot resume ends the attempt at its first batch or optimizer step, before it trains out of
+        step with peers that resumed; the next attempt starts every rank from the beginning."""
+        why, self._refused = self._refused, None
+        assert self.rank is not None
+        self._abandon(f"rank {self.rank.rank} cannot resume ({why}); every rank must start from the same point")
 
     def _abandon(self, why: str, raise_it: bool = True) -> None:
         self.replaying = False
