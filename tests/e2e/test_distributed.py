@@ -247,3 +247,22 @@ def test_a_rank_that_cannot_resume_ends_the_attempt_and_no_rank_waits_for_it(tmp
     assert (rank1[1]["exit_code"], rank1[1]["exception"], rank1[1]["steps"]) == (3, "ResumeAbandoned", 0)
     rank0 = [e for e in _events(run_dir / "events.jsonl") if e["kind"] in ("resume", "run_finished")]
     assert rank0[0]["status"] == "resumed" and rank0[-1]["kind"] == "run_finished" and rank0[-1]["exit_code"] != 0
+
+
+def test_each_ranks_findings_reach_the_report_once_or_with_the_ranks_that_had_them(tmp_path):
+    # GIVEN every rank never resets its gradients (TD101), and rank 1 alone keeps every step's loss with its graph
+    result = run_torchdoctor(["run", "--run-dir", str(tmp_path / "r"), "--nproc-per-node", "2", str(DDP),
+                              "--steps", "8", "--no-zero-grad", "--keep-graph-rank", "1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # THEN each rank's doctor found its own (in its own events file), and the report lists TD101 once (every rank
+    # had it at the same line) and TD109 with rank 1 alone
+    for name, ids in (("events.jsonl", {"TD101"}), ("events-rank1.jsonl", {"TD101", "TD109"})):
+        assert {e["id"] for e in _events(tmp_path / "r" / name) if e["kind"] == "finding"} == ids
+    report = read_report(tmp_path / "r")
+    found = {f["id"]: f for f in report["findings"]}
+    assert len(report["findings"]) == 2
+    assert found["TD101"]["location"].endswith("ddp_train.py:65") and "ranks" not in found["TD101"]
+    assert found["TD109"]["location"].endswith("ddp_train.py:64") and found["TD109"]["ranks"] == [1]
+    assert "ddp_train.py:64] (rank 1 only)" in result.stderr
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(report, json.loads((REPO / "torchdoctor" / "schemas" / "report-v1.schema.json").read_text()))

@@ -81,3 +81,26 @@ def test_a_rank_killed_by_sigkill_gives_the_attempt_its_exit():
     others = {"events-rank1.jsonl": rank_state(1, 1 << 20)}
     assert failing_returncode(main, others, 1) == -9
     assert failing_returncode(main, others, 0) == 0
+
+
+def _finding(id_: str, location: str, evidence: str = "seen"):
+    from torchdoctor.events import Finding
+
+    return Finding(id=id_, severity="error", title=id_, location=location, evidence=evidence, fix="fix it")
+
+
+def test_findings_every_rank_had_are_listed_once_the_others_with_their_ranks():
+    from torchdoctor.supervisor.rank_findings import merged_findings
+
+    states = {r: rank_state(r, 1 << 20, world=3) for r in (0, 1, 2)}
+    for rank, state in states.items():
+        state.apply(_finding("TD101", "train.py:9", evidence=f"rank {rank}'s words"))
+    states[2].apply(_finding("TD109", "train.py:12"))
+    states[1].apply(_finding("TD109", "train.py:12"))
+    states[1].apply(_finding("TD101", "train.py:30"))  # the same problem at another line is another finding
+    merged = merged_findings(states[0], {"events-rank2.jsonl": states[2], "events-rank1.jsonl": states[1]})
+    assert [(f["id"], f["location"], f.get("ranks"), f["evidence"]) for f in merged] == [
+        ("TD101", "train.py:9", None, "rank 0's words"), ("TD109", "train.py:12", [1, 2], "seen"),
+        ("TD101", "train.py:30", [1], "seen")]
+    assert merged_findings(states[0], {}) == [{k: v for k, v in states[0].findings[0].to_dict().items()
+                                               if k not in ("v", "kind")}]

@@ -165,7 +165,10 @@ def _findings(report: dict[str, Any]) -> Group:
     rows = [Text(f"Findings ({len(findings)}):", style="bold")]
     for f in findings:
         style = {"error": "red", "warning": "yellow"}.get(f["severity"], "")
-        rows.append(Text(f"  {f['id']} {f['severity']}: {f['title']} [{f.get('location') or '?'}]", style=style))
+        ranks = f.get("ranks")
+        only = f" (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} only)" if ranks else ""
+        rows.append(Text(f"  {f['id']} {f['severity']}: {f['title']} [{f.get('location') or '?'}]{only}",
+                         style=style))
         rows.append(Text(f"      evidence: {f['evidence']}"))
         rows.append(Text(f"      fix: {f['fix']}"))
     rows.append(Text(f"  more: torchdoctor explain {findings[0]['id']}", style="dim"))

@@ -365,7 +365,8 @@ class Supervisor:
         distributed = distributed_summary(self.state, self._ranks.states,
                                           stopped=bool(self._signalled or self._stop.stopping))
         report = build_report(self.state, run_dir=self.run_dir, environment=environment, attempts=attempts,
-                              memory_budget=self.config.memory_budget, distributed=distributed)
+                              memory_budget=self.config.memory_budget, distributed=distributed,
+                              ranks=self._ranks.states)
         report_path = os.path.join(self.run_dir, "report.json")
         try:
             write_json_atomic(report_path, report)

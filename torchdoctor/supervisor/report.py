@@ -17,6 +17,7 @@ from torchdoctor.files import read_versioned_json
 from torchdoctor.supervisor.coverage import unmeasured_peaks
 from torchdoctor.supervisor.failures import suggestions
 from torchdoctor.supervisor.invariants import changes, training_invariants
+from torchdoctor.supervisor.rank_findings import merged_findings
 from torchdoctor.supervisor.ranks import RankStreams, distributed_summary
 from torchdoctor.supervisor.state import RunState
 
@@ -92,7 +93,9 @@ def recovery_summary(attempts: list[dict[str, Any]], outcome: str) -> dict[str, 
 
 def build_report(state: RunState, *, run_dir: str | None, environment: dict[str, Any],
                  attempts: list[dict[str, Any]] | None = None, memory_budget: int | None = None,
-                 distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+                 distributed: dict[str, Any] | None = None,
+                 ranks: dict[str, RunState] | None = None) -> dict[str, Any]:
+    """``ranks``: under torch's launcher, the other ranks' states (their findings are merged with the first's)."""
     started = state.started
     exited = state.exited
     finished = state.finished
@@ -147,7 +150,7 @@ def build_report(state: RunState, *, run_dir: str | None, environment: dict[str,
         "samples": [_sample_dict(s) for s in state.samples],
         "events": [e.to_dict() for e in [*state.notes] + ([finished] if finished else [])
                    + ([exited] if exited else [])],
-        "findings": [{k: v for k, v in f.to_dict().items() if k not in ("v", "kind")} for f in state.findings],
+        "findings": merged_findings(state, ranks or {}),
         "dropped_events": finished.dropped_events if finished else None,
         "memory_budget_bytes": memory_budget,
         "ooms": [{k: v for k, v in o.to_dict().items() if k not in ("v", "kind")} for o in state.ooms],
@@ -203,7 +206,7 @@ def rebuild_report(run_dir: str, events_path: str) -> dict[str, Any]:
         "rebuilt from events.jsonl: the supervisor ended before it wrote report.json (the process's exit and the "
         "supervisor's own figures are missing)")))
     return build_report(state, run_dir=run_dir, environment={},
-                        distributed=distributed_summary(state, ranks.states, stopped=False))
+                        distributed=distributed_summary(state, ranks.states, stopped=False), ranks=ranks.states)
 
 
 # The fields the renderers read, and what each must be (docs/report-schema.md has them all).
