@@ -127,10 +127,14 @@ def attempt_record(plan: Plan, state: RunState, returncode: int, failure: Failur
         held = state.peaks.get(("host", "process_rss"))
         workers = state.peaks.get(("host", "workers_rss"))
         memory = ""
+        # under torch's launcher the supervisor's child is the launcher, and its child processes are the ranks
+        launched = state.started is not None and state.started.world_size is not None
+        who, children = ("rank 0 (or the launcher)", "every rank and its DataLoader workers") if launched else (
+            "the script", "DataLoader workers")
         if held is not None:
-            memory = f"; the script held up to {format_bytes(held.bytes)} resident"
+            memory = f"; {who} held up to {format_bytes(held.bytes)} resident"
             if workers is not None:
-                memory += f" and its child processes (DataLoader workers) {format_bytes(workers.bytes)}"
+                memory += f" and its child processes ({children}) {format_bytes(workers.bytes)}"
         cause = {True: "the kernel's OOM killer fired: host memory ran out",
                  False: "no OOM-killer kill was recorded: another process may have sent it",
                  None: "host memory?"}[oom_killer]

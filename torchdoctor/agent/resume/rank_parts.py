@@ -32,23 +32,25 @@ KEEP = 3  # a rank's newest parts kept: rank 0 keeps two committed checkpoints a
 def fingerprint(objects: Any) -> str:
     """A short digest of the training state's values (every module's state and every optimizer's): equal on ranks
     that hold the same tensors (data parallelism keeps them bit-identical), different otherwise. One sum per tensor
-    in its own dtype: no copy of any tensor."""
+    in its own dtype (no copy of any tensor), read back once per device."""
+    named: list[tuple[str, Any]] = []
+    for key in sorted(objects.modules):
+        named += [(f"{key}.{name}", value) for name, value in objects.modules[key].state_dict().items()]
+    for i, optimizer in enumerate(objects.optimizers):
+        for index, state in sorted(optimizer.state_dict()["state"].items()):
+            named += [(f"opt{i}.{index}.{name}", value) for name, value in sorted(state.items())]
+    sums: dict[Any, list[torch.Tensor]] = {}
+    for _, value in named:
+        if isinstance(value, torch.Tensor) and value.numel():
+            sums.setdefault(value.device, []).append(value.detach().sum().to(torch.float64))
+    read = {device: iter(torch.stack(values).tolist()) for device, values in sums.items()}
     digest = hashlib.sha1()
-
-    def add(name: str, value: Any) -> None:
+    for name, value in named:
         if isinstance(value, torch.Tensor):
-            total = value.detach().sum().item() if value.numel() else 0
+            total = next(read[value.device]) if value.numel() else 0
             digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}:{total!r};".encode())
         elif value is None or isinstance(value, (bool, int, float, str)):
             digest.update(f"{name}:{value!r};".encode())
-
-    for key in sorted(objects.modules):
-        for name, value in objects.modules[key].state_dict().items():
-            add(f"{key}.{name}", value)
-    for i, optimizer in enumerate(objects.optimizers):
-        for index, state in sorted(optimizer.state_dict()["state"].items()):
-            for name, value in sorted(state.items()):
-                add(f"opt{i}.{index}.{name}", value)
     return digest.hexdigest()[:16]
 
 
