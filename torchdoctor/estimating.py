@@ -50,6 +50,7 @@ class EstimateRequest:
     layers: bool = False  # the per-layer table (of the first batch size estimated)
     gpu: Gpu | None = None  # the CUDA card modelled (None: the script's own device, the CPU here)
     cuda_context: int = CONTEXT_ASSUMED  # bytes outside torch's allocator on the card (assumed unless given)
+    fallback: bool = True  # when fake tensors cannot run the script, measure it on real tensors (CPU targets)
 
     def batch_option(self) -> str | None:
         if self.batch_arg:

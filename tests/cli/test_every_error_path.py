@@ -22,6 +22,8 @@ ELSEWHERE = {
     "cannot write --json": "tests/e2e/test_estimate.py (a full estimate run, then /dev/full)",
     "changing the batch size needs the script's batch-size option": "tests/e2e/test_estimate.py",
     "on fake tensors before its optimizer step": "tests/e2e/test_estimate.py",
+    "the script ended before its optimizer step": "tests/e2e/test_estimate.py (a script that ends on fake tensors)",
+    "on real tensors either": "tests/e2e/test_estimate.py (a script that fails on fake and on real tensors)",
     "cannot write the run directory": "also tests/e2e/test_full_disk.py (the plan cannot be written)",
     "needs the": "tests/unit/test_monitors.py (a monitor's package missing)",
     "cannot write there": "tests/unit/test_monitors.py (an unwritable TensorBoard directory)",

@@ -155,11 +155,30 @@ def test_bad_input_and_scripts_that_cannot_run_on_fake_tensors_fail_in_one_line(
     for args, code, text in ((["--batch-sizes", "8,x", "mlp.py"], 2, "--batch-sizes takes whole numbers"),
                              (["--budget", "0", "mlp.py"], 2, "a size must be positive"),
                              (["--budget", "4MiB", "plain.py"], 2, "needs the script's batch-size option"),
-                             (["numpy_out.py"], 1, "did not run on fake tensors before its optimizer step 1"),
+                             (["numpy_out.py"], 1, "did not reach its optimizer step 1 on real tensors either"),
+                             (["--no-fallback", "numpy_out.py"], 1,
+                              "did not run on fake tensors before its optimizer step 1: RuntimeError: .numpy() is not "
+                              "supported for tensor subclasses. (at numpy_out.py:2 in <module>)"),
                              (["--json", "/dev/full", "mlp.py"], 1, "cannot write --json /dev/full")):
         result = run_torchdoctor(["estimate", *args], cwd=tmp_path, timeout=240)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == code and len(lines) == 1 and text in lines[0], (args, result.stderr[-1500:])
+
+
+NUMPY_MLP = MLP.replace('    print(f"step {i} loss {loss.item():.4f}")',
+                        "    print(f'step {i} loss', loss.detach().numpy())  # fake tensors cannot make numpy arrays")
+
+
+@needs_probe
+def test_a_script_fake_tensors_cannot_run_is_measured_on_real_tensors_and_says_so(tmp_path):
+    (tmp_path / "numpy_mlp.py").write_text(NUMPY_MLP)
+    document, result = _estimate(tmp_path, "--batch-sizes", "16,64", "--budget", "4MiB", "numpy_mlp.py")
+    assert "MEASURED ON REAL TENSORS, not estimated" in result.stdout and "numpy_mlp.py:19" in result.stdout
+    assert "did not run on fake tensors before its optimizer step 2" in document["fallback"]["why"]  # (after the print)
+    assert "largest_batch" not in document and "not searched" in document["fallback"]["largest_batch"]
+    for estimate in document["estimates"]:  # the real figures are the allocator's (torchdoctor ci's)
+        assert estimate["measured"] == "real tensors"
+        assert estimate["peak_bytes"] == _allocator_peak(tmp_path, "numpy_mlp.py", estimate["batch_size"])
 
 
 def test_the_layer_table_charges_each_saved_storage_once_and_adds_up_to_the_forward(tmp_path):

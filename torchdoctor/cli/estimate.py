@@ -22,6 +22,8 @@ from torchdoctor.errors import TorchDoctorError, UsageError
                    "and the largest batch that fits its memory when --budget is not given.")
 @click.option("--cuda-context", metavar="SIZE", default=None,
               help="Memory the CUDA context takes on the card, outside torch's allocator [default: 512MiB, assumed].")
+@click.option("--no-fallback", is_flag=True,
+              help="When fake tensors cannot run the script, fail instead of measuring it on real tensors.")
 @click.option("--steps", type=click.IntRange(min=1, max=20), default=2, show_default=True,
               help="Optimizer steps to count (the first makes the optimizer's state).")
 @click.option("--layers", is_flag=True,
@@ -29,7 +31,7 @@ from torchdoctor.errors import TorchDoctorError, UsageError
 @click.option("--json", "json_path", metavar="FILE", default=None, help="Also write the estimate as JSON.")
 @target_arguments
 def estimate(is_module: bool, batch_sizes: str | None, batch_arg: str | None, budget: str | None, gpu: str | None,
-             cuda_context: str | None, steps: int, layers: bool, json_path: str | None, script: str,
+             cuda_context: str | None, no_fallback: bool, steps: int, layers: bool, json_path: str | None, script: str,
              script_args: tuple[str, ...]) -> int:
     """Estimate peak memory without allocating it: the script's first steps on fake tensors.
 
@@ -66,7 +68,7 @@ def estimate(is_module: bool, batch_sizes: str | None, batch_arg: str | None, bu
     check_module(script) if is_module else check_script(script)
     request = EstimateRequest(script=script, is_module=is_module, script_args=script_args, batch_sizes=sizes,
                               batch_arg=batch_arg, budget=limit, steps=steps, layers=layers, gpu=card,
-                              cuda_context=context)
+                              cuda_context=context, fallback=not no_fallback)
     document = run_estimate(request)
     click.echo(estimate_text(document))
     if json_path:

@@ -25,7 +25,16 @@ def _table(rows: list[list[str]]) -> list[str]:
 def estimate_text(document: dict[str, Any]) -> str:
     steps = document["estimates"][0]["steps_wanted"]
     gpu = document.get("gpu")
-    if gpu is None:
+    fallback = document.get("fallback")
+    if fallback is not None:
+        lines = [f"torchdoctor estimate · {document['script']} · {document['device']} · MEASURED ON REAL TENSORS, not "
+                 f"estimated: {fallback['why']}", f"(the CPU allocator's peak of the first {steps} optimizer steps at "
+                 f"each batch size; {fallback['largest_batch']})", ""]
+        rows = [["batch", "peak", "phase", "held at the peak"]]
+        rows += [[str(e["batch_size"] or "the script's"), format_bytes(e["peak_bytes"]), e["peak_phase"],
+                  _held(e["by_kind"])] for e in document["estimates"]]
+        lines += _table(rows)
+    elif gpu is None:
         lines = [f"torchdoctor estimate · {document['script']} · {document['device']} · tensor storages counted on "
                  f"fake tensors (no memory allocated), peak of the first {steps} optimizer steps", ""]
         rows = [["batch", "peak", "phase", "held at the peak"]]

@@ -9,9 +9,11 @@ with ``--batch-arg`` or found among the arguments given, or in the script's argp
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any
 
 from torchdoctor.errors import TorchDoctorError, UsageError
@@ -22,28 +24,79 @@ from torchdoctor.supervisor.child import Launcher
 from torchdoctor.supervisor.failures import replace_option
 
 
-def _one_run(request: EstimateRequest, script_args: list[str], run_dir: str, launcher: Launcher) -> dict[str, Any]:
-    """The script under the agent's estimate session, its output kept in the run directory."""
+class FakeFailed(TorchDoctorError):
+    """The script failed on fake tensors (an op fake tensors cannot run, a value they cannot give): it may still
+    be measured on real tensors (through the batch-size option found in its argparse before it failed)."""
+
+    def __init__(self, message: str, batch_option: str | None) -> None:
+        super().__init__(message)
+        self.batch_option = batch_option
+
+
+def _supervise(request: EstimateRequest, script_args: list[str], run_dir: str, launcher: Launcher,
+               fake: bool) -> Any:
     from torchdoctor.supervisor.attempt_loop import Supervisor
     from torchdoctor.supervisor.recovery_planner import RecoveryOptions
     from torchdoctor.supervisor.run_config import RunConfig
 
     config = RunConfig(target=request.script, is_module=request.is_module, script_args=tuple(script_args),
-                       run_dir=run_dir, quiet=True, live=False, accounting="off", doctor=False, atomic_save=False,
-                       max_steps=request.steps, recovery=RecoveryOptions(max_retries=0), estimate=True,
-                       child_log=os.path.join(run_dir, "output.log"),
-                       extra_env={ENV_ESTIMATE_GPU: request.gpu.name} if request.gpu is not None else {})
+                       run_dir=run_dir, quiet=True, live=False, accounting="off" if fake else "exact", doctor=False,
+                       atomic_save=False, max_steps=request.steps, recovery=RecoveryOptions(max_retries=0),
+                       estimate=fake, child_log=os.path.join(run_dir, "output.log"),
+                       extra_env={ENV_ESTIMATE_GPU: request.gpu.name} if request.gpu is not None and fake else {})
     with open(os.devnull, "w", encoding="utf-8") as quiet:
         supervisor = Supervisor(config, stdout=quiet, stderr=quiet, launcher=launcher)
         supervisor.run()
+    return supervisor
+
+
+def _one_run(request: EstimateRequest, script_args: list[str], run_dir: str, launcher: Launcher) -> dict[str, Any]:
+    """The script under the agent's estimate session, its output kept in the run directory."""
+    supervisor = _supervise(request, script_args, run_dir, launcher, fake=True)
     estimated = next((e for e in supervisor.state.estimates if isinstance(e, Estimated)), None)
     exited = supervisor.state.exited
     failed = exited is None or exited.exit_code != 0
     if estimated is None or not estimated.steps_done or (failed and estimated.steps_done < request.steps):
-        what = "ended" if estimated is not None and not failed else "did not run"
-        raise TorchDoctorError(f"the script {what} on fake tensors before its optimizer step "
-                               f"{(estimated.steps_done if estimated else 0) + 1}: {_last_line(run_dir)}")
+        step = (estimated.steps_done if estimated else 0) + 1
+        if estimated is not None and not failed:
+            raise TorchDoctorError(f"the script ended before its optimizer step {step}: {_last_line(run_dir)}")
+        raise FakeFailed(f"the script did not run on fake tensors before its optimizer step {step}: "
+                         f"{_failure(run_dir)}", estimated.batch_option if estimated is not None else None)
     return figures_from(estimated, request)
+
+
+def _real_run(request: EstimateRequest, script_args: list[str], run_dir: str, launcher: Launcher,
+              batch: int | None) -> dict[str, Any]:
+    """The script's first steps on real tensors, the CPU allocator's figures (as ``torchdoctor ci`` takes them):
+    what is left when fake tensors cannot run it."""
+    from torchdoctor.supervisor.report import load_report
+
+    supervisor = _supervise(request, script_args, run_dir, launcher, fake=False)
+    report = load_report(supervisor.run_dir)
+    peak = next((p for p in report.get("peaks") or [] if p.get("kind") == "tensor_bytes"), None)
+    if peak is None or not report.get("steps"):
+        raise TorchDoctorError(f"the script did not reach its optimizer step 1 on real tensors either: "
+                               f"{_failure(run_dir)}")
+    return {"batch_size": batch, "peak_bytes": peak["bytes"], "peak_phase": peak.get("phase") or "other",
+            "by_phase": peak.get("phase_peaks") or {}, "by_kind": peak.get("breakdown") or {},
+            "steps_counted": min(report["steps"], request.steps), "steps_wanted": request.steps, "stand_ins": 0,
+            "device": peak.get("device", "cpu"), "batch_option": None, "layers": [], "forward_growth_bytes": None,
+            "kernels_unmeasured": "", "measured": "real tensors", "figures": peak.get("label", "")}
+
+
+def _failure(run_dir: str) -> str:
+    """The script's error and where it was raised in the user's code (the innermost frame of the traceback that is
+    neither torch's, a library's nor torchdoctor's)."""
+    try:
+        with open(os.path.join(run_dir, "output.log"), encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        text = ""
+    frames = [m for m in re.finditer(r'^\s*File "([^"]+)", line (\d+), in (\S+)', text, re.M)
+              if not any(part in m.group(1) for part in ("site-packages", "dist-packages", "/torchdoctor/", "<"))]
+    where = f" (at {os.path.basename(frames[-1].group(1))}:{frames[-1].group(2)} in {frames[-1].group(3)})" \
+        if frames else ""
+    return _last_line(run_dir) + where
 
 
 def _last_line(run_dir: str) -> str:
@@ -65,6 +118,7 @@ class _Runs(BatchRuns):
         self.launcher = Launcher("fork", fork_first=True)
         self.launcher.start_zygote(dict(os.environ))
         self.option = request.batch_option()
+        self.fake_failed = ""  # why fake tensors could not run the script: the runs are real from then on
 
     def run(self, batch: int | None) -> dict[str, Any]:
         args = list(self.request.script_args)
@@ -77,7 +131,16 @@ class _Runs(BatchRuns):
                                  "--batch-arg (e.g. --batch-arg --batch-size)")
             args = replace_option(args, self.option, batch)
         run_dir = os.path.join(self.root, f"batch-{batch if batch is not None else 'own'}")
-        return _one_run(self.request, args, run_dir, self.launcher)
+        if not self.fake_failed:
+            try:
+                return _one_run(self.request, args, run_dir, self.launcher)
+            except FakeFailed as exc:
+                if self.request.gpu is not None or not self.request.fallback:
+                    raise
+                self.fake_failed = str(exc)
+                self.option = self.option or exc.batch_option
+                run_dir += "-real"
+        return _real_run(self.request, args, run_dir, self.launcher, batch)
 
 
 def run_estimate(request: EstimateRequest) -> dict[str, Any]:
@@ -88,7 +151,15 @@ def run_estimate(request: EstimateRequest) -> dict[str, Any]:
     try:
         runs = _Runs(request, root)
         runs.at(None)
-        return document(request, runs, request.script, [request.script, *request.script_args], began)
+        if runs.fake_failed:  # real runs at the batch sizes asked for, no search (it would allocate growing batches)
+            request = replace(request, budget=None)
+        result = document(request, runs, request.script, [request.script, *request.script_args], began)
+        if runs.fake_failed:
+            result["fallback"] = {"why": runs.fake_failed, "measured": "real tensors: the CPU allocator's figures "
+                                  "over the first steps at each batch size (as torchdoctor ci takes them)",
+                                  "largest_batch": "not searched: real runs would allocate ever larger batches"}
+            result["figures"] = "measured on real tensors (fake tensors could not run the script)"
+        return result
     finally:
         if runs is not None:
             runs.launcher.close()
