@@ -194,4 +194,4 @@ def test_the_layer_table_charges_each_saved_storage_once_and_adds_up_to_the_forw
     assert "saved for backward" in result.stdout and "(outside modules)" in rows
     document, _ = _estimate(tmp_path, "--layers", "train_gpt.py")
     saved = sum(row["saved_for_backward_bytes"] for row in document["layers"])
-    assert 0.95 * document["forward_growth_bytes"] <= saved <= document["forward_growth_bytes"]
+    assert 0.98 * document["forward_growth_bytes"] <= saved <= document["forward_growth_bytes"]  # (99.0 % measured)
