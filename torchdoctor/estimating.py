@@ -10,7 +10,7 @@ from typing import Any
 
 from torchdoctor import __version__
 from torchdoctor.config import BATCH_OPTIONS
-from torchdoctor.errors import TorchDoctorError
+from torchdoctor.errors import TorchDoctorError, UsageError
 from torchdoctor.gpus import CONTEXT_ASSUMED, Gpu
 
 ESTIMATE_SCHEMA = "torchdoctor-estimate"
@@ -72,23 +72,28 @@ def figures_from(estimated: Any, request: EstimateRequest) -> dict[str, Any]:
              "steps_wanted": request.steps, "stand_ins": estimated.stand_ins, "device": estimated.device,
              "batch_option": estimated.batch_option, "layers": estimated.layers,
              "forward_growth_bytes": estimated.forward_growth_bytes,
-             "kernels_unmeasured": estimated.kernels_unmeasured}
-    if request.gpu is not None:
-        gpu = max((s["gpu"] for s in estimated.steps if "gpu" in s),
-                  key=lambda g: (g["reserved_peak_bytes"], g["allocated_peak_bytes"]), default=None)
+             "kernels_unmeasured": estimated.kernels_unmeasured, "kernel_failures": estimated.kernel_failures}
+    if request.gpu is not None:  # the step with the largest allocated peak, and the largest reserved of any step
+        gpus = [s["gpu"] for s in estimated.steps if "gpu" in s]
+        gpu = max(gpus, key=lambda g: g["allocated_peak_bytes"], default=None)
+        if gpu is not None:
+            gpu = {**gpu, "reserved_peak_bytes": max(g["reserved_peak_bytes"] for g in gpus)}
         if gpu is None or not gpu["allocated_peak_bytes"]:
-            raise TorchDoctorError(f"--gpu {request.gpu.name}: the script put nothing on the GPU (no .to('cuda'), "
+            raise TorchDoctorError(f"modelling the {request.gpu.name}: nothing was put on the GPU (no .to('cuda'), "
                                    f".cuda() or device='cuda' reached): there is nothing to model")
         found["gpu"] = {**gpu, "context_bytes": request.cuda_context,
                         "total_bytes": gpu["reserved_peak_bytes"] + request.cuda_context}
     return found
 
 
-def _kernel_limits(request: EstimateRequest, run: dict[str, Any]) -> list[str]:
+def _kernel_limits(request: EstimateRequest, run: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
     if request.gpu is not None:
         return list(GPU_LIMITS)
     why = run.get("kernels_unmeasured")
-    return [CPU_KERNELS_UNMEASURED.format(why=why) if why else CPU_KERNELS]
+    failed = sorted({op for r in runs for op in r.get("kernel_failures") or []})
+    return [CPU_KERNELS_UNMEASURED.format(why=why) if why else CPU_KERNELS] + (
+        [f"these kernels could not be run for real, their own buffers are not counted: {'; '.join(failed[:5])}"]
+        if failed else [])
 
 
 def peak_of(run: dict[str, Any]) -> int:
@@ -165,7 +170,7 @@ def largest_batch(runs: BatchRuns, budget: int, start: int) -> dict[str, Any]:
         first batch size past what it made: none above it grows either."""
         return runs.short[batch] + 1 if batch in runs.short else batch
 
-    tried = [start, start * 2]
+    tried = [min(start, MAX_BATCH), min(start * 2, MAX_BATCH)]
     for _ in range(6):
         for batch in tried:
             if runs.fits(batch, budget):
@@ -178,7 +183,7 @@ def largest_batch(runs: BatchRuns, budget: int, start: int) -> dict[str, Any]:
         guess = linear_guess(runs, budget, min(near), max(near)) if len(set(near)) == 2 else None
         if guess is None or (guess <= low or (high is not None and guess >= high)):
             break
-        tried = [guess, guess + 1]
+        tried = [guess, min(guess + 1, MAX_BATCH)]  # (the guess is at most MAX_BATCH: so is its neighbour)
     if high is not None and low > high:
         low = 0  # not monotonic: search below the smallest batch that does not fit
     batch = max(low * 2, 1)
@@ -202,9 +207,10 @@ def largest_batch(runs: BatchRuns, budget: int, start: int) -> dict[str, Any]:
     if high is not None and high in runs.short:
         answer["first_over"]["batch_seen"] = runs.short[high]
         answer["limited_by"] = "data"  # the script's batches stop growing before memory runs out
+    if high is None:
+        answer["limited_by"] = "search"  # MAX_BATCH fits: the search goes no higher (the answer is a lower bound)
     answer["runs"] = len(runs.done) - before
     return answer
-
 
 
 def document(request: EstimateRequest, runs: BatchRuns, script: str, argv: list[str],
@@ -218,13 +224,13 @@ def document(request: EstimateRequest, runs: BatchRuns, script: str, argv: list[
         found = runs.at(batch) if batch != own["batch_size"] else own
         estimates.append({**found, "batch_size": batch})
     layers, growth = estimates[0].get("layers") or [], estimates[0].get("forward_growth_bytes")
-    estimates = [{k: v for k, v in e.items() if k not in ("layers", "forward_growth_bytes", "kernels_unmeasured")}
-                 for e in estimates]
+    private = ("layers", "forward_growth_bytes", "kernels_unmeasured", "kernel_failures")  # the document's own
+    estimates = [{k: v for k, v in e.items() if k not in private} for e in estimates]
     result: dict[str, Any] = {
         "schema": ESTIMATE_SCHEMA, "schema_version": ESTIMATE_VERSION, "torchdoctor_version": __version__,
         "script": script, "argv": argv, "device": own["device"],
         "figures": "tensor storages counted on fake tensors (no memory allocated)",
-        "estimates": estimates, "limits": [*LIMITS, *_kernel_limits(request, own)],
+        "estimates": estimates, "limits": [*LIMITS, *_kernel_limits(request, own, list(runs.done.values()))],
     }
     if request.gpu is not None:
         result["gpu"] = {"name": request.gpu.name, "memory_bytes": request.gpu.memory_bytes,
@@ -238,7 +244,12 @@ def document(request: EstimateRequest, runs: BatchRuns, script: str, argv: list[
         result["forward_growth_bytes"] = growth
     budget = request.budget if request.budget is not None else (request.gpu.memory_bytes if request.gpu else None)
     if budget is not None:
-        result["largest_batch"] = largest_batch(runs, budget, own["batch_size"] or 1)
+        try:
+            result["largest_batch"] = largest_batch(runs, budget, own["batch_size"] or 1)
+        except UsageError as exc:  # no way to change the batch size
+            if request.budget is not None:
+                raise  # asked for: the error is the answer
+            result["largest_batch_skipped"] = f"the largest batch on the card was not searched: {exc}"
     result["runs"] = len(runs.done)
     result["seconds"] = round(time.monotonic() - began, 2)
     return result

@@ -215,6 +215,7 @@ class Estimated(Event):
     layers: list[dict[str, Any]] = field(default_factory=list)
     forward_growth_bytes: int | None = None  # what the first training forward left alive (the layers' total is in it)
     kernels_unmeasured: str = ""  # why the CPU kernels' own buffers were not measured ("": they were, or a GPU)
+    kernel_failures: list[str] = field(default_factory=list)  # ops whose buffers could not be measured (not counted)
 
 
 @dataclass(frozen=True)

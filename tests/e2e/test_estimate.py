@@ -5,7 +5,7 @@ batch under a budget is checked by real runs under that budget: it fits, and the
 import json
 import shutil
 
-from tests.conftest import REPO, needs_probe, run_torchdoctor
+from tests.conftest import REPO, needs_probe, run_python, run_torchdoctor
 
 MLP = """
 import argparse
@@ -127,6 +127,34 @@ def test_a_conv_nets_kernel_buffers_are_measured_and_without_them_it_is_a_quarte
         assert abs(estimate["peak_bytes"] - truth) <= 0.005 * truth, (estimate, truth)
         if estimate["batch_size"] == 8:
             assert unmeasured < 0.85 * truth  # the buffers are a quarter of this net's peak
+
+
+SLICED_CONV = """
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torchdoctor.agent.estimate.kernel_buffers import KernelBuffers
+from torchdoctor.agent.memory import allocator_probe
+
+probe, why = allocator_probe.start(torch)
+buffers = KernelBuffers(probe)
+with FakeTensorMode():  # a 37.7 MB input, measured on half its batch; as many output channels as samples
+    x, w, b = torch.empty(64, 64, 48, 48), torch.empty(64, 64, 3, 3), torch.empty(64)
+    grad = torch.empty(64, 64, 48, 48)
+forward = buffers.extra_bytes(torch.ops.aten.convolution.default, (x, w, b, [1, 1], [1, 1], [1, 1], False, [0, 0], 1), {})
+backward = buffers.extra_bytes(torch.ops.aten.convolution_backward.default,
+                               (grad, x, w, [64], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, True]), {})
+print(forward, backward, buffers.measured_ops, buffers.failures)
+"""
+
+
+@needs_probe
+def test_a_large_convolution_is_measured_on_a_slice_of_its_batch_and_its_weights_are_not_cut(tmp_path):
+    (tmp_path / "sliced.py").write_text(SLICED_CONV)
+    result = run_python(["sliced.py"], cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    forward, backward, measured, failures = result.stdout.split(maxsplit=3)
+    assert int(measured) == 2 and failures.strip() == "[]"  # the weight (64 output channels) kept its shape
+    assert int(forward) > 0 and int(backward) > 0 and int(forward) % 2 == 0  # measured on 32 samples, times 2
 
 
 def test_the_largest_batch_under_a_budget_fits_for_real_and_the_next_one_does_not(tmp_path):

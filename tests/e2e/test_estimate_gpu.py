@@ -38,7 +38,9 @@ for i in range(3):
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
-    print(i, loss.item(), torch.cuda.max_memory_allocated())
+    with open(f"cuda-stats-{args.batch_size}.txt", "a") as stats:  # what the script reads from torch.cuda
+        print(torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated(), torch.cuda.memory_reserved(),
+              file=stats)
 """
 PARAMS = ((1000 * 3000, 3000), (3000 * 10, 10))  # elements of each layer's weight and bias
 MiB = 1 << 20
@@ -81,6 +83,10 @@ def test_a_cuda_script_is_modelled_block_by_block_on_a_cpu_only_machine(tmp_path
         assert gpu["total_bytes"] == gpu["reserved_peak_bytes"] + 512 * MiB  # the assumed context, said
         assert estimate["peak_bytes"] > 8_192_000  # the host-and-GPU count holds the dataset
         allocated.append(gpu["allocated_peak_bytes"])
+        # the script's own torch.cuda reads after its first step (the estimate stops it at its second): a peak
+        # above what is held, within the estimate's, and the reserved memory the estimate gives
+        now, peak, reserved = map(int, (tmp_path / f"cuda-stats-{estimate['batch_size']}.txt").read_text().split())
+        assert now < peak <= gpu["allocated_peak_bytes"] and reserved <= gpu["reserved_peak_bytes"]
     assert allocated[1] > allocated[0]
 
 

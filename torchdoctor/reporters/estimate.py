@@ -58,10 +58,15 @@ def estimate_text(document: dict[str, Any]) -> str:
                      f"+ context: reserved and {format_bytes(gpu['context_bytes'])} for the CUDA context (assumed); "
                      f"host and GPU tensors together peak at {format_bytes(host)}")
     largest = document.get("largest_batch")
+    if document.get("largest_batch_skipped"):
+        lines += ["", document["largest_batch_skipped"]]
     if largest is not None:
         lines.append("")
         budget = format_bytes(largest["budget_bytes"])
-        if largest.get("limited_by") == "data":
+        if largest.get("limited_by") == "search":
+            lines.append(f"largest batch: at least {largest['batch_size']} (the most the search tries) fits under "
+                         f"{budget}: peak {format_bytes(largest['peak_bytes'])}; {largest['runs']} fake runs")
+        elif largest.get("limited_by") == "data":
             over = largest["first_over"]
             lines.append(f"largest batch: {largest['batch_size']}, bounded by the script's data, not memory: asked "
                          f"for batch {over['batch_size']}, its first training batch held {over['batch_seen']} "

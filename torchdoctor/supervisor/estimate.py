@@ -134,11 +134,17 @@ class _Runs(BatchRuns):
         if not self.fake_failed:
             try:
                 return _one_run(self.request, args, run_dir, self.launcher)
-            except FakeFailed as exc:
-                if self.request.gpu is not None or not self.request.fallback:
+            except FakeFailed as exc:  # the first run only: a real search would allocate ever larger batches
+                if self.request.gpu is not None or not self.request.fallback or self.done:
                     raise
                 self.fake_failed = str(exc)
                 self.option = self.option or exc.batch_option
+                if batch is None and self.request.batch_sizes:  # not asked for: not run for real
+                    return {"batch_size": None, "peak_bytes": 0, "peak_phase": "other", "by_phase": {},
+                            "by_kind": {}, "steps_counted": 0, "steps_wanted": self.request.steps, "stand_ins": 0,
+                            "device": "cpu", "batch_option": exc.batch_option, "layers": [],
+                            "forward_growth_bytes": None, "kernels_unmeasured": "", "kernel_failures": [],
+                            "measured": "not run"}
                 run_dir += "-real"
         return _real_run(self.request, args, run_dir, self.launcher, batch)
 

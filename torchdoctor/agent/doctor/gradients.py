@@ -100,7 +100,11 @@ class GradientChecks:
         return False
 
     def evaluation_started(self) -> None:
-        """An evaluation begins: a reset just before it was not one of the training loop's."""
+        """An evaluation begins: a reset just before it was not one of the training loop's (Lightning resets
+        gradients before each validation loop; a manual loop that never resets them read as TD103, "reset every
+        k steps", before this). The price: a loop that resets every k steps *and* evaluates right after each of
+        those resets has its resets forgotten, and reads as TD101 (not reset) rather than TD103; still an error
+        at the same line, with the wrong "k"."""
         self._reset_seen = None
 
     def before_backward(self) -> None:

@@ -60,7 +60,8 @@ class CachingAllocatorModel:
         self._blocks: dict[int, Block] = {}  # free blocks by address
         self._next_addr = 0
         self.allocated = self.reserved = 0
-        self.peak_allocated = self.peak_reserved = 0
+        self.peak_allocated = self.peak_reserved = 0  # since reset_peaks() (the estimate's span: an optimizer step)
+        self.script_peaks = [0, 0]  # allocated, reserved: what the script's torch.cuda.max_memory_*() read
         self.segments = 0
 
     def malloc(self, nbytes: int) -> Block | None:
@@ -79,6 +80,7 @@ class CachingAllocatorModel:
             self.reserved += block.size
             self.segments += 1
             self.peak_reserved = max(self.peak_reserved, self.reserved)
+            self.script_peaks[1] = max(self.script_peaks[1], self.reserved)
         remaining = block.size - size
         if (remaining >= MIN_BLOCK) if small else (remaining > SMALL_SIZE):
             rest = Block(remaining, block.addr + size, small)
@@ -90,6 +92,7 @@ class CachingAllocatorModel:
         block.allocated = True
         self.allocated += block.size
         self.peak_allocated = max(self.peak_allocated, self.allocated)
+        self.script_peaks[0] = max(self.script_peaks[0], self.allocated)
         return block
 
     def free(self, block: Block | None) -> None:
@@ -112,8 +115,12 @@ class CachingAllocatorModel:
         self._cache(block)
 
     def reset_peaks(self) -> None:
-        """As ``torch.cuda.reset_peak_memory_stats()``: the peaks start again from what is held now."""
+        """The estimate's peaks start again from what is held now."""
         self.peak_allocated, self.peak_reserved = self.allocated, self.reserved
+
+    def reset_script_peaks(self) -> None:
+        """The script's ``torch.cuda.reset_peak_memory_stats()``."""
+        self.script_peaks = [self.allocated, self.reserved]
 
     def _cache(self, block: Block) -> None:
         insort(self._free[block.small], block.key())

@@ -126,11 +126,20 @@ class CudaTarget:
         gpu, ledger = self.gpu, self.counter.gpu
         props = _Properties(gpu)
 
+        allocator = ledger.allocator if ledger is not None else None
+
         def allocated() -> int:
-            return ledger.ledger.current if ledger is not None else 0
+            return allocator.allocated if allocator is not None else 0
 
         def reserved() -> int:
-            return ledger.allocator.reserved if ledger is not None else 0
+            return allocator.reserved if allocator is not None else 0
+
+        def peak(which: int) -> int:
+            return allocator.script_peaks[which] if allocator is not None else 0
+
+        def reset_peaks(device: Any = None) -> None:
+            if allocator is not None:
+                allocator.reset_script_peaks()
 
         answers: dict[str, Any] = {
             "is_available": lambda: True, "device_count": lambda: 1, "current_device": lambda: 0,
@@ -142,9 +151,9 @@ class CudaTarget:
             "get_device_properties": lambda device=None: props,
             "is_bf16_supported": lambda including_emulation=True: gpu.capability >= (8, 0),
             "memory_allocated": lambda device=None: allocated(), "memory_reserved": lambda device=None: reserved(),
-            "max_memory_allocated": lambda device=None: allocated(),
-            "max_memory_reserved": lambda device=None: reserved(),
-            "reset_peak_memory_stats": lambda device=None: None,
+            "max_memory_allocated": lambda device=None: peak(0),
+            "max_memory_reserved": lambda device=None: peak(1),
+            "reset_peak_memory_stats": reset_peaks,
             "mem_get_info": lambda device=None: (gpu.memory_bytes - reserved(), gpu.memory_bytes),
         }
         for name, answer in answers.items():

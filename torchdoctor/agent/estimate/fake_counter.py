@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from torchdoctor.agent.estimate.gpu_ledger import GpuLedger
 from torchdoctor.agent.estimate.kernel_buffers import MEASURED, KernelBuffers
+from torchdoctor.agent.estimate.kernel_buffers import storage_key as _key
 from torchdoctor.agent.estimate.ledger import Ledger
 from torchdoctor.agent.memory.accounting import born_as
 
@@ -56,16 +57,11 @@ class StandInScalars(TorchDispatchMode):
             return 1.0 if tensor.dtype.is_floating_point or tensor.dtype.is_complex else 1
         if func in _FOUND_INF_OPS:  # (grads, found_inf, inv_scale) / (scale, growth_tracker, found_inf, ...)
             flag = args[1] if func is torch.ops.aten._amp_foreach_non_finite_check_and_unscale_.default else args[2]
-            if _key(flag) >= 0:
-                self._found_inf.add(_key(flag))
+            key = _key(flag)
+            if key >= 0 and key not in self._found_inf:
+                self._found_inf.add(key)  # forgotten when the flag's storage dies (its address is reused)
+                weakref.finalize(flag.untyped_storage(), self._found_inf.discard, key)
         return func(*args, **(kwargs or {}))
-
-
-def _key(tensor: torch.Tensor) -> int:
-    try:
-        return int(tensor.untyped_storage()._cdata)
-    except (RuntimeError, NotImplementedError, TypeError, AttributeError):
-        return -1
 
 
 class _Entry:
@@ -124,10 +120,7 @@ class FakeStorageCounter(TorchDispatchMode):
         return False
 
     def _entry(self, tensor: torch.Tensor) -> _Entry | None:
-        try:
-            return self._live.get(tensor.untyped_storage()._cdata)
-        except (RuntimeError, NotImplementedError, TypeError, AttributeError):
-            return None
+        return self._live.get(_key(tensor))
 
     def on_gpu(self, tensor: torch.Tensor) -> bool:
         entry = self._entry(tensor)

@@ -47,12 +47,12 @@ class GpuLedger:
     def resize(self, placed: Placed, nbytes: int, cat: int, seq: int, phase: str) -> Placed:
         """The storage now holds ``nbytes``: a new block (taken before the old one is given back, as a resize
         copies), counted at its size."""
-        old = placed.block
+        old, old_size = placed.block, placed.size
         placed.block = self.allocator.malloc(nbytes)
+        placed.size = placed.block.size if placed.block is not None else 0
+        self.ledger.grow(cat, placed.size, seq, phase)  # both held for a moment, as the allocator counts them
         self.allocator.free(old)
-        size = placed.block.size if placed.block is not None else 0
-        self.ledger.grow(cat, size - placed.size, seq, phase)
-        placed.size = size
+        self.ledger.grow(cat, -old_size, seq, phase)
         return placed
 
     def free(self, placed: Placed, cat: int, seq: int, phase: str) -> None:

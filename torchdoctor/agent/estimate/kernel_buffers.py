@@ -32,13 +32,12 @@ RNNS = frozenset(op.default for op in (_RNN, _RNN_BACKWARD) if op is not None)
 MEASURED = CONVOLUTIONS | RNNS
 
 
-def _real(value: Any, whole: int, batch: int | None) -> Any:
-    """Zeros laid out as the fake ``value``; a tensor of the whole batch (first dimension ``whole``) cut to
-    ``batch``."""
+def _real(value: Any, batch: int | None = None) -> Any:
+    """Zeros laid out as the fake ``value``, its first dimension (the batch) cut to ``batch`` if given."""
     if not isinstance(value, FakeTensor):
         return value  # not fake (a value, or a real tensor made for the measurement)
     shape = list(value.shape)
-    if batch is not None and shape and shape[0] == whole:
+    if batch is not None and shape:
         shape[0] = batch
     try:
         dense = value.is_contiguous() or value.is_contiguous(memory_format=torch.channels_last)
@@ -75,7 +74,9 @@ def _spec(value: Any) -> Any:
     return _Spec(value) if isinstance(value, torch.Tensor) else value
 
 
-def _key(tensor: Any) -> int:
+def storage_key(tensor: Any) -> int:
+    """A tensor's storage, as the fake run keys it (its ``StorageImpl``; fake storages have no data pointer); -1
+    for one without a storage."""
     try:
         return int(tensor.untyped_storage()._cdata)
     except (RuntimeError, NotImplementedError, TypeError, AttributeError):
@@ -97,13 +98,14 @@ class KernelBuffers:
         self._measured: dict[Any, tuple[int, int]] = {}  # (op, shapes) -> (buffer bytes, batch measured at)
         self._forwards: dict[int, Any] = {}  # an RNN layer's workspace storage -> the arguments of its forward
         self.measured_ops = 0
+        self.failures: list[str] = []  # ops that could not be measured (their buffers are not counted)
 
     def extra_bytes(self, func: Any, args: Any, kwargs: dict[str, Any], out: Any = None) -> int:
         """The bytes ``func``'s kernel holds beyond its outputs, at the arguments' shapes."""
         if _RNN is not None and func is _RNN.default and isinstance(out, (tuple, list)):
-            self._forwards[_key(out[3])] = tree_map(_spec, args)
+            self._forwards[storage_key(out[3])] = tree_map(_spec, args)
         if _RNN_BACKWARD is not None and func is _RNN_BACKWARD.default:
-            forward = self._forwards.get(_key(args[22]))
+            forward = self._forwards.get(storage_key(args[22]))
             if forward is None:
                 return 0  # its forward was not seen: no real workspace to run it with
             args = (*args[:22], forward)  # measured with its forward's arguments in the workspace's place
@@ -117,9 +119,10 @@ class KernelBuffers:
 
     def _measure(self, func: Any, args: Any, kwargs: dict[str, Any]) -> tuple[int, int]:
         tensors = [a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)]
-        batch, scale, whole = None, 1, 0
-        if func in CONVOLUTIONS:  # N first: (grad_output, input, weight, ...) / (input, weight, ...)
-            source = tensors[1] if func is _aten.convolution_backward.default else tensors[0]
+        batch, scale, batched = None, 1, 0  # a slice of the batch, and how many leading arguments are batch-major
+        if func in CONVOLUTIONS:  # (grad_output, input, weight, ...) / (input, weight, ...): N first
+            batched = 2 if func is _aten.convolution_backward.default else 1
+            source = args[batched - 1]
             nbytes = source.numel() * source.element_size()
             whole = source.shape[0]
             if nbytes > MEASURE_BYTES and whole > 1:
@@ -132,11 +135,12 @@ class KernelBuffers:
         with _disable_current_modes():
             if _RNN_BACKWARD is not None and func is _RNN_BACKWARD.default:
                 args = _with_real_forward(args)
-            real = tree_map(lambda a: _real(a, whole, batch), args)
+            real = [_real(a, batch) for a in args[:batched]] + [tree_map(_real, a) for a in args[batched:]]
             before = self.probe.reset_peak()
             try:
                 out = func(*real, **kwargs)
-            except RuntimeError:  # the kernel refused zeros for these arguments: its buffers are not counted
+            except RuntimeError as exc:  # the kernel refused these arguments: its buffers are not counted, said
+                self.failures.append(f"{func}: {str(exc).splitlines()[0][:120]}")
                 return 0, 1
             peak = self.probe.peak()
             storages = {o.untyped_storage()._cdata: o.untyped_storage().nbytes()

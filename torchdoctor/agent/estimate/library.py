@@ -55,24 +55,25 @@ class _InProcess(BatchRuns):
                                                 max_steps=self.request.steps, estimate=True), sink,
                                   gpu=self.request.gpu, kernel_probe=self.kernel_probe)
         failure: BaseException | None = None
-        session.start()
         try:
+            session.start()
             self.train(batch)
         except StepsDone:
             pass
         except Exception as exc:  # noqa: BLE001 - said below, with the step it did not reach
             failure = exc
         finally:
-            session.finish()
-            session.close()
+            try:
+                session.finish()
+            finally:
+                session.close()  # the process leaves fake tensors whatever happened
         estimated = next(e for e in sink.events if isinstance(e, Estimated))
         if not estimated.steps_done or (failure is not None and estimated.steps_done < self.request.steps):
             why = f"{type(failure).__name__}: {failure}" if failure is not None else "it returned"
             raise TorchDoctorError(f"train({batch}) ended on fake tensors before its optimizer step "
                                    f"{estimated.steps_done + 1}: {why}")
         found = figures_from(estimated, self.request)
-        if found["batch_size"] is None:
-            found["batch_size"] = batch  # no training forward seen (a custom step): the batch asked for
+        found["batch_size"] = batch  # the batch it was called with (not a guess from the first forward's input)
         return found
 
 
@@ -90,12 +91,15 @@ def estimate_memory(train: Callable[[int], Any], batch_sizes: Sequence[int] = ()
     if any(b < 1 for b in sizes) or default_batch < 1 or steps < 1:
         raise UsageError("batch sizes, default_batch and steps must be 1 or more")
     card = find_gpu(gpu) if gpu is not None else None
+    if cuda_context is not None and card is None:
+        raise UsageError("cuda_context is the memory of a modelled GPU's context: give gpu= with it")
     context = parse_size(str(cuda_context)) if cuda_context is not None else CONTEXT_ASSUMED
     limit = parse_size(str(budget)) if budget is not None else None
     request = EstimateRequest(script=getattr(train, "__qualname__", repr(train)), batch_sizes=sizes, budget=limit,
                               steps=steps, layers=layers, gpu=card, cuda_context=context)
     began = time.monotonic()
     # under `torchdoctor run` the process's allocator probe is the run's: kernels' buffers are not measured then
-    runs = _InProcess(train, request, default_batch, kernel_probe=not live_sessions())
+    first = sizes[0] if sizes else default_batch  # the first run: a batch asked for, when there are any
+    runs = _InProcess(train, request, first, kernel_probe=not live_sessions())
     runs.at(None)
     return document(request, runs, request.script, [request.script], began)

@@ -57,6 +57,7 @@ class EstimateSession:
         self._fake = FakeTensorMode(allow_non_fake_inputs=True)
         self._handles: list[Any] = []
         self._patches = ClassPatches()
+        self._entered: list[Any] = []  # the modes entered, in order (a library call leaves them at its end)
         self.cuda: Any = None
         self.kernels_unmeasured = ""  # why the CPU kernels' own buffers could not be measured ("": they were)
         if self.gpu is not None:
@@ -67,9 +68,9 @@ class EstimateSession:
 
     def start(self) -> None:
         # fake tensors from here on, for the life of the process: the script never allocates for real
-        self._fake.__enter__()
-        self.counter.__enter__()
-        self.scalars.__enter__()  # on top: a value read back is answered before fake tensors refuse it
+        for mode in (self._fake, self.counter, self.scalars):  # the last on top: a value read back is answered
+            mode.__enter__()                                    # before fake tensors refuse it
+            self._entered.append(mode)
         self._patches.wrap(torch.utils, "swap_tensors", self._swap_forgetting_memo)
         if self.cuda is not None:
             self.cuda.install()
@@ -107,16 +108,17 @@ class EstimateSession:
                                  stand_ins=self.scalars.reads, batch_option=option,
                                  steps_done=self.step, layers=self.layers.to_list(),
                                  forward_growth_bytes=self.layers.forward_growth if self.layers.done else None,
-                                 kernels_unmeasured=self.kernels_unmeasured))
+                                 kernels_unmeasured=self.kernels_unmeasured,
+                                 kernel_failures=sorted(set(self.counter.kernels.failures))[:5]
+                                 if self.counter.kernels is not None else []))
 
     def record_failure(self, exc: BaseException | None) -> bool:
         return False
 
     def close(self) -> None:
         """Leave fake tensors (the library call: the process goes on). ``finish`` first."""
-        self.scalars.__exit__(None, None, None)
-        self.counter.__exit__(None, None, None)
-        self._fake.__exit__(None, None, None)
+        while self._entered:
+            self._entered.pop().__exit__(None, None, None)
         if self.counter.kernels is not None:
             self.counter.kernels.probe.uninstall()
 
