@@ -18,6 +18,7 @@ ESTIMATE_VERSION = 1
 MAX_BATCH = 1 << 20
 # What fake tensors do not see, said in every estimate (docs/estimate.md has the measurements).
 LIMITS = (
+    "torch.save writes nothing during the fake runs (the script's files are left as they are)",
     "values read back to Python (loss.item(), if t > 0) get stand-ins: control flow that depends on the data "
     "follows them",
 )

@@ -209,6 +209,59 @@ def test_a_script_fake_tensors_cannot_run_is_measured_on_real_tensors_and_says_s
         assert estimate["peak_bytes"] == _allocator_peak(tmp_path, "numpy_mlp.py", estimate["batch_size"])
 
 
+SHAPES = """
+import argparse
+import torch
+from torch import nn
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--batch-size", type=int, default=16)
+args = parser.parse_args()
+torch.manual_seed(0)
+data = torch.randint(0, 50, (4000,))
+block = 32
+
+
+def get_batch():  # nanoGPT's: windows at random offsets, bounds computed from a tensor element
+    ix = torch.randint(len(data) - block, (args.batch_size,))
+    return torch.stack([data[i:i + block] for i in ix]), torch.stack([data[i + 1:i + 1 + block] for i in ix])
+
+
+embed, lstm, head = nn.Embedding(50, 32), nn.LSTM(32, 64, batch_first=True), nn.Linear(64, 50)
+params = [*embed.parameters(), *lstm.parameters(), *head.parameters()]
+opt = torch.optim.Adam(params)
+for step in range(3):
+    x, y = get_batch()
+    out, _ = lstm(embed(x))
+    loss = nn.functional.cross_entropy(head(out).flatten(0, 1), y.flatten())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    print(f"step {step}: loss {loss:.4f}")  # a tensor formatted directly
+    lstm.eval()
+    with torch.no_grad():  # an evaluation: the RNN layer keeps no workspace
+        lstm(embed(x[:2]))
+    lstm.train()
+    torch.save({"embed": embed.state_dict()}, "ckpt.pt")
+"""
+
+
+@needs_probe
+def test_script_shapes_fake_tensors_used_to_miss_run_on_fake_tensors_and_leave_files_alone(tmp_path):
+    """Tensors formatted in f-strings, windows cut at offsets read from a tensor (nanoGPT's get_batch), an LSTM
+    evaluated under no_grad, torch.save in the loop: on fake tensors, exact, and the script's file untouched."""
+    (tmp_path / "shapes.py").write_text(SHAPES)
+    (tmp_path / "ckpt.pt").write_bytes(b"the user's checkpoint")
+    document, result = _estimate(tmp_path, "--batch-sizes", "16,64", "shapes.py")
+    assert "fallback" not in document, document.get("fallback")
+    assert "torch.save writes nothing" in result.stdout
+    assert (tmp_path / "ckpt.pt").read_bytes() == b"the user's checkpoint"
+    for estimate in document["estimates"]:
+        truth = _allocator_peak(tmp_path, "shapes.py", estimate["batch_size"])
+        assert abs(estimate["peak_bytes"] - truth) <= 0.01 * truth, (estimate["batch_size"], estimate["peak_bytes"],
+                                                                     truth)
+
+
 def test_the_layer_table_charges_each_saved_storage_once_and_adds_up_to_the_forward(tmp_path):
     (tmp_path / "mlp.py").write_text(MLP)
     shutil.copy(REPO / "examples" / "train_gpt.py", tmp_path / "train_gpt.py")

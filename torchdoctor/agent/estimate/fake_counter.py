@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils.weak import WeakIdKeyDictionary
 
 from torchdoctor.agent.estimate.gpu_ledger import GpuLedger
 from torchdoctor.agent.estimate.kernel_buffers import MEASURED, KernelBuffers
@@ -38,30 +39,69 @@ _FOUND_INF_OPS = {getattr(torch.ops.aten, name).default for name in ("_amp_forea
 
 
 class StandInScalars(TorchDispatchMode):
-    """A value read back gets 1 (True for a condition), except GradScaler's found-inf flags, which get 0: no
-    inf was found, so the scaler steps the optimizer as a healthy step does."""
+    """Values read back to Python get stand-ins, kept consistent with arithmetic on them: a 0-dim tensor whose value
+    is not known (an element of a fake tensor, a reduction) reads 1 (True for a condition) and keeps that value; an
+    op on 0-dim tensors of known values (``i + block_size``, ``loss / n``, ``grad_norm <= tol``) gets its value
+    computed for real, so ``data[i:i + block_size]`` keeps its length and an optimizer's convergence test reads
+    False as after one step. GradScaler's found-inf flags read 0: no inf, the scaler steps the optimizer."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0  # values read back to Python, each given a stand-in
-        self._found_inf: set[int] = set()  # storages of GradScaler's found-inf flags
+        self._values: WeakIdKeyDictionary = WeakIdKeyDictionary()  # by identity: a tensor's == is elementwise
+
+    def value(self, tensor: torch.Tensor) -> Any:
+        """A 0-dim tensor's value: known, a fake constant's, or the stand-in (then known)."""
+        known = self._values.get(tensor, _UNKNOWN)
+        if known is _UNKNOWN:
+            constant = getattr(tensor, "constant", None)  # fake mode keeps small tensors made from Python numbers
+            if isinstance(constant, torch.Tensor) and constant.numel() == 1:
+                known = constant.item()
+            elif tensor.dtype == torch.bool:
+                known = True
+            else:
+                known = 1.0 if tensor.dtype.is_floating_point or tensor.dtype.is_complex else 1
+            self._values[tensor] = known
+        return known
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+        kwargs = kwargs or {}
         if func in _SCALAR_OPS:
             self.reads += 1
-            tensor = args[0]
-            if _key(tensor) in self._found_inf:
-                return 0.0
-            if func is torch.ops.aten.is_nonzero.default or tensor.dtype == torch.bool:
-                return True
-            return 1.0 if tensor.dtype.is_floating_point or tensor.dtype.is_complex else 1
+            known = self.value(args[0])
+            return bool(known) if func is torch.ops.aten.is_nonzero.default else known
         if func in _FOUND_INF_OPS:  # (grads, found_inf, inv_scale) / (scale, growth_tracker, found_inf, ...)
             flag = args[1] if func is torch.ops.aten._amp_foreach_non_finite_check_and_unscale_.default else args[2]
-            key = _key(flag)
-            if key >= 0 and key not in self._found_inf:
-                self._found_inf.add(key)  # forgotten when the flag's storage dies (its address is reused)
-                weakref.finalize(flag.untyped_storage(), self._found_inf.discard, key)
-        return func(*args, **(kwargs or {}))
+            out = func(*args, **kwargs)
+            self._values[flag] = 0.0
+            return out
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.dim() == 0:
+            self._follow(func, args, kwargs, out)
+        return out
+
+    def _follow(self, func: Any, args: Any, kwargs: dict[str, Any], out: torch.Tensor) -> None:
+        """``out``'s value, when every tensor the op read is 0-dim: the op run for real on their values."""
+        flat, spec = tree_flatten((args, kwargs))
+        if not all(not isinstance(a, torch.Tensor) or a.dim() == 0 for a in flat):
+            return
+        values = [self.value(a) if isinstance(a, torch.Tensor) else a for a in flat]
+        try:
+            with _disable_current_modes():  # real tensors, out of fake mode (and fast)
+                real = [torch.tensor(v, dtype=a.dtype) if isinstance(a, torch.Tensor) else a
+                        for v, a in zip(values, flat)]
+                real_args, real_kwargs = tree_unflatten(real, spec)
+                result = func(*real_args, **real_kwargs)
+                known = result.item() if isinstance(result, torch.Tensor) and result.numel() == 1 else _UNKNOWN
+            if known is _UNKNOWN:
+                self._values.pop(out, None)
+            else:
+                self._values[out] = known
+        except Exception:  # noqa: BLE001 - an op that will not run on these values: its output reads a stand-in
+            self._values.pop(out, None)
+
+
+_UNKNOWN = object()
 
 
 class _Entry:
@@ -215,7 +255,8 @@ def _real_output_bytes(func: Any, args: Any, kwargs: dict[str, Any], index: int)
     if key not in _REAL_SIZES:
         with _disable_current_modes():
             real = tree_map(lambda a: torch.zeros(a.shape, dtype=a.dtype) if isinstance(a, torch.Tensor) else a, args)
-            _REAL_SIZES[key] = func(*real, **kwargs)[index].untyped_storage().nbytes()
+            output = func(*real, **kwargs)[index]
+            _REAL_SIZES[key] = output.untyped_storage().nbytes() if isinstance(output, torch.Tensor) else 0
     return _REAL_SIZES[key]
 
 
@@ -223,6 +264,8 @@ def _rnn_workspace(counter: FakeStorageCounter, func: Any, args: Any, kwargs: di
     """oneDNN's RNN layer keeps a workspace for its backward that the fake kernel makes 0 bytes long (8.2 MB per
     layer at batch 8, sequence 64, hidden 256): its real size is that of the real kernel on the same shapes."""
     fake = out[3]
+    if not isinstance(fake, torch.Tensor):
+        return  # no workspace (the layer runs without training: evaluation, no_grad)
     counter.add_bytes(fake, _real_output_bytes(func, args, kwargs, 3) - fake.untyped_storage().nbytes())
 
 

@@ -39,13 +39,16 @@ def _real(value: Any, batch: int | None = None) -> Any:
     shape = list(value.shape)
     if batch is not None and shape:
         shape[0] = batch
-    try:
-        dense = value.is_contiguous() or value.is_contiguous(memory_format=torch.channels_last)
-    except (RuntimeError, TypeError):
-        dense = False
-    if dense:
-        return torch.empty_strided(shape, value.stride(), dtype=value.dtype).zero_()
-    return torch.zeros(shape, dtype=value.dtype)
+    return _zeros(shape, value.stride(), value.dtype)
+
+
+def _zeros(shape: Any, stride: Any, dtype: torch.dtype) -> torch.Tensor:
+    """Zeros with exactly this layout (a transposed or expanded one included: kernels copy such inputs into
+    buffers of their own, which is what is measured)."""
+    if any(size == 0 for size in shape):
+        return torch.zeros(shape, dtype=dtype)
+    extent = 1 + sum((size - 1) * step for size, step in zip(shape, stride))
+    return torch.zeros(extent, dtype=dtype).as_strided(shape, stride)
 
 
 class _Spec:
@@ -64,10 +67,7 @@ class _Spec:
         return hash(self._identity())
 
     def zeros(self) -> torch.Tensor:
-        try:
-            return torch.empty_strided(self.shape, self.stride, dtype=self.dtype).zero_()
-        except RuntimeError:  # an expanded layout (strides of 0) cannot be written: a dense one
-            return torch.zeros(self.shape, dtype=self.dtype)
+        return _zeros(self.shape, self.stride, self.dtype)
 
 
 def _spec(value: Any) -> Any:

@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from torchdoctor.agent.estimate.fake_counter import FakeStorageCounter, StandInScalars
@@ -27,6 +27,16 @@ from torchdoctor.events import Estimated, Phase
 from torchdoctor.gpus import ENV_ESTIMATE_GPU, Gpu, find_gpu
 
 DEFAULT_STEPS = 2  # the first step makes the optimizer's state; the second is the steady state
+
+
+def _formatting_fakes(format_: Any) -> Any:
+    """``f"{loss:.4f}"``: torch formats a 0-dim tensor through ``item()`` only when its type is exactly Tensor;
+    a fake one is formatted the same way here (its value a stand-in), not refused."""
+    def __format__(self: torch.Tensor, spec: str) -> str:
+        if spec and isinstance(self, FakeTensor) and self.dim() == 0:
+            return format(self.detach().item(), spec)
+        return format_(self, spec)
+    return __format__
 
 
 class EstimateSession:
@@ -60,6 +70,7 @@ class EstimateSession:
         self._entered: list[Any] = []  # the modes entered, in order (a library call leaves them at its end)
         self.cuda: Any = None
         self.kernels_unmeasured = ""  # why the CPU kernels' own buffers could not be measured ("": they were)
+        self.saves_skipped = 0  # torch.save calls the estimate did not carry out
         if self.gpu is not None:
             from torchdoctor.agent.estimate.cuda_target import CudaTarget
 
@@ -72,6 +83,8 @@ class EstimateSession:
             mode.__enter__()                                    # before fake tensors refuse it
             self._entered.append(mode)
         self._patches.wrap(torch.utils, "swap_tensors", self._swap_forgetting_memo)
+        self._patches.wrap(torch.Tensor, "__format__", _formatting_fakes)
+        self._patches.wrap(torch, "save", self._not_saving)  # files stay as they are
         if self.cuda is not None:
             self.cuda.install()
         elif self.kernel_probe:  # the CPU's kernels' own buffers, measured through the allocator probe
@@ -121,6 +134,13 @@ class EstimateSession:
             self._entered.pop().__exit__(None, None, None)
         if self.counter.kernels is not None:
             self.counter.kernels.probe.uninstall()
+
+    def _not_saving(self, save: Any) -> Any:
+        """``torch.save`` under an estimate writes nothing: fake tensors have no data (pickling them fails), and the
+        script's files (checkpoints, weights) must not be overwritten by a run that allocates nothing."""
+        def skipped(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+            self.saves_skipped += 1
+        return skipped
 
     def _swap_forgetting_memo(self, swap: Any) -> Any:
         """``Module.to()``/``.double()`` swap fake parameters with their converted copies, which refuses tensors
