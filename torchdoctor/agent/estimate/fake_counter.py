@@ -38,70 +38,86 @@ _FOUND_INF_OPS = {getattr(torch.ops.aten, name).default for name in ("_amp_forea
                   if hasattr(torch.ops.aten, name)}
 
 
+SMALL = 4096  # elements: the values of tensors up to this size are followed (positions, offsets, flags, masks)
+
+
 class StandInScalars(TorchDispatchMode):
-    """Values read back to Python get stand-ins, kept consistent with arithmetic on them: a 0-dim tensor whose value
-    is not known (an element of a fake tensor, a reduction) reads 1 (True for a condition) and keeps that value; an
-    op on 0-dim tensors of known values (``i + block_size``, ``loss / n``, ``grad_norm <= tol``) gets its value
-    computed for real, so ``data[i:i + block_size]`` keeps its length and an optimizer's convergence test reads
-    False as after one step. GradScaler's found-inf flags read 0: no inf, the scaler steps the optimizer."""
+    """Values read back to Python, kept as the device would have them where they can be known. Small tensors made
+    from known values (``torch.arange(past, past + n)``, a Python number, an element of either) get their values
+    computed for real, op by op, so ``cache_position[0] == 0`` and ``data[i:i + block_size]`` read as they would;
+    a 0-dim value nothing is known of (an element of a fake batch, a loss, a reduction) reads 1 (True for a
+    condition) and keeps that value, consistently with arithmetic on it. GradScaler's found-inf flags read 0: no
+    inf, the scaler steps the optimizer."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.reads = 0  # values read back to Python, each given a stand-in
-        self._values: WeakIdKeyDictionary = WeakIdKeyDictionary()  # by identity: a tensor's == is elementwise
+        self.reads = 0  # values read back to Python, each given a stand-in or a followed value
+        self.values: WeakIdKeyDictionary = WeakIdKeyDictionary()  # fake tensor -> real values (by identity)
 
-    def value(self, tensor: torch.Tensor) -> Any:
-        """A 0-dim tensor's value: known, a fake constant's, or the stand-in (then known)."""
-        known = self._values.get(tensor, _UNKNOWN)
-        if known is _UNKNOWN:
+    def known(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """A fake tensor's real values: followed, a fake constant's, or for a 0-dim one the stand-in (then kept)."""
+        known = self.values.get(tensor)
+        if known is None:
             constant = getattr(tensor, "constant", None)  # fake mode keeps small tensors made from Python numbers
-            if isinstance(constant, torch.Tensor) and constant.numel() == 1:
-                known = constant.item()
-            elif tensor.dtype == torch.bool:
-                known = True
+            if isinstance(constant, torch.Tensor):
+                known = constant
+            elif tensor.dim() == 0:
+                with _disable_current_modes():
+                    known = torch.ones((), dtype=tensor.dtype)
             else:
-                known = 1.0 if tensor.dtype.is_floating_point or tensor.dtype.is_complex else 1
-            self._values[tensor] = known
+                return None
+            self.values[tensor] = known
         return known
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
         kwargs = kwargs or {}
         if func in _SCALAR_OPS:
             self.reads += 1
-            known = self.value(args[0])
-            return bool(known) if func is torch.ops.aten.is_nonzero.default else known
+            tensor = args[0]
+            known = self.known(tensor)
+            with _disable_current_modes():
+                value = known.reshape(()).item() if known is not None and known.numel() == 1 else (
+                    True if tensor.dtype == torch.bool else 1.0 if tensor.dtype.is_floating_point else 1)
+            return bool(value) if func is torch.ops.aten.is_nonzero.default else value
         if func in _FOUND_INF_OPS:  # (grads, found_inf, inv_scale) / (scale, growth_tracker, found_inf, ...)
             flag = args[1] if func is torch.ops.aten._amp_foreach_non_finite_check_and_unscale_.default else args[2]
             out = func(*args, **kwargs)
-            self._values[flag] = 0.0
+            with _disable_current_modes():
+                self.values[flag] = torch.zeros(flag.shape, dtype=flag.dtype)
             return out
         out = func(*args, **kwargs)
-        if isinstance(out, torch.Tensor) and out.dim() == 0:
-            self._follow(func, args, kwargs, out)
+        outs = out if isinstance(out, (tuple, list)) else (out,)  # (unbind: iterating over a tensor)
+        if outs and all(isinstance(o, torch.Tensor) and o.numel() <= SMALL for o in outs):
+            self._follow(func, args, kwargs, outs)
         return out
 
-    def _follow(self, func: Any, args: Any, kwargs: dict[str, Any], out: torch.Tensor) -> None:
-        """``out``'s value, when every tensor the op read is 0-dim: the op run for real on their values."""
+    def _follow(self, func: Any, args: Any, kwargs: dict[str, Any], outs: Any) -> None:
+        """The outputs' values, when every tensor the op read has known values: the op run for real on them."""
         flat, spec = tree_flatten((args, kwargs))
-        if not all(not isinstance(a, torch.Tensor) or a.dim() == 0 for a in flat):
-            return
-        values = [self.value(a) if isinstance(a, torch.Tensor) else a for a in flat]
-        try:
-            with _disable_current_modes():  # real tensors, out of fake mode (and fast)
-                real = [torch.tensor(v, dtype=a.dtype) if isinstance(a, torch.Tensor) else a
-                        for v, a in zip(values, flat)]
-                real_args, real_kwargs = tree_unflatten(real, spec)
-                result = func(*real_args, **real_kwargs)
-                known = result.item() if isinstance(result, torch.Tensor) and result.numel() == 1 else _UNKNOWN
-            if known is _UNKNOWN:
-                self._values.pop(out, None)
+        real = []
+        results: Any = None
+        for value in flat:
+            if isinstance(value, torch.Tensor):
+                value = self.known(value)
+                if value is None:  # a value not known: neither are the outputs' (an in-place op's target included)
+                    break
+            real.append(value)
+        else:
+            try:
+                with _disable_current_modes():  # real tensors, out of fake mode (and fast)
+                    real_args, real_kwargs = tree_unflatten(real, spec)
+                    results = func(*real_args, **real_kwargs)
+            except Exception:  # noqa: BLE001 - an op that will not run on these values: its outputs read stand-ins
+                results = None
+        results = results if isinstance(results, (tuple, list)) else (results,)
+        for index, out in enumerate(outs):
+            result = results[index] if index < len(results) else None
+            if isinstance(result, torch.Tensor) and result.shape == out.shape:
+                self.values[out] = result
             else:
-                self._values[out] = known
-        except Exception:  # noqa: BLE001 - an op that will not run on these values: its output reads a stand-in
-            self._values.pop(out, None)
+                self.values.pop(out, None)
 
 
-_UNKNOWN = object()
 
 
 class _Entry:
