@@ -19,8 +19,8 @@ MAX_BATCH = 1 << 20
 # What fake tensors do not see, said in every estimate (docs/estimate.md has the measurements).
 LIMITS = (
     "torch.save writes nothing during the fake runs (the script's files are left as they are)",
-    "values read back to Python (loss.item(), if t > 0) get stand-ins: control flow that depends on the data "
-    "follows them",
+    "values read back to Python (loss.item(), if t > 0) are followed for real in small tensors (positions, offsets, "
+    "masks) and otherwise get stand-ins (1, True): control flow that depends on the data follows them",
 )
 # ... on the CPU, kernels' own buffers (not op outputs), measured or not
 CPU_KERNELS = ("kernels' own buffers: oneDNN's convolutions and RNN layers measured, each run for real once per shape "
