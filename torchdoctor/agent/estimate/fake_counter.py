@@ -60,7 +60,8 @@ class StandInScalars(TorchDispatchMode):
         if known is None:
             constant = getattr(tensor, "constant", None)  # fake mode keeps small tensors made from Python numbers
             if isinstance(constant, torch.Tensor):
-                known = constant
+                with _disable_current_modes():  # a copy: ops followed in place must not touch fake mode's own
+                    known = constant.clone()
             elif tensor.dim() == 0:
                 with _disable_current_modes():
                     known = torch.ones((), dtype=tensor.dtype)
@@ -116,8 +117,6 @@ class StandInScalars(TorchDispatchMode):
                 self.values[out] = result
             else:
                 self.values.pop(out, None)
-
-
 
 
 class _Entry:
