@@ -33,11 +33,31 @@ def storage_of(tensor: Any) -> int | None:
         return None
 
 
+CHUNK = 1 << 14  # elements summed in float64 at a time (a 128 KiB copy at most)
+
+
 def fingerprint(tensor: Any) -> float | None:
+    """A float64 sum of a batch, summed in pieces of at most ``CHUNK`` elements: ``sum(dtype=float64)`` makes a
+    float64 copy of what it sums (3.2 MB for a 1.6 MB float32 batch), which the allocator counts as the script's
+    (a VAE's measured peak was 16 % high from it); a piece's copy is at most 128 KiB, and freed at once. The pieces'
+    sums are read back together (one device sync)."""
     try:
-        return float(tensor.detach().sum(dtype=torch.float64))  # no float64 copy of the batch
+        parts: list[torch.Tensor] = []
+        _sum_pieces(tensor.detach(), parts)
+        return float(torch.stack(parts).sum()) if parts else 0.0
     except (RuntimeError, TypeError):
         return None
+
+
+def _sum_pieces(tensor: torch.Tensor, parts: list[torch.Tensor]) -> None:
+    if tensor.dim() == 0 or tensor.numel() <= CHUNK:
+        parts.append(tensor.sum(dtype=torch.float64))
+    elif tensor.shape[0] == 1:
+        _sum_pieces(tensor[0], parts)
+    else:
+        rows = max(1, CHUNK // (tensor.numel() // tensor.shape[0]))
+        for piece in tensor.split(rows):
+            _sum_pieces(piece, parts)
 
 
 def guarded(method: Any) -> Any:
