@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from types import FrameType
 
 from torchdoctor.agent.hooks.locations import is_user_file, shown_path
@@ -22,23 +23,28 @@ def is_installed(filename: str) -> bool:
     return any(part in filename for part in _INSTALLED)
 
 
-def _pick(frames: list[tuple[str, int]]) -> str | None:
-    """``file:line`` of the first frame (innermost first) outside installed packages, else the first user frame."""
-    user = [(filename, line) for filename, line in frames if is_user_file(filename)]
-    for filename, line in user:
-        if not is_installed(filename):
-            return f"{shown_path(filename)}:{line}"
-    return f"{shown_path(user[0][0])}:{user[0][1]}" if user else None
+def _pick(frames: Iterable[tuple[str, int]]) -> str | None:
+    """``file:line`` of the first frame (innermost first) outside installed packages, else the first user frame;
+    the frames are read only as far as the answer."""
+    first: tuple[str, int] | None = None
+    for filename, line in frames:
+        if is_user_file(filename):
+            if not is_installed(filename):
+                return f"{shown_path(filename)}:{line}"
+            first = first or (filename, line)
+    return f"{shown_path(first[0])}:{first[1]}" if first else None
+
+
+def _frames(frame: FrameType | None) -> Iterator[tuple[str, int]]:
+    while frame is not None:
+        yield frame.f_code.co_filename, frame.f_lineno
+        frame = frame.f_back
 
 
 def code_location() -> str | None:
-    """The line in the script's code that led to the call being heard (see the module's docstring)."""
-    frames: list[tuple[str, int]] = []
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        frames.append((frame.f_code.co_filename, frame.f_lineno))
-        frame = frame.f_back
-    return _pick(frames)
+    """The line in the script's code that led to the call being heard (see the module's docstring). Run on every
+    watched backward pass: the stack is walked only up to the script's frame."""
+    return _pick(_frames(sys._getframe(1)))
 
 
 def traceback_location(trace: list[str]) -> str | None:

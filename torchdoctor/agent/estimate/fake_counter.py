@@ -41,6 +41,12 @@ _FOUND_INF_OPS = {getattr(torch.ops.aten, name).default for name in ("_amp_forea
 SMALL = 4096  # elements: the values of tensors up to this size are followed (positions, offsets, flags, masks)
 
 
+def _stand_in(tensor: torch.Tensor) -> torch.Tensor:
+    """The value given to a number nothing is known of: 1 (True for a condition), in the tensor's dtype."""
+    with _disable_current_modes():
+        return torch.ones((), dtype=tensor.dtype)
+
+
 class StandInScalars(TorchDispatchMode):
     """Values read back to Python, kept as the device would have them where they can be known. Small tensors made
     from known values (``torch.arange(past, past + n)``, a Python number, an element of either) get their values
@@ -63,8 +69,7 @@ class StandInScalars(TorchDispatchMode):
                 with _disable_current_modes():  # a copy: ops followed in place must not touch fake mode's own
                     known = constant.clone()
             elif tensor.dim() == 0:
-                with _disable_current_modes():
-                    known = torch.ones((), dtype=tensor.dtype)
+                known = _stand_in(tensor)
             else:
                 return None
             self.values[tensor] = known
@@ -76,9 +81,10 @@ class StandInScalars(TorchDispatchMode):
             self.reads += 1
             tensor = args[0]
             known = self.known(tensor)
+            if known is None or known.numel() != 1:  # a one-element tensor nothing is known of
+                known = _stand_in(tensor)
             with _disable_current_modes():
-                value = known.reshape(()).item() if known is not None and known.numel() == 1 else (
-                    True if tensor.dtype == torch.bool else 1.0 if tensor.dtype.is_floating_point else 1)
+                value = known.reshape(()).item()
             return bool(value) if func is torch.ops.aten.is_nonzero.default else value
         if func in _FOUND_INF_OPS:  # (grads, found_inf, inv_scale) / (scale, growth_tracker, found_inf, ...)
             flag = args[1] if func is torch.ops.aten._amp_foreach_non_finite_check_and_unscale_.default else args[2]
